@@ -1,0 +1,1 @@
+from sapt.version import __version__

@@ -1,0 +1,309 @@
+"""Load the SAPT continual-learning benchmarks from the CL_Benchmark folder layout.
+
+    <data_dir>/<benchmark>/<task>/train.json    {"Definition": [str], "Instances": [{"input", "output"}]}
+    <data_dir>/<benchmark>/<task>/labels.json   optional: the label strings of a classification task
+    <data_dir>/<benchmark>/<task>/test.json     optional: used only for the final evaluation
+
+Why the splitting is careful: continual-learning results are only meaningful if checkpoints and
+hyper-parameters are chosen without looking at evaluation data. So validation is always carved from
+train.json (seeded, stratified by label), evaluation is test.json or, when that is absent, a held-out
+slice of train.json, and no input text appears in two splits. dev.json is ignored on purpose: in the
+public SAPT/O-LoRA release it is the same file as test.json, so selecting on it would select on test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sapt.data.types import DataError, Example, Task
+
+# The standard task orders of the public release's launch scripts.
+TASK_ORDERS: dict[str, dict[int, list[str]]] = {
+    "SuperNI": {
+        1: [
+            "task1572_samsum_summary",
+            "task363_sst2_polarity_classification",
+            "task1290_xsum_summarization",
+            "task181_outcome_extraction",
+            "task002_quoref_answer_generation",
+            "task1510_evalution_relation_extraction",
+            "task639_multi_woz_user_utterance_generation",
+            "task1729_personachat_generate_next",
+            "task073_commonsenseqa_answer_generation",
+            "task1590_diplomacy_text_generation",
+            "task748_glucose_reverse_cause_event_detection",
+            "task511_reddit_tifu_long_text_summarization",
+            "task591_sciq_answer_generation",
+            "task1687_sentiment140_classification",
+            "task875_emotion_classification",
+        ],
+        2: [
+            "task748_glucose_reverse_cause_event_detection",
+            "task073_commonsenseqa_answer_generation",
+            "task1590_diplomacy_text_generation",
+            "task639_multi_woz_user_utterance_generation",
+            "task1572_samsum_summary",
+            "task1687_sentiment140_classification",
+            "task591_sciq_answer_generation",
+            "task363_sst2_polarity_classification",
+            "task1510_evalution_relation_extraction",
+            "task1729_personachat_generate_next",
+            "task181_outcome_extraction",
+            "task511_reddit_tifu_long_text_summarization",
+            "task002_quoref_answer_generation",
+            "task1290_xsum_summarization",
+            "task875_emotion_classification",
+        ],
+    },
+    "Long_Sequence": {  # O-LoRA's orders 4 and 6
+        4: ["mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb", "yelp", "amazon", "sst2",
+            "dbpedia", "agnews", "multirc", "yahoo"],
+        6: ["yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst2", "dbpedia", "agnews",
+            "yahoo", "multirc", "boolq", "wic"],
+    },
+}
+
+# Other benchmark folders: "em" when the task has labels.json, else "rougeL".
+BENCHMARK_METRIC: dict[str, str] = {"SuperNI": "rougeL", "Long_Sequence": "em"}
+
+
+def _benchmark_dir(data_dir: str | Path, benchmark: str) -> Path:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data directory not found")
+    bench_dir = data_dir / benchmark
+    if not bench_dir.is_dir():
+        raise DataError(f"{bench_dir}: benchmark folder not found")
+    return bench_dir
+
+
+def _has_task(bench_dir: Path, name: str) -> bool:
+    return (bench_dir / name / "train.json").is_file()
+
+
+def _order_names(bench_dir: Path, benchmark: str, order: int) -> list[str]:
+    orders = TASK_ORDERS.get(benchmark, {})
+    if order not in orders:
+        known = ", ".join(map(str, orders)) or "none"
+        raise DataError(f"{bench_dir}: unknown task order {order} for {benchmark} (known orders: {known})")
+    names = orders[order]
+    missing = [n for n in names if not _has_task(bench_dir, n)]
+    if missing:
+        warnings.warn(f"{bench_dir}: order {order} skips tasks without train.json: {', '.join(missing)}",
+                      stacklevel=3)
+    present = [n for n in names if n not in missing]
+    if not present:
+        raise DataError(f"{bench_dir}: no task of order {order} has a train.json")
+    return present
+
+
+def resolve_task_names(data_dir: str | Path, benchmark: str, tasks: list[str] | None,
+                       order: int | None) -> list[str]:
+    """Return the task sequence to train on: explicit `tasks`, a standard `order`, or the default.
+
+    Explicit tasks must all exist; tasks of a standard order that are absent are skipped with a
+    warning. With neither, the benchmark's first standard order is used if it has one, else every
+    task folder sorted by name.
+    """
+    bench_dir = _benchmark_dir(data_dir, benchmark)
+    if tasks is not None and order is not None:
+        raise DataError(f"{bench_dir}: give either a task list or a task order, not both")
+    if tasks is not None:
+        if not tasks:
+            raise DataError(f"{bench_dir}: the task list is empty")
+        dupes = sorted({t for t in tasks if tasks.count(t) > 1})
+        if dupes:
+            raise DataError(f"{bench_dir}: duplicate tasks in the task list: {', '.join(dupes)}")
+        missing = [t for t in tasks if not _has_task(bench_dir, t)]
+        if missing:
+            raise DataError(f"{bench_dir}: tasks not found (no <task>/train.json): {', '.join(missing)}")
+        return list(tasks)
+    if order is not None:
+        return _order_names(bench_dir, benchmark, order)
+    if TASK_ORDERS.get(benchmark):
+        return _order_names(bench_dir, benchmark, next(iter(TASK_ORDERS[benchmark])))
+    names = sorted(p.name for p in bench_dir.iterdir() if _has_task(bench_dir, p.name))
+    if not names:
+        raise DataError(f"{bench_dir}: no task folders with a train.json")
+    return names
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 text") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _parse_instances(path: Path, data: Any) -> list[Example]:
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: top level must be a JSON object")
+    if "Instances" not in data:
+        raise DataError(f"{path}: missing 'Instances'")
+    instances = data["Instances"]
+    if not isinstance(instances, list):
+        raise DataError(f"{path}: 'Instances' must be a list")
+    if not instances:
+        raise DataError(f"{path}: 'Instances' is empty")
+    examples = []
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            raise DataError(f"{path}: Instances[{i}] must be an object")
+        if not isinstance(inst.get("input"), str):
+            raise DataError(f"{path}: Instances[{i}].input must be a string")
+        out = inst.get("output")
+        if isinstance(out, str):
+            outputs = (out,)
+        elif isinstance(out, list) and out and all(isinstance(o, str) for o in out):
+            outputs = tuple(out)
+        else:
+            raise DataError(f"{path}: Instances[{i}].output must be a string or a non-empty list of strings")
+        examples.append(Example(input=inst["input"], outputs=outputs))
+    return examples
+
+
+def _parse_definition(path: Path, data: dict) -> str:
+    d = data.get("Definition", [])
+    if isinstance(d, str):
+        return d.strip()
+    if isinstance(d, list) and all(isinstance(s, str) for s in d):
+        return d[0].strip() if d else ""  # Long_Sequence/copa ships an empty list
+    raise DataError(f"{path}: 'Definition' must be a string or a list of strings")
+
+
+def _read_labels(path: Path) -> list[str]:
+    labels = _read_json(path)
+    if not isinstance(labels, list) or not labels or not all(isinstance(s, str) for s in labels):
+        raise DataError(f"{path}: must be a non-empty JSON list of strings")
+    return labels
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def _stratified(pool: list[int], label_of: list[str], n: int) -> list[int]:
+    """Pick n of `pool` (already shuffled) with each label in proportion to its share.
+
+    Systematic sampling: line the pool up grouped by label and take n evenly spaced items, so every
+    label gets its share up to rounding and the choice within a label follows the shuffle.
+    """
+    by_label: dict[str, list[int]] = {}
+    for i in pool:
+        by_label.setdefault(label_of[i], []).append(i)
+    lined_up = [i for label in sorted(by_label) for i in by_label[label]]
+    return [lined_up[int((j + 0.5) * len(lined_up) / n)] for j in range(n)]
+
+
+def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: float | int = 0.1,
+              max_train: int | None = None, max_eval: int | None = None, seed: int = 42) -> Task:
+    """Load one task with seeded train / validation / evaluation splits.
+
+    val_size: an int is a count, a float a fraction of the training pool (after `max_train`).
+    max_train, max_eval: seeded subsets, to keep runs small. Splits depend only on
+    (seed, task name, file contents, sizes), never on global random state.
+    """
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise ValueError(f"val_size must be an int or a float, got {val_size!r}")
+    if (isinstance(val_size, int) and val_size < 0) or (isinstance(val_size, float) and not 0 <= val_size < 1):
+        raise ValueError(f"val_size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
+    for arg, value in (("max_train", max_train), ("max_eval", max_eval)):
+        if value is not None and value < 1:
+            raise ValueError(f"{arg} must be at least 1, got {value}")
+
+    bench_dir = _benchmark_dir(data_dir, benchmark)
+    task_dir = bench_dir / name
+    train_path = task_dir / "train.json"
+    if not train_path.is_file():
+        raise DataError(f"{train_path}: not found")
+    data = _read_json(train_path)
+    examples = _parse_instances(train_path, data)
+    definition = _parse_definition(train_path, data)
+
+    labels = None
+    if (task_dir / "labels.json").is_file():
+        labels = _read_labels(task_dir / "labels.json")
+        seen = sorted({ex.outputs[0] for ex in examples})
+        if set(seen) - set(labels):  # the public qqp labels.json says False/True, its outputs are no/yes
+            warnings.warn(f"{task_dir / 'labels.json'}: labels {labels} do not cover the train.json "
+                          f"outputs {seen}; using the outputs as the label set", stacklevel=2)
+            labels = seen
+    metric = BENCHMARK_METRIC.get(benchmark, "em" if labels is not None else "rougeL")
+
+    rng = random.Random(f"{seed}:{name}")
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+
+    test_path = task_dir / "test.json"
+    if test_path.is_file():
+        test = _parse_instances(test_path, _read_json(test_path))
+        keep = sorted(rng.sample(range(len(test)), max_eval)) if max_eval and max_eval < len(test) else None
+        eval_examples = test if keep is None else [test[i] for i in keep]
+        eval_split, taken = "test", []
+        blocked = {ex.input for ex in test}  # all of test.json, whatever subset is evaluated
+    else:
+        heldout = max_eval if max_eval is not None else max(1, len(examples) // 10)
+        if heldout > len(examples) - 2:
+            raise DataError(f"{train_path}: {len(examples)} instances are too few to hold out {heldout} "
+                            "for evaluation and keep validation and training data")
+        taken = order[:heldout]
+        eval_examples = [examples[i] for i in sorted(taken)]
+        eval_split = "heldout-train"
+        blocked = {ex.input for ex in eval_examples}
+
+    # The pool for validation and training: no input that is evaluated, and no input twice,
+    # so validation and training can never share an input either.
+    pool, dropped = [], 0
+    for i in order[len(taken):]:
+        if examples[i].input in blocked:
+            dropped += 1
+            continue
+        blocked.add(examples[i].input)
+        pool.append(i)
+    if dropped and eval_split == "test":
+        warnings.warn(f"{train_path}: dropped {dropped} instances whose input also appears in test.json",
+                      stacklevel=2)
+
+    if isinstance(val_size, int):
+        n_val = val_size
+    else:
+        n_val = max(1, round(val_size * min(len(pool), max_train or len(pool))))
+    if n_val >= len(pool):
+        raise DataError(f"{train_path}: {len(pool)} usable instances are too few for {n_val} "
+                        "validation examples and at least one training example")
+
+    if labels is not None:
+        val_idx = _stratified(pool, [ex.outputs[0] for ex in examples], n_val) if n_val else []
+    else:
+        val_idx = pool[:n_val]
+    in_val = set(val_idx)
+    train_idx = [i for i in pool if i not in in_val][:max_train]
+
+    return Task(
+        name=name,
+        definition=definition,
+        metric=metric,
+        train=[examples[i] for i in sorted(train_idx)],
+        val=[examples[i] for i in sorted(val_idx)],
+        eval=eval_examples,
+        eval_split=eval_split,
+        labels=labels,
+    )
+
+
+def load_benchmark(data_dir: str | Path, benchmark: str, tasks: list[str] | None = None,
+                   order: int | None = None, **load_task_kwargs: Any) -> list[Task]:
+    """Load the task sequence chosen by `resolve_task_names`, in training order."""
+    names = resolve_task_names(data_dir, benchmark, tasks, order)
+    return [load_task(data_dir, benchmark, name, **load_task_kwargs) for name in names]

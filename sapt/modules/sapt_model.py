@@ -1,0 +1,145 @@
+"""A frozen base model with one LoRA block per task on q/v, mixed per input by the shared attention router.
+
+Training task t updates only block t, key t and the shared query MLP. The routing weights are computed
+once per input from the prompt's token embeddings and reused by every layer and every decoding step.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from sapt.models import LoadedModel
+from sapt.modules.inject import TARGET_PATTERNS, inject_mixture_lora
+from sapt.modules.mixture_lora import RoutingState
+from sapt.modules.router import SharedAttentionRouter, masked_max_pool
+
+
+class SAPTModel(nn.Module):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        r: int = 4,
+        alpha: float = 32.0,
+        dropout: float = 0.0,
+        query_hidden: int = 100,
+        target_pattern: str | None = None,
+    ):
+        super().__init__()
+        self.base = loaded.model
+        self.family = loaded.family
+        self.tokenizer = loaded.tokenizer
+        self.base.requires_grad_(False)
+        self.state = RoutingState()
+        self.lora_layers = inject_mixture_lora(
+            self.base, target_pattern or TARGET_PATTERNS[self.family], self.state, r, alpha, dropout
+        )
+        self.router = SharedAttentionRouter(self.base.get_input_embeddings().embedding_dim, query_hidden)
+        self.task_names: list[str] = []
+
+    # ---- tasks and what trains -------------------------------------------------------------------
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_names)
+
+    def add_task(self, name: str) -> None:
+        for layer in self.lora_layers.values():
+            layer.add_block()
+        self.router.add_key()
+        self.task_names.append(name)
+        self.set_trainable(self.n_tasks - 1)
+
+    def set_trainable(self, t: int) -> None:
+        """Only block t, key t and the shared query MLP receive gradient."""
+        self.requires_grad_(False)
+        for layer in self.lora_layers.values():
+            layer.lora_A[t].requires_grad_(True)
+            layer.lora_B[t].requires_grad_(True)
+        self.router.keys[t].requires_grad_(True)
+        self.router.query_mlp.requires_grad_(True)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- routing ---------------------------------------------------------------------------------
+    def pooled_prompt(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # the embedding table is frozen; no graph needed through it
+            emb = self.base.get_input_embeddings()(input_ids)
+        return masked_max_pool(emb.float(), prompt_mask)
+
+    def routing_logits(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        return self.router.logits(self.pooled_prompt(input_ids, prompt_mask))
+
+    def routing_weights(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.routing_logits(input_ids, prompt_mask), dim=-1)
+
+    @contextmanager
+    def routed(self, weights: torch.Tensor) -> Iterator[None]:
+        self.state.weights = weights
+        try:
+            yield
+        finally:
+            self.state.weights = None
+
+    # ---- training and generation -----------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean token cross-entropy of the batch's targets under the routed mixture."""
+        weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
+        with self.routed(weights):
+            out = self.base(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            )
+        return out.loss
+
+    @torch.no_grad()
+    def generate(
+        self, batch: dict[str, torch.Tensor], max_new_tokens: int
+    ) -> tuple[list[str], torch.Tensor]:
+        """Greedy answers for a batch of prompts and the routing weights each one used."""
+        weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
+        tok = self.tokenizer
+        with self.routed(weights):
+            out = self.base.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        if self.family == "causal":
+            out = out[:, batch["input_ids"].shape[1]:]
+        texts = tok.batch_decode(out, skip_special_tokens=True)
+        return [t.strip() for t in texts], weights
+
+    # ---- per-stage state -------------------------------------------------------------------------
+    def block_state(self, t: int) -> dict[str, torch.Tensor]:
+        """Block t of every adapted projection, named by module path (PEFT-like names)."""
+        state = {}
+        for name, layer in self.lora_layers.items():
+            state[f"{name}.lora_A.weight"] = layer.lora_A[t].detach().cpu().contiguous()
+            state[f"{name}.lora_B.weight"] = layer.lora_B[t].detach().cpu().contiguous()
+        return state
+
+    def router_state(self, t: int) -> dict[str, torch.Tensor]:
+        state = {f"query_mlp.{k}": v.detach().cpu().contiguous() for k, v in self.router.query_mlp.state_dict().items()}
+        state["key"] = self.router.keys[t].detach().cpu().contiguous()
+        return state
+
+    @torch.no_grad()
+    def load_block(self, t: int, block: dict[str, torch.Tensor]) -> None:
+        missing = {f"{n}.lora_{x}.weight" for n in self.lora_layers for x in "AB"} - set(block)
+        if missing:
+            raise ValueError(f"adapter is missing {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+        for name, layer in self.lora_layers.items():
+            layer.lora_A[t].copy_(block[f"{name}.lora_A.weight"])
+            layer.lora_B[t].copy_(block[f"{name}.lora_B.weight"])
+
+    @torch.no_grad()
+    def load_router(self, t: int, router: dict[str, torch.Tensor]) -> None:
+        self.router.keys[t].copy_(router["key"])
+        mlp = {k.removeprefix("query_mlp."): v for k, v in router.items() if k.startswith("query_mlp.")}
+        self.router.query_mlp.load_state_dict(mlp)
