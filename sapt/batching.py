@@ -31,6 +31,8 @@ def truncate_middle(ids: list[int], limit: int) -> list[int]:
 def encode(
     tokenizer, family: str, definition: str, examples: Sequence[Example], max_source: int, max_target: int
 ) -> list[Encoded]:
+    if not examples:
+        return []
     prompts = [format_prompt(definition, ex.input, family) for ex in examples]
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     target_ids = tokenizer([ex.outputs[0] for ex in examples], add_special_tokens=False)["input_ids"]

@@ -47,6 +47,18 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--max-target-length", dict(type=int, help="answer tokens trained on (default 128)")),
     ("--max-new-tokens", dict(type=int, help="generation length at evaluation (default 50)")),
     ("--eval-batch-size", dict(type=int, help="evaluation batch size (default 16)")),
+    ("--no-reflection", dict(dest="reflection", action="store_false", help="ablate attentive reflection (no KL replay)")),
+    ("--reflection-source", dict(choices=["generated", "real"], help="replay inputs: generated pseudo samples (default) or stored real inputs")),
+    ("--kl-ratio", dict(type=float, help="weight of the reflection KL (default: 1 for LLaMA-family, 0.5 SuperNI / 0.1 Long_Sequence for T5)")),
+    ("--replay-every", dict(type=int, help="optimiser steps between replay batches (default 1)")),
+    ("--pseudo-ratio", dict(type=float, help="replay inputs per task as a fraction of its training size (default 0.02, at least 1)")),
+    ("--pseudo-max", dict(type=int, help="at most this many replay inputs per task (default 50)")),
+    ("--pseudo-epochs", dict(type=int, help="epochs of the pseudo-sample generator LoRA (default 1)")),
+    ("--pseudo-lr", dict(type=float, help="learning rate of the generator LoRA (default 1e-3)")),
+    ("--pseudo-r", dict(type=int, help="rank of the generator LoRA (default 8)")),
+    ("--pseudo-top-k", dict(type=int, help="top-k sampling of pseudo inputs (default 20)")),
+    ("--pseudo-repetition-penalty", dict(type=float, help="repetition penalty of pseudo sampling (default 2.5)")),
+    ("--pseudo-max-new-tokens", dict(type=int, help="length limit of a pseudo sample (default 128)")),
 ]
 
 
@@ -74,6 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="print the score matrix and metrics of a run")
     rp.add_argument("--run", required=True, help="run directory")
     rp.add_argument("--json", action="store_true", help="print metrics.json")
+    rp.add_argument("--no-plots", action="store_true",
+                    help="do not write RUN_DIR/plots/ (score_matrix.png, routing_weights.png, score_curves.png)")
+
+    cp = sub.add_parser("compare", help="AP and BWT of several runs: a table and a grouped bar chart")
+    cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    cp.add_argument("--out", default="compare.png", help="PNG file to write (default compare.png)")
+
+    ex = sub.add_parser("export", help="write each task block as a PEFT LoRA adapter, and the router")
+    ex.add_argument("--run", required=True, help="run directory")
+    ex.add_argument("--out", required=True, help="output directory: OUT/<task>/ adapters, OUT/router.safetensors")
+    ex.add_argument("--force", action="store_true", help="write into a non-empty directory that is not an export")
+
+    fb = sub.add_parser("fetch-benchmark", help="download the public CL_Benchmark (SuperNI, Long_Sequence)")
+    fb.add_argument("--dest", required=True, help="directory to create; use it as --data-dir")
+    fb.add_argument("--url", help="zip archive holding a CL_Benchmark/ folder, http(s):// or file:// "
+                                  "(default: the GitHub zip of circle-hit/SAPT at main)")
+    fb.add_argument("--force", action="store_true", help="replace a non-empty DEST")
     return p
 
 
@@ -143,10 +172,49 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.run}: no metrics.json (not a sapt run, or no stage evaluated yet)")
     metrics = io.read_json(path)
     print(json.dumps(metrics, indent=2) if args.json else render(metrics))
+    if not args.no_plots:
+        from sapt.plots import plot_run
+
+        plots = plot_run(args.run)  # messages on stderr: stdout stays the table (or JSON)
+        print(f"sapt: plots written to {Path(args.run) / 'plots'}: " + ", ".join(p.name for p in plots.files.values()),
+              file=sys.stderr)
+        for name, why in plots.skipped.items():
+            print(f"sapt: {name}.png not drawn: {why}", file=sys.stderr)
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from sapt.plots import format_comparison, plot_compare
+
+    comparison = plot_compare(args.runs, args.out)
+    print(format_comparison(comparison))
+    print(f"sapt: chart written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sapt.export import export_run
+
+    info = export_run(args.run, args.out, force=args.force)
+    out = Path(args.out)
+    for task in info["tasks"]:
+        print(f"{task:30s} {out / task}")
+    print(f"router ({len(info['tasks'])} keys, d_model {info['d_model']}, hidden {info['hidden']}): "
+          f"{out / 'router.safetensors'}, {out / 'router.json'}")
+    print(f"load one task: peft.PeftModel.from_pretrained(base_model, {str(out / info['tasks'][0])!r})")
+    return 0
+
+
+def cmd_fetch_benchmark(args: argparse.Namespace) -> int:
+    from sapt.fetch import DEFAULT_URL, fetch_benchmark
+
+    summary = fetch_benchmark(args.dest, args.url or DEFAULT_URL, force=args.force)
+    print(summary.render())
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
+            "compare": cmd_compare, "export": cmd_export, "fetch-benchmark": cmd_fetch_benchmark}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,19 @@ class RunConfig:
     max_target_length: int = 128
     max_new_tokens: int = 50
     eval_batch_size: int = 16
+    # attentive reflection (ARM)
+    reflection: bool = True
+    reflection_source: str = "generated"  # or "real": a few stored training inputs
+    kl_ratio: float | None = None  # None: per model family and benchmark (sapt.reflection)
+    replay_every: int = 1  # optimiser steps between replay batches
+    pseudo_ratio: float = 0.02  # replay inputs kept per task, as a fraction of its training size
+    pseudo_max: int = 50
+    pseudo_epochs: int = 1  # generator LoRA training
+    pseudo_lr: float = 1e-3
+    pseudo_r: int = 8
+    pseudo_top_k: int = 20
+    pseudo_repetition_penalty: float = 2.5
+    pseudo_max_new_tokens: int = 128
     notes: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -64,6 +77,15 @@ class RunConfig:
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.reflection_source not in ("generated", "real"):
+            raise ConfigError(f"reflection_source must be 'generated' or 'real', got {self.reflection_source!r}")
+        if self.kl_ratio is not None and self.kl_ratio < 0:
+            raise ConfigError(f"kl_ratio must be >= 0, got {self.kl_ratio}")
+        for name in ("replay_every", "pseudo_max", "pseudo_epochs", "pseudo_r", "pseudo_top_k", "pseudo_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.pseudo_ratio <= 1:
+            raise ConfigError(f"pseudo_ratio must be in (0, 1], got {self.pseudo_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.method != "sapt":
@@ -76,7 +98,9 @@ class RunConfig:
 
 # The built-in suite is a few hundred short examples for a CPU demo: larger steps than the paper's
 # 3e-4 x 100 epochs so that a 135M model learns each task in two or three epochs.
-BUILTIN_PRESET: dict[str, Any] = {"lr": 2e-3, "router_lr": 1e-2, "lora_r": 8, "epochs": 3, "batch_size": 8}
+BUILTIN_PRESET: dict[str, Any] = {
+    "lr": 2e-3, "lora_r": 8, "epochs": 3, "batch_size": 8, "pseudo_ratio": 0.1, "pseudo_max_new_tokens": 64,
+}
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # Keys that may change between a run and its resumption without changing what is computed.

@@ -1,0 +1,377 @@
+"""Check a benchmark's task files before a run, reporting every problem at once.
+
+The loader (`sapt.data.benchmark.load_task`) stops at the first problem it meets, which makes fixing a
+broken data folder a slow loop of run, fix, run. `validate_benchmark` reads every file of every task
+of the run and returns all problems found, each a single line that names the file and the field:
+
+    .../Long_Sequence/sst2/train.json: Instances[3].output: expected a string or a list of strings, got int
+
+Problems come in two kinds:
+
+- errors: the run cannot work (missing or malformed files, too few usable instances, ...);
+- warnings: the run works but probably not as intended, e.g. a labels.json that does not cover the
+  outputs (the public qqp labels.json says ["False", "True"] while its outputs are "no"/"yes"; the
+  loader then uses the outputs as the label set), or train.json inputs that also appear in test.json
+  and so are dropped from training.
+
+Guarantee: when `validate_benchmark` returns no errors, `load_task` succeeds on every task with the
+same split settings (after the file checks pass, each task is loaded once with those settings and a
+loader failure is reported as an error).
+
+`validate_or_raise` is the form for the command line: it raises one `DataError` listing every error
+and emits the warnings with `warnings.warn`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sapt.data.benchmark import load_task
+from sapt.data.types import DataError
+
+__all__ = ["MAX_INSTANCE_MESSAGES", "validate_benchmark", "validate_or_raise"]
+
+# Per file, the problems of this many bad instances (or bad labels) are listed, then a count of the rest.
+MAX_INSTANCE_MESSAGES = 5
+
+SPLIT_FILES = ("train.json", "test.json", "dev.json")
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
+        type(value), type(value).__name__)
+
+
+def _one_line(message: str) -> str:
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _bad_text(s: str) -> str | None:
+    """Why a string cannot be used as model text, or None if it can."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired surrogate escape (not encodable as UTF-8)"
+    return None
+
+
+class _Report:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def error(self, where: Path | str, message: str) -> None:
+        self.errors.append(_one_line(f"{where}: {message}"))
+
+    def warn(self, where: Path | str, message: str) -> None:
+        self.warnings.append(_one_line(f"{where}: {message}"))
+
+
+def _read_json(path: Path, report: _Report) -> tuple[bool, Any]:
+    """Parse a JSON file the way the loader does. Returns (ok, data); on failure an error is recorded."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return True, json.load(f)
+    except json.JSONDecodeError as e:
+        report.error(path, f"invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})")
+    except UnicodeDecodeError as e:
+        report.error(path, f"not valid UTF-8 text (bad byte at offset {e.start})")
+    except RecursionError:
+        report.error(path, "invalid JSON (nested too deeply to parse)")
+    except ValueError as e:  # e.g. an integer literal longer than Python's digit limit
+        report.error(path, f"invalid JSON ({e})")
+    except OSError as e:
+        report.error(path, f"cannot read ({e.strerror or e})")
+    return False, None
+
+
+def _check_instance(i: int, inst: Any) -> tuple[list[str], tuple[str, tuple[str, ...]] | None]:
+    """Problems of Instances[i] (messages without the path), and (input, outputs) when it has none."""
+    where = f"Instances[{i}]"
+    if not isinstance(inst, dict):
+        return [f"{where}: expected an object with 'input' and 'output', got {_type_name(inst)}"], None
+    problems = []
+    if "input" not in inst:
+        problems.append(f"{where}.input: missing")
+    else:
+        x = inst["input"]
+        if not isinstance(x, str):
+            problems.append(f"{where}.input: expected a string, got {_type_name(x)}")
+        elif not x.strip():
+            problems.append(f"{where}.input: empty string")
+        elif _bad_text(x):
+            problems.append(f"{where}.input: {_bad_text(x)}")
+    outputs: tuple[str, ...] = ()
+    if "output" not in inst:
+        problems.append(f"{where}.output: missing")
+    else:
+        out = inst["output"]
+        if isinstance(out, str):
+            outputs = (out,)
+        elif isinstance(out, list):
+            if not out:
+                problems.append(f"{where}.output: empty list (expected at least one reference string)")
+            for j, o in enumerate(out):
+                if not isinstance(o, str):
+                    problems.append(f"{where}.output[{j}]: expected a string, got {_type_name(o)}")
+                    break
+            else:
+                outputs = tuple(out)
+        else:
+            problems.append(f"{where}.output: expected a string or a list of strings, got {_type_name(out)}")
+        for j, o in enumerate(outputs):
+            if _bad_text(o):
+                field = f"{where}.output" if isinstance(out, str) else f"{where}.output[{j}]"
+                problems.append(f"{field}: {_bad_text(o)}")
+                break
+    if problems:
+        return problems, None
+    return [], (inst["input"], outputs)
+
+
+def _check_split_file(path: Path, report: _Report, *, is_train: bool) -> list[tuple[str, tuple[str, ...]]] | None:
+    """Check a train/test/dev file. Returns its (input, outputs) pairs, or None if it has errors."""
+    if not path.is_file():
+        report.error(path, "not a file")
+        return None
+    ok, data = _read_json(path, report)
+    if not ok:
+        return None
+    if not isinstance(data, dict):
+        report.error(path, f"expected a JSON object at the top level, got {_type_name(data)}")
+        return None
+    n_errors = len(report.errors)
+
+    if "Definition" not in data:
+        if is_train:
+            report.warn(path, "Definition: missing; prompts will have no task definition")
+    else:
+        d = data["Definition"]
+        if isinstance(d, list):
+            for j, s in enumerate(d):
+                if not isinstance(s, str):
+                    report.error(path, f"Definition[{j}]: expected a string, got {_type_name(s)}")
+                    break
+                if _bad_text(s):
+                    report.error(path, f"Definition[{j}]: {_bad_text(s)}")
+                    break
+        elif isinstance(d, str):
+            if _bad_text(d):
+                report.error(path, f"Definition: {_bad_text(d)}")
+        else:
+            report.error(path, f"Definition: expected a string or a list of strings, got {_type_name(d)}")
+
+    if "Instances" not in data:
+        report.error(path, "Instances: missing")
+        return None
+    instances = data["Instances"]
+    if not isinstance(instances, list):
+        report.error(path, f"Instances: expected a list, got {_type_name(instances)}")
+        return None
+    if not instances:
+        report.error(path, "Instances: empty list (no examples)")
+        return None
+
+    pairs = []
+    bad = 0
+    for i, inst in enumerate(instances):
+        problems, pair = _check_instance(i, inst)
+        if problems:
+            bad += 1
+            if bad <= MAX_INSTANCE_MESSAGES:
+                for p in problems:
+                    report.error(path, p)
+        else:
+            pairs.append(pair)
+    if bad > MAX_INSTANCE_MESSAGES:
+        report.error(path, f"Instances: ... and {bad - MAX_INSTANCE_MESSAGES} more bad instances "
+                           f"({bad} of {len(instances)} in all)")
+    return pairs if len(report.errors) == n_errors else None
+
+
+def _check_labels(path: Path, report: _Report) -> list[str] | None:
+    """Check labels.json. Returns the labels, or None if the file has errors."""
+    if not path.is_file():
+        report.error(path, "not a file")
+        return None
+    ok, labels = _read_json(path, report)
+    if not ok:
+        return None
+    if not isinstance(labels, list):
+        report.error(path, f"expected a list of label strings, got {_type_name(labels)}")
+        return None
+    if not labels:
+        report.error(path, "empty list (a classification task needs at least one label)")
+        return None
+    bad = [(j, s) for j, s in enumerate(labels) if not isinstance(s, str)]
+    for j, s in bad[:MAX_INSTANCE_MESSAGES]:
+        report.error(path, f"labels[{j}]: expected a string, got {_type_name(s)}")
+    if len(bad) > MAX_INSTANCE_MESSAGES:
+        report.error(path, f"labels: ... and {len(bad) - MAX_INSTANCE_MESSAGES} more labels that are not strings")
+    if bad:
+        return None
+    dupes = sorted({s for s in labels if labels.count(s) > 1})
+    if dupes:
+        report.error(path, f"labels: duplicate labels {', '.join(map(repr, dupes))}")
+        return None
+    return labels
+
+
+def _check_sizes(train_path: Path, train: list[tuple[str, tuple[str, ...]]],
+                 test: list[tuple[str, tuple[str, ...]]] | None, has_test: bool, report: _Report) -> None:
+    """The loader needs at least 2 distinct usable inputs (training + validation), plus 1 held out for
+    evaluation when there is no test.json; duplicate inputs and inputs that are in test.json are dropped."""
+    n = len(train)
+    need = 2 if has_test else 3
+    inputs = [x for x, _ in train]
+    distinct = set(inputs)
+    if test is not None:
+        test_inputs = {x for x, _ in test}
+        overlap = sum(x in test_inputs for x in inputs)
+        usable = len(distinct - test_inputs)
+    else:
+        overlap, usable = 0, len(distinct)
+    if n < need:
+        what = "training and validation examples (test.json gives the evaluation ones)" if has_test else \
+            "training, validation and held-out evaluation examples"
+        report.error(train_path, f"Instances: only {n} instance{'s' if n != 1 else ''}; at least {need} "
+                                 f"are needed to carve {what}")
+    elif usable == 0:
+        report.error(train_path, f"Instances: every one of the {n} instances would be dropped: "
+                                 "their inputs all appear in test.json")
+    elif not has_test and len(distinct) == 1:
+        report.error(train_path, f"Instances: all {n} instances have the same input; after one is held out "
+                                 "for evaluation every other would be dropped as a duplicate")
+    elif usable < need:
+        extra = " that are not in test.json" if has_test else ""
+        report.error(train_path, f"Instances: only {usable} distinct input{'s' if usable != 1 else ''}{extra} "
+                                 f"among {n} instances; at least {need} are needed (duplicates are dropped)")
+    if overlap and usable:
+        report.warn(train_path, f"Instances: {overlap} instance{'s' if overlap != 1 else ''} whose input also "
+                                "appears in test.json will be dropped from training and validation")
+
+
+def _check_labels_cover(labels_path: Path, labels: list[str], train: list[tuple[str, tuple[str, ...]]],
+                        test: list[tuple[str, tuple[str, ...]]] | None, report: _Report) -> None:
+    seen = sorted({outs[0] for _, outs in train})
+    missing = [s for s in seen if s not in set(labels)]
+    if missing:
+        report.warn(labels_path, f"labels {labels} do not cover the train.json outputs {missing}; "
+                                 f"the loader will use the outputs {seen} as the label set")
+        label_set = set(seen)
+    else:
+        label_set = set(labels)
+    if test is not None:
+        unseen = sorted({outs[0] for _, outs in test} - label_set)
+        if unseen:
+            report.warn(labels_path, f"test.json has outputs that are not labels: {unseen[:10]}"
+                                     f"{' ...' if len(unseen) > 10 else ''}")
+
+
+def _check_task(bench_dir: Path, data_dir: Path, benchmark: str, name: str, report: _Report,
+                load_kwargs: dict[str, Any]) -> None:
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        report.error(bench_dir, f"task name {name!r}: must be the name of a folder in the benchmark")
+        return
+    task_dir = bench_dir / name
+    if not task_dir.is_dir():
+        report.error(task_dir, "task folder not found")
+        return
+    n_errors = len(report.errors)
+    train_path = task_dir / "train.json"
+    if not train_path.exists():
+        report.error(train_path, "not found (every task needs a train.json)")
+        train = None
+    else:
+        train = _check_split_file(train_path, report, is_train=True)
+    test_path = task_dir / "test.json"
+    has_test = test_path.exists()
+    test = _check_split_file(test_path, report, is_train=False) if has_test else None
+    if (task_dir / "dev.json").exists():  # unused by the loader (it equals test.json in the public release)
+        _check_split_file(task_dir / "dev.json", report, is_train=False)
+    labels_path = task_dir / "labels.json"
+    labels = _check_labels(labels_path, report) if labels_path.exists() else None
+
+    if train is not None and (test is not None or not has_test):
+        _check_sizes(train_path, train, test, has_test, report)
+    if train is not None and labels is not None:
+        _check_labels_cover(labels_path, labels, train, test, report)
+
+    if len(report.errors) == n_errors:
+        # The file checks passed: load the task once with the run's split settings, so that "no errors"
+        # really means the loader succeeds (split sizes also depend on val_size, max_eval and the seed).
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the checks above report the loader's warnings
+                load_task(data_dir, benchmark, name, **load_kwargs)
+        except DataError as e:  # its message starts with the file's path
+            report.errors.append(_one_line(str(e)))
+        except ValueError as e:
+            report.error(task_dir, f"invalid split settings: {e}")
+
+
+def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *,
+                       val_size: float | int = 0.1, max_train: int | None = None,
+                       max_eval: int | None = None, seed: int = 42) -> tuple[list[str], list[str]]:
+    """Check the files of tasks `names` of `data_dir/benchmark`; return `(errors, warnings)`.
+
+    Every problem found is listed, not just the first: each is one line starting with the path of the
+    file (or folder) and naming the field, e.g. "<...>/train.json: Instances[3].input: missing". Per
+    file, the problems of the first MAX_INSTANCE_MESSAGES bad instances are listed, then a count.
+
+    errors (the run cannot work): a missing data/benchmark/task folder or train.json; a file that is
+    not UTF-8 JSON (with line and column); a top level that is not an object; a Definition that is not
+    a string or a list of strings; Instances missing, not a list or empty; an instance that is not an
+    object, whose "input" is not a non-empty string or whose "output" is not a string or a non-empty
+    list of strings; a labels.json that is not a non-empty list of distinct strings; test.json and
+    dev.json (when present) checked like train.json; duplicate names in `names`; too few instances
+    (distinct inputs, not in test.json) to carve training, validation and evaluation examples; and any
+    failure of `load_task` with the given split settings (`val_size`, `max_train`, `max_eval`, `seed`,
+    as in `load_task`), which is tried once the file checks of a task pass.
+
+    warnings (the run works): labels.json not covering the train.json outputs (the loader then uses
+    the outputs as the label set; the public qqp task has this), test.json outputs outside the label
+    set, train.json inputs that also appear in test.json (dropped), a train.json without Definition.
+
+    Never raises for bad data; only the messages say what is wrong.
+    """
+    report = _Report()
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        report.error(data_dir, "data directory not found")
+        return report.errors, report.warnings
+    bench_dir = data_dir / benchmark
+    if not benchmark or not bench_dir.is_dir() or bench_dir.resolve() == data_dir.resolve():
+        report.error(bench_dir, "benchmark folder not found")
+        return report.errors, report.warnings
+    if not names:
+        report.error(bench_dir, "no tasks given")
+    dupes = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+    if dupes:
+        report.error(bench_dir, "duplicate task names in the task list: "
+                                + ", ".join(f"{n} ({names.count(n)} times)" for n in dupes))
+    load_kwargs = dict(val_size=val_size, max_train=max_train, max_eval=max_eval, seed=seed)
+    for name in dict.fromkeys(names):
+        _check_task(bench_dir, data_dir, benchmark, name, report, load_kwargs)
+    return report.errors, report.warnings
+
+
+def validate_or_raise(data_dir: str | Path, benchmark: str, names: list[str], **split_settings: Any) -> list[str]:
+    """Validate like `validate_benchmark`; emit each warning with `warnings.warn` and return them.
+
+    Raises `DataError` when there are errors: its message's first line says how many problems were
+    found, and the following lines list them, one per line.
+    """
+    errors, warns = validate_benchmark(data_dir, benchmark, names, **split_settings)
+    for w in warns:
+        warnings.warn(w, UserWarning, stacklevel=2)
+    if errors:
+        n = len(errors)
+        raise DataError(f"{n} problem{'s' if n != 1 else ''} in the task data of {Path(data_dir) / benchmark}:\n"
+                        + "\n".join(errors))
+    return warns

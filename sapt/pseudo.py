@@ -1,0 +1,234 @@
+"""Pseudo inputs of a finished task, for the Attentive Reflection Module (METHOD.md).
+
+After task t is trained, its routing must be protected while later tasks train, without keeping any of
+its real data. So a *generator* learns to write task inputs: a temporary PEFT LoRA on the same frozen
+backbone, trained to map the fixed trigger `__gen__` to `<definition>__inp__<input>` for the task's
+training examples (the public code's format). Sampling from the trigger then gives inputs that look like
+the task's; only the input part is kept. No answers are ever generated or needed.
+
+Why the care around the SAPT model:
+- The generator sits on the *inner* `nn.Linear` of the project's q/v mixture layers, and the SAPT task
+  blocks are switched off (zero routing weights = the frozen backbone exactly) while it trains and
+  samples, so it learns from the base model only and touches none of the task blocks.
+- Afterwards it is unloaded completely: the model has the same modules and a bit-identical state_dict,
+  and the caller's trainable set (`set_trainable(n_tasks - 1)`) and train/eval mode are restored.
+- Everything random (LoRA init, shuffling, dropout, sampling) runs under `cfg.seed` inside
+  `torch.random.fork_rng()`, so results are reproducible and the caller's RNG stream is untouched.
+
+If fewer well-formed distinct samples than wanted come out within the attempt cap, fewer are returned,
+possibly none: the caller decides what to do (e.g. skip reflection on that task); `stats` says so.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from sapt.batching import Encoded, collate_prompts, collate_train, truncate_middle
+
+if TYPE_CHECKING:
+    from sapt.data import Task
+    from sapt.modules.sapt_model import SAPTModel
+
+TRIGGER = "__gen__"
+SEPARATOR = "__inp__"
+ADAPTER = "pseudo_generator"  # PEFT adapter name; distinct from the mixture's own `lora_A.N` params
+
+
+@dataclass
+class PseudoConfig:
+    ratio: float = 0.02  # wanted count = max(1, round(ratio * len(task.train))), capped by max_samples
+    max_samples: int = 50
+    r: int = 8
+    alpha: float = 32.0
+    lr: float = 1e-3
+    epochs: int = 1
+    batch_size: int = 8  # generator training batch
+    top_k: int = 20
+    repetition_penalty: float = 2.5
+    temperature: float = 1.0
+    max_new_tokens: int = 128  # must cover definition + separator + input, or samples come out cut
+    oversample: int = 4  # at most oversample * wanted samples are drawn
+    seed: int = 0
+    sample_batch_size: int = 16  # sequences drawn per generate() call
+
+    def __post_init__(self) -> None:
+        if self.ratio <= 0 or self.max_samples < 1 or self.oversample < 1 or self.epochs < 0:
+            raise ValueError(f"bad pseudo-sample settings: {self}")
+
+
+def wanted_count(n_train: int, cfg: PseudoConfig) -> int:
+    return min(cfg.max_samples, max(1, round(cfg.ratio * n_train)))
+
+
+def generator_target(definition: str, input: str) -> str:
+    return f"{definition}{SEPARATOR}{input}"
+
+
+def parse_sample(text: str) -> str | None:
+    """The input part of a generated `definition__inp__input`, or None if the sample is not well-formed:
+    the separator must occur exactly once and the stripped input must be non-empty and not the trigger."""
+    parts = text.split(SEPARATOR)
+    if len(parts) != 2:
+        return None
+    inp = parts[1].strip()
+    if not inp or inp == TRIGGER:
+        return None
+    return inp
+
+
+# ---- pieces ------------------------------------------------------------------------------------------
+def _encode(model: SAPTModel, task: Task, max_source: int, max_target: int) -> tuple[list[Encoded], list[int]]:
+    """Prompt = the trigger alone, target = definition__inp__input + EOS (loss on the target only)."""
+    tok = model.tokenizer
+    prompt = list(tok([TRIGGER], add_special_tokens=True)["input_ids"][0])
+    if model.family == "causal" and prompt and prompt[-1] == tok.eos_token_id:
+        prompt = prompt[:-1]  # the sample must follow the trigger, as in sapt.batching.encode
+    prompt = truncate_middle(prompt, max_source)
+    targets = tok([generator_target(task.definition, ex.input) for ex in task.train], add_special_tokens=False)
+    items = [Encoded(prompt, list(t)[: max_target - 1] + [tok.eos_token_id]) for t in targets["input_ids"]]
+    return items, prompt
+
+
+def _attach_generator(model: SAPTModel, cfg: PseudoConfig):
+    """A PEFT LoRA on the frozen linear inside every mixture layer; returns (peft model, its parameters)."""
+    # Exact module names rather than a pattern: right whatever target_pattern the SAPT model was built with.
+    targets = [f"{name}.base" for name in model.lora_layers]
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations PEFT still calls
+        peft_model = get_peft_model(model.base, config, adapter_name=ADAPTER)
+    params = []
+    for module in model.base.modules():
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A:
+            params += list(module.lora_A[ADAPTER].parameters()) + list(module.lora_B[ADAPTER].parameters())
+    model.requires_grad_(False)  # PEFT leaves anything named "lora_" alone, the mixture blocks included
+    for p in params:
+        p.requires_grad_(True)
+    if not params:
+        raise RuntimeError("the pseudo-sample generator found no layer to adapt")
+    return peft_model, params
+
+
+def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.nn.Parameter],
+                     cfg: PseudoConfig) -> list[float]:
+    """Mean loss per epoch. The SAPT blocks are off: zero routing weights leave the backbone alone."""
+    device = next(model.base.parameters()).device
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    pad = model.tokenizer.pad_token_id
+    history = []
+    model.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(items)).tolist()
+        losses = []
+        for b in range(0, len(items), cfg.batch_size):
+            batch = collate_train([items[i] for i in perm[b:b + cfg.batch_size]], model.family, pad)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with model.routed(torch.zeros(batch["input_ids"].shape[0], model.n_tasks, device=device)):
+                loss = model.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  labels=batch["labels"]).loss
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"pseudo-sample generator: non-finite loss ({float(loss)}); lower its lr")
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        history.append(sum(losses) / len(losses))
+    return history
+
+
+@torch.no_grad()
+def _sample(model: SAPTModel, prompt: list[int], k: int, cfg: PseudoConfig) -> list[str]:
+    """k sampled continuations of the trigger, decoded and stripped."""
+    device = next(model.base.parameters()).device
+    tok = model.tokenizer
+    batch = collate_prompts([Encoded(prompt, [])], model.family, tok.pad_token_id)
+    model.eval()
+    with model.routed(torch.zeros(1, model.n_tasks, device=device)):  # repeated for the k rows
+        out = model.base.generate(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+            do_sample=True, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty,
+            temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, num_return_sequences=k,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
+    if model.family == "causal":
+        out = out[:, len(prompt):]
+    return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+def _collect(sample: Callable[[int], list[str]], n: int, cfg: PseudoConfig) -> tuple[list[str], dict[str, Any]]:
+    """Draw batches until n distinct well-formed inputs are found or oversample * n samples were drawn."""
+    cap = cfg.oversample * n
+    found: list[str] = []
+    attempts = well_formed = 0
+    preview: list[str] = []
+    while len(found) < n and attempts < cap:
+        texts = sample(min(cfg.sample_batch_size, cap - attempts))
+        attempts += len(texts)
+        preview += texts[: max(0, 3 - len(preview))]
+        for text in texts:
+            inp = parse_sample(text)
+            if inp is None:
+                continue
+            well_formed += 1
+            if inp not in found:
+                found.append(inp)
+    distinct = len(found)
+    stats = {
+        "attempts": attempts,
+        "well_formed_fraction": well_formed / attempts if attempts else 0.0,
+        "distinct_fraction": distinct / well_formed if well_formed else 0.0,  # among the well-formed
+        "preview": preview,  # a few raw samples, to eyeball what the generator writes
+    }
+    return found[:n], stats
+
+
+# ---- the entry point ---------------------------------------------------------------------------------
+def generate_pseudo_inputs(
+    model: SAPTModel, task: Task, cfg: PseudoConfig, max_source: int = 512, max_target: int = 256
+) -> tuple[list[str], dict[str, Any]]:
+    """Train a generator on `task.train`, sample pseudo inputs, remove the generator.
+
+    Returns the inputs (the task's input part only, to be formatted with the task definition by the
+    caller) and stats: wanted, count, attempts, well_formed_fraction, distinct_fraction (distinct among
+    the well-formed), novel_fraction (returned inputs equal to no training input), loss (per epoch),
+    preview, seconds, settings. The list may be shorter than `wanted`, or empty.
+    """
+    if not task.train:
+        raise ValueError(f"task {task.name!r} has no training examples to learn pseudo inputs from")
+    t0 = time.time()
+    n = wanted_count(len(task.train), cfg)
+    items, prompt = _encode(model, task, max_source, max_target)
+    was_training = model.training
+    peft_model = None
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            peft_model, params = _attach_generator(model, cfg)
+            losses = _train_generator(model, items, params, cfg)
+            inputs, stats = _collect(lambda k: _sample(model, prompt, k, cfg), n, cfg)
+    finally:
+        if peft_model is not None:
+            peft_model.unload()  # puts the original nn.Linear back inside every mixture layer
+        if model.n_tasks:
+            model.set_trainable(model.n_tasks - 1)
+        else:
+            model.requires_grad_(False)
+        model.train(was_training)
+    train_inputs = {ex.input.strip() for ex in task.train}
+    novel = sum(inp not in train_inputs for inp in inputs)
+    stats = {
+        "wanted": n,
+        "count": len(inputs),
+        **stats,
+        "novel_fraction": novel / len(inputs) if inputs else 0.0,
+        "loss": losses,
+        "seconds": round(time.time() - t0, 2),
+        "settings": asdict(cfg),
+    }
+    return inputs, stats

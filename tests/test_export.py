@@ -1,0 +1,107 @@
+"""`sapt export`: each task block as a PEFT adapter that reproduces SAPT routed one-hot to that task."""
+import json
+import math
+
+import pytest
+import torch
+
+from sapt import io
+from sapt.cli import main
+from sapt.config import FIELDS, resolve
+from sapt.models import load_model
+from sapt.train import load_trained, run
+
+peft = pytest.importorskip("peft")
+
+
+def make_run(out, model):
+    cfg = {"model": model, "output": str(out), "epochs": 1, "max_train_per_task": 12, "max_eval_per_task": 2,
+           "max_new_tokens": 2, "tasks": ["topic", "sentiment"]}
+    if "reflection" in FIELDS:
+        cfg["reflection"] = False
+    run(resolve(cfg))
+    return out
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-t5"])
+def exported(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"export-{request.param}")
+    run_dir = make_run(root / "run", request.param)
+    out = root / "peft"
+    assert main(["export", "--run", str(run_dir), "--out", str(out)]) == 0
+    return run_dir, out
+
+
+def inputs(family):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 200, (2, 10), generator=gen)
+    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if family == "seq2seq":
+        kw["decoder_input_ids"] = torch.randint(4, 200, (2, 5), generator=gen)
+    return kw
+
+
+def test_export_writes_peft_adapters_and_the_router(exported):
+    run_dir, out = exported
+    cfg, model, names = load_trained(run_dir)
+    info = json.loads((out / "router.json").read_text())
+    assert info["tasks"] == names and info["model"] == cfg.model
+    assert info["lora_r"] == cfg.lora_r and info["lora_alpha"] == cfg.lora_alpha
+    assert info["d_model"] == model.router.d_model and info["hidden"] == cfg.query_hidden
+    expected_targets = sorted({n.rsplit(".", 1)[1] for n in model.lora_layers})
+    assert info["target_modules"] == expected_targets
+    for t, task in enumerate(names):
+        conf = json.loads((out / task / "adapter_config.json").read_text())
+        assert conf["peft_type"] == "LORA" and conf["r"] == cfg.lora_r and conf["lora_alpha"] == cfg.lora_alpha
+        assert conf["base_model_name_or_path"] == cfg.model and sorted(conf["target_modules"]) == expected_targets
+        tensors = io.load_tensors(out / task / "adapter_model.safetensors")
+        assert set(tensors) == {f"base_model.model.{n}.lora_{x}.weight" for n in model.lora_layers for x in "AB"}
+        for name in model.lora_layers:
+            assert torch.equal(tensors[f"base_model.model.{name}.lora_B.weight"], model.lora_layers[name].lora_B[t])
+
+
+def test_peft_adapter_logits_equal_sapt_routed_one_hot(exported):
+    run_dir, out = exported
+    cfg, model, names = load_trained(run_dir)
+    kw = inputs(model.family)
+    for t, task in enumerate(names):
+        base = load_model(cfg.model, seed=cfg.seed).model
+        with torch.no_grad():
+            plain = base(**kw).logits
+        peft_model = peft.PeftModel.from_pretrained(base, str(out / task)).eval()
+        one_hot = torch.zeros(2, len(names))
+        one_hot[:, t] = 1.0
+        with torch.no_grad(), model.routed(one_hot):
+            expected = model.base(**kw).logits
+        with torch.no_grad():
+            got = peft_model(**kw).logits
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert (got - plain).abs().max() > 1e-4  # the adapter was loaded and does something
+
+
+def test_router_tensors_reproduce_the_routing_weights(exported):
+    run_dir, out = exported
+    _, model, names = load_trained(run_dir)
+    router = io.load_tensors(out / "router.safetensors")
+    info = json.loads((out / "router.json").read_text())
+    assert router["keys"].shape == (len(names), info["d_model"])
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, 200, (3, 9), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    pooled = model.pooled_prompt(ids, mask)
+    h = pooled @ router["query_mlp.0.weight"].t() @ router["query_mlp.1.weight"].t()
+    query = torch.nn.functional.layer_norm(torch.nn.functional.silu(h), (info["d_model"],),
+                                           router["query_mlp.3.weight"], router["query_mlp.3.bias"],
+                                           eps=info["layer_norm_eps"])
+    weights = torch.softmax(query @ router["keys"].t() / math.sqrt(info["d_model"]), dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(weights, model.routing_weights(ids, mask), rtol=0, atol=1e-6)
+
+
+def test_export_refuses_a_foreign_non_empty_directory(exported, tmp_path, capsys):
+    run_dir, _ = exported
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
