@@ -25,7 +25,11 @@ def _num(value: str) -> float:
 RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--output", dict(help="run directory (default runs/demo)")),
     ("--model", dict(help="hub id or local path of a T5 or LLaMA-family model, or smollm2 (default), tiny-t5, tiny-llama")),
-    ("--method", dict(help="continual-learning method (default sapt)")),
+    ("--method", dict(help="sapt (default), sapt-hard, seq-lora, inc-lora, o-lora, replay, per-task or mtl")),
+    ("--reference", dict(help="run directory of a per-task run of the same tasks: fills in FWT")),
+    ("--olora-lambda1", dict(type=float, help="o-lora: weight of the orthogonality loss (default 0.5)")),
+    ("--olora-lambda2", dict(type=float, help="o-lora: weight of the L2 term (default 0)")),
+    ("--replay-memory", dict(type=int, help="replay: real examples stored per old task (default 10)")),
     ("--data-dir", dict(help="folder holding <benchmark>/<task>/train.json; omit for the built-in suite")),
     ("--benchmark", dict(help="benchmark folder under --data-dir: SuperNI, Long_Sequence or your own")),
     ("--tasks", dict(type=_csv, help="comma-separated task names, in training order")),
@@ -59,6 +63,14 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--pseudo-top-k", dict(type=int, help="top-k sampling of pseudo inputs (default 20)")),
     ("--pseudo-repetition-penalty", dict(type=float, help="repetition penalty of pseudo sampling (default 2.5)")),
     ("--pseudo-max-new-tokens", dict(type=int, help="length limit of a pseudo sample (default 128)")),
+    # how to treat an existing run directory (not config keys)
+    ("--force-new", dict(dest="force_new", action="store_true",
+                         help="if --output holds a run with another config, start a fresh OUTPUT-2 (-3, ...) next to it "
+                              "instead of refusing (the same command again resumes that one)")),
+    ("--allow-config-change", dict(dest="allow_config_change", metavar="KEYS",
+                                   type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+                                   help="resume although these keys changed: lr and/or router_lr (e.g. lowered "
+                                        "after a non-finite loss); recorded in manifest.json")),
 ]
 
 
@@ -82,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--definition", default="", help="task definition to put in the prompt (default: none)")
     pr.add_argument("--max-new-tokens", type=int, help="generation length (default: the run's)")
     pr.add_argument("--json", action="store_true", help="print one JSON object per input")
+    pr.add_argument("--merge", action="store_true", help="answer one input at a time with its mixture merged into "
+                    "the base weights: faster for long outputs (see BENCHMARKS.md, Speed)")
 
     rp = sub.add_parser("report", help="print the score matrix and metrics of a run")
     rp.add_argument("--run", required=True, help="run directory")
@@ -111,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sapt.train import run
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
-    result = run(resolve(overrides, args.config))
+    result = run(resolve(overrides, args.config), force_new=getattr(args, "force_new", False),
+                 allow_changes=getattr(args, "allow_config_change", None) or ())
     print(result.table)
     return 0
 
@@ -119,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sapt import io
     from sapt.evaluate import encode_task_split, evaluate_task
+    from sapt.methods import make_method
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
@@ -128,15 +144,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.max_eval_per_task = args.max_eval_per_task
     tasks = load_run_tasks(cfg)
     cfg, model, names = load_trained(args.run, cfg)
-    tasks = tasks[: len(names)]
+    method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
+    if not method.joint:
+        tasks = tasks[: len(names)]
     scores = {}
     out = Path(args.run) / "eval"
     for j, task in enumerate(tasks):
         items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
-        score, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, task_index=j)
+        score, records = evaluate_task(
+            model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, task_index=j,
+            weights_fn=lambda batch, j=j: method.weights(model, batch, j, training=False), routed=method.routed)
         io.write_jsonl(out / "predictions" / f"{task.name}.jsonl", records)
-        scores[task.name] = {"score": score, "routing_accuracy": 100.0 * sum(r["routed_to_own"] for r in records) / len(records)}
-        print(f"{task.name:30s} {score:6.1f}   routing accuracy {scores[task.name]['routing_accuracy']:5.1f}")
+        scores[task.name] = {"score": score}
+        line = f"{task.name:30s} {score:6.1f}"
+        if method.routed:
+            scores[task.name]["routing_accuracy"] = 100.0 * sum(r["routed_to_own"] for r in records) / len(records)
+            line += f"   routing accuracy {scores[task.name]['routing_accuracy']:5.1f}"
+        print(line)
     ap = sum(s["score"] for s in scores.values()) / len(scores)
     io.write_json(out / "scores.json", {"scores": scores, "ap": ap, "after_stage": len(names)})
     print(f"AP {ap:.1f} over {len(scores)} tasks (written to {out / 'scores.json'})")
@@ -152,7 +176,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg, model, names = load_trained(args.run)
     examples = [Example(input=t, outputs=("",)) for t in args.text]
     items = encode(model.tokenizer, model.family, args.definition, examples, cfg.max_source_length, cfg.max_target_length)
-    preds, weights = predict(model, items, cfg.eval_batch_size, args.max_new_tokens or cfg.max_new_tokens)
+    max_new_tokens = args.max_new_tokens or cfg.max_new_tokens
+    if args.merge:  # one input at a time, its weighted update merged into the base weights while it generates
+        import torch
+
+        from sapt.batching import collate_prompts
+        from sapt.modules.merge import merged
+
+        model.eval()
+        preds, rows = [], []
+        for item in items:
+            batch = collate_prompts([item], model.family, model.tokenizer.pad_token_id)
+            with torch.no_grad():
+                w = model.routing_weights(batch["input_ids"], batch["prompt_mask"])
+                with merged(model, w):
+                    texts, _ = model.generate(batch, max_new_tokens)
+            preds.append(texts[0])
+            rows.append(w[0].float().cpu())
+        weights = torch.stack(rows)
+    else:
+        preds, weights = predict(model, items, cfg.eval_batch_size, max_new_tokens)
     for text, pred, w in zip(args.text, preds, weights):
         routing = {n: round(float(x), 4) for n, x in zip(names, w)}
         if args.json:

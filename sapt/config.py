@@ -20,7 +20,11 @@ class ConfigError(ValueError):
 class RunConfig:
     output: str = "runs/demo"
     model: str = "smollm2"
-    method: str = "sapt"
+    method: str = "sapt"  # see sapt.methods: sapt, sapt-hard, seq-lora, inc-lora, o-lora, replay, per-task, mtl
+    reference: str | None = None  # a per-task run of the same tasks: its diagonal gives FWT's s_j
+    olora_lambda1: float = 0.5  # O-LoRA orthogonality weight
+    olora_lambda2: float = 0.0  # O-LoRA L2 weight
+    replay_memory: int = 10  # replay: real examples stored per old task
     # data: with no data_dir, the built-in generated suite (sapt.data.builtin) is used
     data_dir: str | None = None
     benchmark: str | None = None
@@ -88,8 +92,12 @@ class RunConfig:
             raise ConfigError(f"pseudo_ratio must be in (0, 1], got {self.pseudo_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.method != "sapt":
-            raise ConfigError(f"unknown method {self.method!r} (available: sapt)")
+        from sapt.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r} (available: {', '.join(METHODS)})")
+        if self.replay_memory < 1:
+            raise ConfigError(f"replay_memory must be >= 1, got {self.replay_memory}")
         if self.data_dir is not None and self.benchmark is None:
             raise ConfigError("--benchmark is required with --data-dir (e.g. Long_Sequence or SuperNI)")
         if self.data_dir is None and self.benchmark is not None:
@@ -104,7 +112,7 @@ BUILTIN_PRESET: dict[str, Any] = {
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # Keys that may change between a run and its resumption without changing what is computed.
-RESUMABLE_KEYS = {"output", "eval_batch_size", "notes", "data_dir"}
+RESUMABLE_KEYS = {"output", "eval_batch_size", "notes", "data_dir", "reference"}
 
 
 def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunConfig:

@@ -1,7 +1,7 @@
 """Score a model on tasks: batched greedy generation for the matrix, teacher-forced loss for selection."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -16,18 +16,25 @@ def encode_task_split(model: SAPTModel, task: Task, split: str, max_source: int,
     return encode(model.tokenizer, model.family, task.definition, getattr(task, split), max_source, max_target)
 
 
+WeightsFn = Callable[[dict[str, torch.Tensor]], "torch.Tensor | None"]
+
+
 @torch.no_grad()
 def predict(
-    model: SAPTModel, items: Sequence[Encoded], batch_size: int, max_new_tokens: int, desc: str | None = None
+    model: SAPTModel, items: Sequence[Encoded], batch_size: int, max_new_tokens: int, desc: str | None = None,
+    weights_fn: WeightsFn | None = None,
 ) -> tuple[list[str], torch.Tensor]:
-    """Greedy answers in the original order, and each input's routing weights (n, n_tasks)."""
+    """Greedy answers in the original order, and each input's mixing weights (n, n_blocks).
+
+    `weights_fn(batch)` gives the mixing weights of a batch for methods that don't route (None: route)."""
     was_training = model.training
     model.eval()
     preds: list[str] = [""] * len(items)
-    weights = torch.zeros(len(items), model.n_tasks)
+    weights = torch.zeros(len(items), model.n_blocks)
     pad = model.tokenizer.pad_token_id
     for idx in tqdm(length_sorted_batches(items, batch_size), desc=desc, leave=False, disable=desc is None):
-        texts, w = model.generate(collate_prompts([items[i] for i in idx], model.family, pad), max_new_tokens)
+        batch = collate_prompts([items[i] for i in idx], model.family, pad)
+        texts, w = model.generate(batch, max_new_tokens, weights_fn(batch) if weights_fn else None)
         for k, i in enumerate(idx):
             preds[i] = texts[k]
         weights[idx] = w.float().cpu()
@@ -36,27 +43,31 @@ def predict(
 
 
 @torch.no_grad()
-def evaluation_loss(model: SAPTModel, items: Sequence[Encoded], batch_size: int) -> float:
+def evaluation_loss(
+    model: SAPTModel, items: Sequence[Encoded], batch_size: int, weights_fn: WeightsFn | None = None
+) -> float:
     """Mean per-batch token cross-entropy (weighted by batch size) with dropout off."""
     was_training = model.training
     model.eval()
     pad = model.tokenizer.pad_token_id
     total = 0.0
     for idx in length_sorted_batches(items, batch_size):
-        total += float(model(collate_train([items[i] for i in idx], model.family, pad))) * len(idx)
+        batch = collate_train([items[i] for i in idx], model.family, pad)
+        total += float(model(batch, weights_fn(batch) if weights_fn else None)) * len(idx)
     model.train(was_training)
     return total / len(items)
 
 
 def evaluate_task(
     model: SAPTModel, task: Task, items: Sequence[Encoded], batch_size: int, max_new_tokens: int,
-    task_index: int | None = None,
+    task_index: int | None = None, weights_fn: WeightsFn | None = None, routed: bool = True,
 ) -> tuple[float, list[dict]]:
     """The task's score (0-100) and one record per example: input, prediction, references, weights.
 
-    `routed_to_own` says whether the largest routing weight is on the task's own block (`task_index`).
+    `routed_to_own` says whether the largest routing weight is on the task's own block (`task_index`);
+    it is left out for methods that don't route (`routed` false).
     """
-    preds, weights = predict(model, items, batch_size, max_new_tokens, desc=f"eval {task.name}")
+    preds, weights = predict(model, items, batch_size, max_new_tokens, desc=f"eval {task.name}", weights_fn=weights_fn)
     records = []
     for ex, pred, w in zip(task.eval, preds, weights):
         rec = {
@@ -66,7 +77,7 @@ def evaluate_task(
             "score": score_example(task.metric, pred, ex.outputs),
             "weights": [round(float(x), 6) for x in w],
         }
-        if task_index is not None:
+        if task_index is not None and routed:
             rec["routed_to_own"] = int(torch.argmax(w)) == task_index
         records.append(rec)
     score = sum(r["score"] for r in records) / len(records)

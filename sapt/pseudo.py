@@ -2,9 +2,15 @@
 
 After task t is trained, its routing must be protected while later tasks train, without keeping any of
 its real data. So a *generator* learns to write task inputs: a temporary PEFT LoRA on the same frozen
-backbone, trained to map the fixed trigger `__gen__` to `<definition>__inp__<input>` for the task's
-training examples (the public code's format). Sampling from the trigger then gives inputs that look like
-the task's; only the input part is kept. No answers are ever generated or needed.
+backbone. Only inputs are ever generated; answers are never needed.
+
+Better than the public release. Its generator maps a bare trigger `__gen__` to
+`<definition>__inp__<input>`: the model must reproduce the whole task definition verbatim before every
+input, under a repetition penalty of 2.5 that punishes exactly that copying; on long SuperNI definitions
+the samples are cut before `__inp__`, and most tasks end up with 2-20 samples. Here the definition is
+known (it is part of the task, not of its data), so it goes into the *prompt* -- `<definition>` then the
+trigger -- and the target is the input alone. The generator learns only what varies, every sample is an
+input, and well-formed means: non-empty and not an echo of the trigger.
 
 Why the care around the SAPT model:
 - The generator sits on the *inner* `nn.Linear` of the project's q/v mixture layers, and the SAPT task
@@ -36,7 +42,6 @@ if TYPE_CHECKING:
     from sapt.modules.sapt_model import SAPTModel
 
 TRIGGER = "__gen__"
-SEPARATOR = "__inp__"
 ADAPTER = "pseudo_generator"  # PEFT adapter name; distinct from the mixture's own `lora_A.N` params
 
 
@@ -66,31 +71,28 @@ def wanted_count(n_train: int, cfg: PseudoConfig) -> int:
     return min(cfg.max_samples, max(1, round(cfg.ratio * n_train)))
 
 
-def generator_target(definition: str, input: str) -> str:
-    return f"{definition}{SEPARATOR}{input}"
+def generator_prompt(definition: str) -> str:
+    """What the generator is conditioned on: the task definition, then the trigger."""
+    return f"{definition}\n{TRIGGER}\n" if definition else f"{TRIGGER}\n"
 
 
 def parse_sample(text: str) -> str | None:
-    """The input part of a generated `definition__inp__input`, or None if the sample is not well-formed:
-    the separator must occur exactly once and the stripped input must be non-empty and not the trigger."""
-    parts = text.split(SEPARATOR)
-    if len(parts) != 2:
-        return None
-    inp = parts[1].strip()
-    if not inp or inp == TRIGGER:
+    """The stripped sample, or None if it is not well-formed: empty, or echoing the trigger."""
+    inp = text.strip()
+    if not inp or TRIGGER in inp:
         return None
     return inp
 
 
 # ---- pieces ------------------------------------------------------------------------------------------
 def _encode(model: SAPTModel, task: Task, max_source: int, max_target: int) -> tuple[list[Encoded], list[int]]:
-    """Prompt = the trigger alone, target = definition__inp__input + EOS (loss on the target only)."""
+    """Prompt = definition + trigger, target = the input + EOS (loss on the target only)."""
     tok = model.tokenizer
-    prompt = list(tok([TRIGGER], add_special_tokens=True)["input_ids"][0])
+    prompt = list(tok([generator_prompt(task.definition)], add_special_tokens=True)["input_ids"][0])
     if model.family == "causal" and prompt and prompt[-1] == tok.eos_token_id:
         prompt = prompt[:-1]  # the sample must follow the trigger, as in sapt.batching.encode
     prompt = truncate_middle(prompt, max_source)
-    targets = tok([generator_target(task.definition, ex.input) for ex in task.train], add_special_tokens=False)
+    targets = tok([ex.input for ex in task.train], add_special_tokens=False)
     items = [Encoded(prompt, list(t)[: max_target - 1] + [tok.eos_token_id]) for t in targets["input_ids"]]
     return items, prompt
 
@@ -129,7 +131,7 @@ def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.
         for b in range(0, len(items), cfg.batch_size):
             batch = collate_train([items[i] for i in perm[b:b + cfg.batch_size]], model.family, pad)
             batch = {k: v.to(device) for k, v in batch.items()}
-            with model.routed(torch.zeros(batch["input_ids"].shape[0], model.n_tasks, device=device)):
+            with model.routed(torch.zeros(batch["input_ids"].shape[0], model.n_blocks, device=device)):
                 loss = model.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   labels=batch["labels"]).loss
             if not torch.isfinite(loss):
@@ -149,7 +151,7 @@ def _sample(model: SAPTModel, prompt: list[int], k: int, cfg: PseudoConfig) -> l
     tok = model.tokenizer
     batch = collate_prompts([Encoded(prompt, [])], model.family, tok.pad_token_id)
     model.eval()
-    with model.routed(torch.zeros(1, model.n_tasks, device=device)):  # repeated for the k rows
+    with model.routed(torch.zeros(1, model.n_blocks, device=device)):  # repeated for the k rows
         out = model.base.generate(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
             do_sample=True, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty,

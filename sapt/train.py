@@ -1,21 +1,39 @@
 """The continual-learning recipe: for each task, train its block, pick the best epoch on validation,
-save the stage, then score every task seen so far. Stages already on disk are loaded, not redone.
+save the stage, then score every task seen so far. Finished work is loaded, not redone.
 
 Run directory:
     config.yaml                      resolved config (resuming checks it is unchanged)
+    manifest.json                    the phases of each stage that are done, with sha256 of their files
     train_log.jsonl                  one line per optimiser step: stage, task, epoch, step, loss
+    stages/NN_<task>/checkpoint.pt   while stage NN trains: its state after the last finished epoch
     stages/NN_<task>/adapter.safetensors   block NN of every adapted projection
     stages/NN_<task>/router.safetensors    key NN and the shared query MLP after stage NN
-    stages/NN_<task>/stage.json      training summary and routing target (written last: marks it trained)
+    stages/NN_<task>/stage.json      training summary and routing target
     stages/NN_<task>/replay.jsonl    reflection inputs of task NN (pseudo or real), with replay_stats.json
-    stages/NN_<task>/scores.json     scores on tasks 0..NN (marks the stage evaluated)
+    stages/NN_<task>/scores.json     scores on tasks 0..NN
     stages/NN_<task>/predictions/<task>.jsonl
     metrics.json                     tasks, matrix, AP, F.Ra, FWT, BWT, routing accuracy, eval split
+
+Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.manifest`)
+is skipped only if manifest.json records it and its files pass their checksums; a stage that was
+training resumes after its last checkpointed epoch with the optimiser and every RNG state, so the
+result is bit-identical to an uninterrupted run on CPU. Damaged trained or replay files invalidate
+their stage and every later one (those are redone from scratch); damaged evaluation files are rescored.
+
+Test hook: SAPT_TEST_KILL_AT=point[,point...] makes the process kill itself (SIGKILL, or the signal
+named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) when it reaches a named point; see `kill_point`.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io as _io
 import json
 import math
+import os
+import random
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -27,14 +45,16 @@ import yaml
 from tqdm.auto import tqdm
 
 from sapt import io
-from sapt.batching import collate_train
+from sapt.batching import collate_train, encode
 from sapt.config import ConfigError, RunConfig, differences, to_dict
-from sapt.data import Task, builtin_suite, load_benchmark, resolve_task_names
+from sapt.data import Example, Task, builtin_suite, load_benchmark, resolve_task_names
 from sapt.data.validate import validate_or_raise
 from sapt.lock import RunLock
+from sapt.manifest import PHASES, Manifest
 from sapt.evaluate import encode_task_split, evaluate_task, evaluation_loss
 from sapt.metrics import cl_metrics, format_table
 from sapt.models import load_model
+from sapt.methods import Method, make_method
 from sapt.modules.sapt_model import SAPTModel
 from sapt.reflection import (
     Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count, routing_target,
@@ -87,50 +107,190 @@ def stage_seed(cfg: RunConfig, t: int) -> int:
     return cfg.seed * 1000 + t
 
 
+# ---- crash safety: test hook, epoch checkpoints, the training log -------------------------------------
+KILL_ENV = "SAPT_TEST_KILL_AT"
+KILL_SIGNAL_ENV = "SAPT_TEST_KILL_SIGNAL"
+
+
+def kill_point(name: str, *flush: Any) -> None:
+    """Test hook. If SAPT_TEST_KILL_AT (comma-separated) names this point, the process sends itself
+    SIGKILL (or the signal named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) right here, after flushing
+    `flush` (open files). Points, with T the 0-based stage index (the NN of stages/NN_<task>) and E the
+    1-based epoch:
+        stageT:epochE:mid      in epoch E, after its first optimiser step (before its checkpoint)
+        stageT:epochE          just after the checkpoint of epoch E is written
+        stageT:between-files   after adapter.safetensors, before router.safetensors and stage.json
+        stageT:trained         after the stage's files, before manifest.json records them
+        stageT:replay          after replay.jsonl, before replay_stats.json (reflection only)
+        stageT:eval            during evaluation, after the first predictions file
+        stageT:metrics         after the stage is recorded done, before metrics.json
+    Unset (always, outside tests) it does nothing."""
+    points = os.environ.get(KILL_ENV)
+    if not points or name not in {p.strip() for p in points.split(",")}:
+        return
+    for f in flush:
+        f.flush()
+    sig = getattr(signal, os.environ.get(KILL_SIGNAL_ENV) or "SIGKILL")
+    log(f"sapt: test hook {KILL_ENV}: {signal.Signals(sig).name} at {name}")
+    os.kill(os.getpid(), sig)
+
+
+CHECKPOINT = "checkpoint.pt"
+_CKPT_MAGIC = b"SAPT-CHECKPOINT-1\n"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save of `state`, framed with its own sha256 (a damaged file is detected, not loaded), atomic."""
+    buf = _io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    io.atomic_write_bytes(path, _CKPT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    head = len(_CKPT_MAGIC) + 65
+    if not data.startswith(_CKPT_MAGIC) or len(data) < head:
+        raise CheckpointError("not a sapt checkpoint")
+    digest, payload = data[len(_CKPT_MAGIC):head - 1].decode("ascii", "replace"), data[head:]
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError("it fails its checksum")
+    try:
+        return torch.load(_io.BytesIO(payload), weights_only=True)
+    except Exception as e:  # a valid checksum of an unloadable file: written by something else
+        raise CheckpointError(f"it cannot be loaded ({e})") from None
+
+
+def trim_log(log_path: Path, t: int, epochs_done: int) -> None:
+    """Drop the log lines that a resumed stage t will write again: those of later stages, of stage t
+    from epoch `epochs_done` on, and any line cut short by a kill. The log then reads as if uninterrupted."""
+    if not log_path.exists():
+        return
+    kept, dropped = [], False
+    for line in log_path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            rec = json.loads(line) if line.endswith("\n") else None
+        except ValueError:
+            rec = None
+        if rec is None or rec.get("stage", -1) > t or (rec.get("stage") == t and rec.get("epoch", 0) >= epochs_done):
+            dropped = True
+        else:
+            kept.append(line)
+    if dropped:
+        io.atomic_write_text(log_path, "".join(kept))
+
+
+def non_finite_message(what: str, task: Task, t: int, where: str, epochs_done: int, ckpt: Path | None) -> str:
+    if ckpt is not None and epochs_done:
+        kept = f"stages 1-{t} and the checkpoint of stage {t + 1} after epoch {epochs_done} ({ckpt}) are kept"
+    elif t:
+        kept = f"stages 1-{t} are kept; stage {t + 1} restarts from its beginning"
+    else:
+        kept = "nothing was trained yet; stage 1 restarts from its beginning"
+    return (f"non-finite {what} in task {task.name!r} (stage {t + 1}), {where}; {kept}. Lower the learning "
+            "rate and run the same command again with --lr NEW_LR --allow-config-change lr "
+            "(and router_lr if you set --router-lr) to resume from there")
+
+
 def train_stage(
-    model: SAPTModel, task: Task, t: int, cfg: RunConfig, log_path: Path, reflection: Reflection | None = None
+    model: SAPTModel, task: Task, t: int, cfg: RunConfig, log_path: Path, reflection: Reflection | None = None,
+    checkpoint: Path | None = None, method: Method | None = None, items: list | None = None,
+    val_items: list | None = None,
 ) -> dict[str, Any]:
     """Train block t on `task`; keep the epoch with the lowest validation loss. Returns a summary.
 
     With `reflection`, the replay KL is added once per `replay_every` optimiser steps, at the first
     micro-batch of the step and not divided by `grad_accum`: its weight per step is the same whatever
     the accumulation.
+
+    With `checkpoint` (a path), the whole training state (trainable parameters, the best epoch's
+    parameters, optimiser, the torch / shuffling / reflection RNG states, history) is saved there after
+    every epoch, and if the file exists training continues after its epoch, exactly as if never
+    stopped. The learning rates always come from `cfg` (they may have been lowered to resume).
+
+    `method` (default: SAPT) decides the mixing weights and any extra loss; `items` replaces the task's
+    encoded training examples (replay mixes in stored ones; mtl trains on every task at once), and
+    `val_items` its validation examples.
     """
-    items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length)
-    val = encode_task_split(model, task, "val", cfg.max_source_length, cfg.max_target_length)
+    method = method or make_method("sapt")
+    if items is None:
+        items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length)
+    val = val_items if val_items is not None else \
+        encode_task_split(model, task, "val", cfg.max_source_length, cfg.max_target_length)
+
+    def weights_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return method.weights(model, batch, t, training=True)
+
     router = [p for p in model.router.parameters() if p.requires_grad]
     router_ids = {id(p) for p in router}
     blocks = [p for p in model.trainable_parameters() if id(p) not in router_ids]
+    lrs = (cfg.lr, cfg.router_lr or cfg.lr)
     optimizer = torch.optim.AdamW(
-        [{"params": blocks, "lr": cfg.lr}, {"params": router, "lr": cfg.router_lr or cfg.lr}], weight_decay=0.0
+        [{"params": blocks, "lr": lrs[0]}, {"params": router, "lr": lrs[1]}], weight_decay=0.0
     )
     gen = torch.Generator().manual_seed(stage_seed(cfg, t))
     pad = model.tokenizer.pad_token_id
     n_batches = math.ceil(len(items) / cfg.batch_size)
     best: dict[str, Any] = {"val_loss": math.inf}
-    history = []
+    history: list[dict[str, Any]] = []
     steps = 0
+    start = 0
+    seconds = 0.0
+    t0 = time.time()
+    params = model.trainable_parameters()
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            state = load_checkpoint(checkpoint)
+            if state.get("task") != task.name or state.get("stage") != t or \
+                    [tuple(p.shape) for p in state["params"]] != [tuple(p.shape) for p in params]:
+                raise CheckpointError("it belongs to another stage or model")
+        except (CheckpointError, KeyError, TypeError) as e:
+            log(f"sapt: stage {t + 1} ({task.name}): the checkpoint {checkpoint} is not usable ({e}); "
+                "the stage restarts from its beginning")
+            checkpoint.unlink()
+        else:
+            with torch.no_grad():
+                for p, saved in zip(params, state["params"]):
+                    p.copy_(saved)
+            optimizer.load_state_dict(state["optimizer"])
+            best = state["best"]
+            history, steps, start, seconds = state["history"], state["steps"], state["epoch"], state["seconds"]
+            torch.set_rng_state(state["rng"]["torch"])
+            gen.set_state(state["rng"]["perm"])
+            if reflection is not None and state["rng"]["reflection"] is not None:
+                reflection.rng.setstate(_as_random_state(state["rng"]["reflection"]))
+            log(f"sapt: stage {t + 1} ({task.name}) resumes after epoch {start}/{cfg.epochs} from its checkpoint")
+    for group, lr in zip(optimizer.param_groups, lrs):  # after load_state_dict, which restores the old ones
+        group["lr"] = lr
+    if checkpoint is not None:
+        trim_log(log_path, t, start)
     model.train()
     with open(log_path, "a", encoding="utf-8") as logf:
-        for epoch in range(cfg.epochs):
+        for epoch in range(start, cfg.epochs):
             perm = torch.randperm(len(items), generator=gen).tolist()
             bar = tqdm(range(n_batches), desc=f"[{t + 1}] {task.name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
             losses, kls = [], []
             for b in bar:
                 batch = collate_train([items[i] for i in perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]], model.family, pad)
-                loss = model(batch)
+                loss = model(batch, weights_fn(batch))
                 total = loss / cfg.grad_accum
                 record = {"stage": t, "task": task.name, "epoch": epoch, "step": b, "loss": loss.item()}
+                extra = method.extra_loss(model, t)
+                if extra is not None:
+                    total = total + extra / cfg.grad_accum
+                    record["extra"] = extra.item()
                 if reflection and b % cfg.grad_accum == 0 and (steps % cfg.replay_every == 0):
                     kl = reflection.loss(model)
                     total = total + kl
                     record["kl"] = kl.item()
                     kls.append(record["kl"])
                 if not torch.isfinite(total):
-                    raise TrainingError(
-                        f"non-finite loss ({float(total)}) in task {task.name!r}, epoch {epoch + 1}, batch {b + 1}; "
-                        "nothing of this stage was saved: lower --lr and run the same command again"
-                    )
+                    raise TrainingError(non_finite_message(f"loss ({float(total.detach())})", task, t,
+                                                           f"epoch {epoch + 1}, batch {b + 1}", epoch, checkpoint))
                 total.backward()
                 if (b + 1) % cfg.grad_accum == 0 or b + 1 == n_batches:
                     optimizer.step()
@@ -139,9 +299,16 @@ def train_stage(
                 losses.append(record["loss"])
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 logf.write(json.dumps(record) + "\n")
+                if b == 0:
+                    kill_point(f"stage{t}:epoch{epoch + 1}:mid", logf)
             logf.flush()
-            val_loss = evaluation_loss(model, val, cfg.eval_batch_size)
-            history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_loss": val_loss})
+            os.fsync(logf.fileno())  # the epoch's lines are on disk before its checkpoint says it is done
+            val_loss = evaluation_loss(model, val, cfg.eval_batch_size, weights_fn)
+            if not math.isfinite(val_loss):
+                raise TrainingError(non_finite_message(f"validation loss ({val_loss})", task, t,
+                                                       f"after epoch {epoch + 1}", epoch, checkpoint))
+            history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_loss": val_loss,
+                            "lr": lrs[0], "router_lr": lrs[1]})
             kl_note = ""
             if kls:
                 history[-1]["kl"] = sum(kls) / len(kls)
@@ -151,12 +318,43 @@ def train_stage(
             if val_loss < best["val_loss"]:
                 best = {"val_loss": val_loss, "epoch": epoch + 1,
                         "params": [p.detach().clone() for p in model.trainable_parameters()]}
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {
+                    "format": 1, "stage": t, "task": task.name, "epoch": epoch + 1, "steps": steps,
+                    "params": [p.detach().clone() for p in params], "best": best,
+                    "optimizer": optimizer.state_dict(), "history": history,
+                    "seconds": seconds + time.time() - t0,
+                    "rng": {"torch": torch.get_rng_state(), "perm": gen.get_state(),
+                            "reflection": reflection.rng.getstate() if reflection is not None else None},
+                })
+                kill_point(f"stage{t}:epoch{epoch + 1}")
     with torch.no_grad():
         for p, saved in zip(model.trainable_parameters(), best["params"]):
             p.copy_(saved)
     return {"task": task.name, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "history": history,
             "n_train": len(items), "n_val": len(val),
-            "routing_target": routing_target(model, val, cfg.eval_batch_size)}
+            "routing_target": routing_target(model, val, cfg.eval_batch_size) if method.routed else None,
+            "seconds": round(seconds + time.time() - t0, 1)}
+
+
+def stage_tasks(tasks: list[Task], method: Method) -> list[Task]:
+    """What each stage trains on: one task per stage, or for mtl a single stage named "all" (its
+    training and validation items, every task's with its own definition, are assembled by the caller)."""
+    if not method.joint:
+        return tasks
+    return [Task(name="all", definition="", metric="em", train=[], val=[], eval=[], eval_split=tasks[0].eval_split)]
+
+
+def memory_examples(task: Task, cfg: RunConfig) -> list:
+    """replay: a seeded sample of `replay_memory` real training examples (with answers) of a task."""
+    rng = random.Random(f"{cfg.seed}:{task.name}:memory")
+    return rng.sample(task.train, min(cfg.replay_memory, len(task.train)))
+
+
+def _as_random_state(state: Any) -> tuple:
+    """`random.Random.getstate()` comes back from a checkpoint with lists where it had tuples."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
 
 
 def make_replay_inputs(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> tuple[list[str], dict[str, Any]]:
@@ -184,34 +382,170 @@ class RunResult:
     table: str
 
 
-def check_run_dir(cfg: RunConfig) -> Path:
-    """Refuse an output directory that holds something else than a run of this config. Writes nothing."""
-    run_dir = Path(cfg.output)
+# Keys that may differ from the saved config when a run is resumed with --allow-config-change (to get past
+# a non-finite loss). Every other difference is refused. Each epoch's rates are in its stage.json history.
+CHANGEABLE_KEYS = ("lr", "router_lr")
+
+# What each phase of a stage writes (inside its directory), in the order a run writes them.
+PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.jsonl", "stage.json"),
+               "replay": ("replay.jsonl", "replay_stats.json"),
+               "evaluated": ("scores.json", "predictions")}
+
+
+def _dir_status(run_dir: Path, cfg: RunConfig, allow: set[str]) -> tuple[str | None, dict[str, list]]:
+    """(None, allowed changes {key: [saved, new]}) if `run_dir` can take this run: absent, empty, or a run
+    of this config up to the keys in `allow`; else (why not, {})."""
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
-        saved = yaml.safe_load(cfg_path.read_text()) or {}
+        try:
+            saved = yaml.safe_load(cfg_path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            saved = None
+        if not isinstance(saved, dict):
+            return f"{run_dir} has an unreadable config.yaml", {}
         diff = differences(saved, cfg)
-        if diff:
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config ({', '.join(diff)}); use another --output"
-            )
-    elif run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
-        raise ConfigError(f"{run_dir} exists and is not a sapt run directory; use another --output")
-    return run_dir
+        refused = [k for k in diff if k not in allow]
+        if refused:
+            return f"{run_dir} holds a run with a different config ({', '.join(refused)})", {}
+        return None, {k: [saved.get(k), getattr(cfg, k)] for k in diff}
+    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != ".lock" for p in run_dir.iterdir())):
+        return f"{run_dir} exists and is not a sapt run directory", {}
+    return None, {}
 
 
-def run(cfg: RunConfig) -> RunResult:
+def plan_run_dir(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> tuple[Path, dict[str, list]]:
+    """The run directory to use and the allowed config changes to record. Writes nothing.
+
+    `cfg.output` if it is new, empty, or holds a run of this config (up to `allow_changes`, a subset of
+    CHANGEABLE_KEYS); otherwise refused, unless `force_new`: then the first of OUTPUT-2, OUTPUT-3, ...
+    that is new or holds this same run (so that the same command resumes it). Nothing is ever deleted."""
+    allow = set(allow_changes or ())
+    if allow - set(CHANGEABLE_KEYS):
+        raise ConfigError(f"--allow-config-change accepts only {', '.join(CHANGEABLE_KEYS)} "
+                          f"(got {', '.join(sorted(allow - set(CHANGEABLE_KEYS)))})")
+    run_dir = Path(cfg.output)
+    why, changes = _dir_status(run_dir, cfg, allow)
+    if why is None:
+        return run_dir, changes
+    if not force_new:
+        hint = ""
+        try:
+            saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            saved = None
+        if isinstance(saved, dict) and set(differences(saved, cfg)) <= set(CHANGEABLE_KEYS):
+            hint = (f"; to resume it with the new learning rate (e.g. after a non-finite loss), add "
+                    f"--allow-config-change {','.join(differences(saved, cfg))}")
+        raise ConfigError(f"{why}; use another --output, or --force-new to start a fresh directory next to it{hint}")
+    base = run_dir if run_dir.name else run_dir.resolve()  # "." has no name to add -2 to
+    k = 2
+    while True:
+        candidate = base.with_name(f"{base.name}-{k}")
+        status, changes = _dir_status(candidate, cfg, allow)
+        if status is None:
+            what = "resuming the run in" if (candidate / "config.yaml").exists() else "starting a fresh run in"
+            log(f"sapt: {why}; --force-new: {what} {candidate} (the old directory is left as it is)")
+            return candidate, changes
+        k += 1
+
+
+def check_run_dir(cfg: RunConfig) -> Path:
+    """Refuse an output directory that holds something else than a run of this config. Writes nothing."""
+    return plan_run_dir(cfg)[0]
+
+
+def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> RunResult:
+    """Learn the task sequence of `cfg` into `cfg.output`, resuming whatever is done there.
+
+    `force_new`: if the output directory holds another run, use OUTPUT-2 (-3, ...) instead of refusing.
+    `allow_changes`: keys of CHANGEABLE_KEYS (lr, router_lr) that may differ from the saved config; the
+    change is recorded in manifest.json and config.yaml is updated."""
     # Everything that can be refused is checked before the run directory is touched.
     tasks = load_run_tasks(cfg)
-    run_dir = check_run_dir(cfg)
+    run_dir, changes = plan_run_dir(cfg, force_new, allow_changes)
+    if str(run_dir) != cfg.output:
+        cfg = dataclasses.replace(cfg, output=str(run_dir))
     with RunLock(run_dir):
         if not (run_dir / "config.yaml").exists():
             io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return _run_stages(cfg, tasks, run_dir)
+        return _run_stages(cfg, tasks, run_dir, changes)
 
 
-def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path) -> RunResult:
+def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflection: bool) -> set[tuple[int, str]]:
+    """Check the stages against the manifest and make the directory agree with it. Returns the
+    (stage, phase) pairs that are done and intact. Stage phases run in the order trained, replay,
+    evaluated, stage after stage; the first trained or replay phase that is not done and intact ends
+    what is trusted: its files, those of its later phases and every later stage are deleted (a
+    checkpoint survives only when the stage's training was simply not finished). An evaluation that is
+    damaged is deleted and redone on its own: nothing depends on it."""
+    stages = run_dir / "stages"
+    if manifest.damaged:
+        log(f"sapt: {manifest.path} cannot be read: no stage on disk is trusted, every stage is redone")
+        manifest.reset()
+    elif not manifest.exists and stages.is_dir() and any(stages.iterdir()):
+        log(f"sapt: {run_dir} has stage files but no manifest.json (an older sapt, or it was lost): "
+            "they are not trusted, every stage is redone")
+    chain = ("trained", "replay") if reflection else ("trained",)
+    done: set[tuple[int, str]] = set()
+    for t, task in enumerate(tasks):
+        sdir = stage_dir(run_dir, t, task.name)
+        for phase in chain:
+            problems = manifest.problems(sdir, phase)
+            if problems == []:
+                done.add((t, phase))
+                continue
+            if problems:
+                n = len(tasks)
+                later = "" if t + 1 >= n else f"; stage {n} is redone too" if t + 2 == n else \
+                    f"; stages {t + 2}-{n} are redone too"
+                log(f"sapt: stage {t + 1} ({task.name}): {', '.join(problems)}; its files are not trusted: "
+                    f"the stage is redone from its {phase} phase{later}")
+            _discard(manifest, sdir, PHASES[PHASES.index(phase):], keep_checkpoint=problems is None)
+            for later_t in range(t + 1, len(tasks)):
+                _discard(manifest, stage_dir(run_dir, later_t, tasks[later_t].name), PHASES, keep_checkpoint=False)
+            return done
+        problems = manifest.problems(sdir, "evaluated")
+        if problems == []:
+            done.add((t, "evaluated"))
+        else:
+            if problems:
+                log(f"sapt: stage {t + 1} ({task.name}): {', '.join(problems)}; its evaluation is redone")
+            _discard(manifest, sdir, ("evaluated",), keep_checkpoint=True)
+    return done
+
+
+def _discard(manifest: Manifest, sdir: Path, phases: tuple[str, ...], keep_checkpoint: bool) -> None:
+    """Forget `phases` of a stage in the manifest, then delete their files (and the checkpoint unless kept)."""
+    manifest.forget(sdir.name, phases)
+    if not sdir.exists():
+        return
+    if set(phases) == set(PHASES) and not keep_checkpoint:
+        shutil.rmtree(sdir)
+        return
+    for phase in phases:
+        for name in PHASE_FILES[phase]:
+            path = sdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    if not keep_checkpoint:
+        (sdir / CHECKPOINT).unlink(missing_ok=True)
+
+
+def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, changes: dict[str, list] | None = None) -> RunResult:
     log(f"sapt: {len(tasks)} tasks ({', '.join(t.name for t in tasks)}), model {cfg.model}, output {run_dir}")
+    manifest = Manifest(run_dir)
+    method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
+    reflect = cfg.reflection and method.reflection
+    stages = stage_tasks(tasks, method)
+    done = verify_stages(run_dir, stages, manifest, reflect)
+    if changes:
+        first = next((t for t in range(len(stages)) if (t, "trained") not in done), len(stages))
+        manifest.record_change(first, changes)
+        io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        log(f"sapt: config changed on resume ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}), "
+            f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
     t0 = time.time()
     model = build_model(cfg)
     log(f"sapt: model loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted")
@@ -219,73 +553,123 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path) -> RunResult:
     kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
     eval_items: dict[str, list] = {}
     replay_sets: list[ReplaySet] = []
-    for t, task in enumerate(tasks):
+    memory: list = []  # replay: encoded real examples of the old tasks
+    for t, task in enumerate(stages):
         sdir = stage_dir(run_dir, t, task.name)
         torch.manual_seed(stage_seed(cfg, t))
-        model.add_task(task.name)
-        if (sdir / "stage.json").exists():
-            model.load_block(t, io.load_tensors(sdir / "adapter.safetensors"))
-            model.load_router(t, io.load_tensors(sdir / "router.safetensors"))
+        method.add_stage(model, t, task.name)
+        b = method.block_index(t)
+        if (t, "trained") in done:
+            model.load_block(b, io.load_tensors(sdir / "adapter.safetensors"))
+            model.load_router(b, io.load_tensors(sdir / "router.safetensors"))
             summary = io.read_json(sdir / "stage.json")
+            (sdir / CHECKPOINT).unlink(missing_ok=True)  # left if killed right after the manifest was written
             log(f"sapt: stage {t + 1} ({task.name}) already trained, loaded")
         else:
-            ts = time.time()
-            reflection = Reflection(replay_sets, kl_ratio, cfg.batch_size, stage_seed(cfg, t)) if cfg.reflection else None
-            summary = train_stage(model, task, t, cfg, log_path, reflection)
-            summary["seconds"] = round(time.time() - ts, 1)
-            summary["kl_ratio"] = kl_ratio if cfg.reflection else None
-            io.save_tensors(sdir / "adapter.safetensors", model.block_state(t), {"task": task.name})
-            io.save_tensors(sdir / "router.safetensors", model.router_state(t), {"task": task.name})
+            reflection = Reflection(replay_sets, kl_ratio, cfg.batch_size, stage_seed(cfg, t)) if reflect else None
+            items = val_items = None
+            if method.joint:
+                items, val_items = ([e for other in tasks for e in encode_task_split(
+                    model, other, split, cfg.max_source_length, cfg.max_target_length)] for split in ("train", "val"))
+            elif memory:
+                items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length) + memory
+            summary = train_stage(model, task, t, cfg, log_path, reflection, checkpoint=sdir / CHECKPOINT,
+                                  method=method, items=items, val_items=val_items)
+            summary["kl_ratio"] = kl_ratio if reflect else None
+            summary["method"] = method.name
+            io.save_tensors(sdir / "adapter.safetensors", model.block_state(b), {"task": task.name})
+            kill_point(f"stage{t}:between-files")
+            io.save_tensors(sdir / "router.safetensors", model.router_state(b), {"task": task.name})
+            files = ["adapter.safetensors", "router.safetensors"]
+            if method.memory:
+                io.write_jsonl(sdir / "memory.jsonl", [{"task": task.name, "input": ex.input, "outputs": list(ex.outputs)}
+                                                       for ex in memory_examples(task, cfg)])
+                files.append("memory.jsonl")
             io.write_json(sdir / "stage.json", summary)
-        if cfg.reflection:
-            if not (sdir / "replay_stats.json").exists():
+            kill_point(f"stage{t}:trained")
+            manifest.record(sdir, "trained", [*files, "stage.json"])
+            (sdir / CHECKPOINT).unlink(missing_ok=True)  # the stage's files supersede it
+        if method.memory:
+            rows = [json.loads(line) for line in (sdir / "memory.jsonl").read_text(encoding="utf-8").splitlines() if line]
+            memory += encode(model.tokenizer, model.family, task.definition,
+                             [Example(r["input"], tuple(r["outputs"])) for r in rows],
+                             cfg.max_source_length, cfg.max_target_length)
+        if reflect:
+            if (t, "replay") not in done:
+                # seeded (and the generator is trained under its own forked RNG): redone identically if interrupted
                 inputs, stats = make_replay_inputs(model, task, t, cfg)
                 io.write_jsonl(sdir / "replay.jsonl", [{"task": task.name, "definition": task.definition, "input": x}
                                                       for x in inputs])
-                io.write_json(sdir / "replay_stats.json", stats)  # written last: marks the replay set complete
+                kill_point(f"stage{t}:replay")
+                io.write_json(sdir / "replay_stats.json", stats)
+                manifest.record(sdir, "replay", PHASE_FILES["replay"])
                 log(f"sapt: {len(inputs)} {stats['source']} replay inputs for {task.name}")
             rows = [json.loads(line) for line in (sdir / "replay.jsonl").read_text(encoding="utf-8").splitlines() if line]
             replay_sets.append(ReplaySet(task.name, summary["routing_target"],
                                          encode_replay(model, task.definition, [r["input"] for r in rows], cfg.max_source_length)))
-        if not (sdir / "scores.json").exists():
-            scores, routing = {}, {}
-            for j, other in enumerate(tasks[: t + 1]):
+        if (t, "evaluated") not in done:
+            scores, routing, files = {}, {}, []
+            for j, other in enumerate(tasks if method.joint else tasks[: t + 1]):
                 if other.name not in eval_items:
                     eval_items[other.name] = encode_task_split(model, other, "eval", cfg.max_source_length, cfg.max_target_length)
-                score, records = evaluate_task(model, other, eval_items[other.name], cfg.eval_batch_size,
-                                               cfg.max_new_tokens, task_index=j)
-                io.write_jsonl(sdir / "predictions" / f"{other.name}.jsonl", records)
+                score, records = evaluate_task(
+                    model, other, eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, task_index=j,
+                    weights_fn=lambda batch, j=j: method.weights(model, batch, j, training=False), routed=method.routed)
+                files.append(f"predictions/{other.name}.jsonl")
+                io.write_jsonl(sdir / files[-1], records)
+                kill_point(f"stage{t}:eval")
                 scores[other.name] = score
-                routing[other.name] = 100.0 * sum(r["routed_to_own"] for r in records) / len(records)
+                if method.routed:
+                    routing[other.name] = 100.0 * sum(r["routed_to_own"] for r in records) / len(records)
             io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing})
+            manifest.record(sdir, "evaluated", ["scores.json", *files])
+            kill_point(f"stage{t}:metrics")
         result = write_metrics(run_dir, cfg, tasks)
-        log(f"sapt: stage {t + 1}/{len(tasks)} done ({time.time() - t0:.0f}s); AP so far {result.metrics['ap']:.1f}")
+        log(f"sapt: stage {t + 1}/{len(stages)} done ({time.time() - t0:.0f}s); AP so far {result.metrics['ap']:.1f}")
     return result
 
 
-def collect_matrices(run_dir: Path, tasks: list[Task]) -> tuple[list[list], list[list]]:
-    """Score and routing-accuracy matrices from the stages evaluated so far (rows stop at the first gap)."""
+def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None = None) -> tuple[list[list], list[list]]:
+    """Score and routing-accuracy matrices from the stages evaluated so far (rows stop at the first gap).
+    Row i holds the tasks that stage i scored (0..i, or all of them for mtl's single stage), None elsewhere."""
     matrix, routing = [], []
-    for i, task in enumerate(tasks):
-        path = stage_dir(run_dir, i, task.name) / "scores.json"
+    for i, stage in enumerate(stages or tasks):
+        path = stage_dir(run_dir, i, stage.name) / "scores.json"
         if not path.exists():
             break
         data = io.read_json(path)
-        matrix.append([data["scores"].get(t.name) if j <= i else None for j, t in enumerate(tasks)])
-        routing.append([data["routing_accuracy"].get(t.name) if j <= i else None for j, t in enumerate(tasks)])
+        matrix.append([data["scores"].get(t.name) for t in tasks])
+        routing.append([data["routing_accuracy"].get(t.name) for t in tasks])
     return matrix, routing
+
+
+def reference_scores(reference: str, tasks: list[Task]) -> list[float]:
+    """The single-task scores s_j of FWT: the diagonal of a per-task run of the same tasks."""
+    path = Path(reference) / "metrics.json"
+    if not path.exists():
+        raise ConfigError(f"--reference {reference}: no metrics.json there")
+    ref = io.read_json(path)
+    names = [t.name for t in tasks]
+    if ref.get("tasks") != names or ref.get("method") != "per-task" or ref.get("stages_done") != len(names):
+        raise ConfigError(f"--reference {reference}: not a finished per-task run of the tasks {', '.join(names)}")
+    return [ref["matrix"][j][j] for j in range(len(names))]
 
 
 def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult:
     names = [t.name for t in tasks]
-    matrix, routing = collect_matrices(run_dir, tasks)
-    m = cl_metrics(matrix)
+    method = make_method(cfg.method)
+    matrix, routing = collect_matrices(run_dir, tasks, stage_tasks(tasks, method))
+    if method.joint:  # one row over every task: AP is its mean; nothing to forget or transfer
+        m = {"ap": sum(matrix[0]) / len(names), "fra": None, "bwt": None, "fwt": None}
+    else:
+        single = reference_scores(cfg.reference, tasks) if cfg.reference and len(matrix) == len(tasks) else None
+        m = cl_metrics(matrix, single)
     splits = sorted({t.eval_split for t in tasks})
     metrics = {
         "tasks": names,
         "matrix": matrix,
         **m,
-        "routing_accuracy": routing,
+        "routing_accuracy": routing if method.routed else None,
         "eval_split": splits[0] if len(splits) == 1 else "mixed",
         "eval_splits": {t.name: t.eval_split for t in tasks},
         "metric": {t.name: t.metric for t in tasks},
@@ -295,6 +679,11 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
         "replay": replay_stats(run_dir, tasks),
         "stages_done": len(matrix),
     }
+    if cfg.reference:
+        metrics["fwt_reference"] = cfg.reference
+    changes = Manifest(run_dir).config_changes
+    if changes:  # resumed with --allow-config-change: say so where the results are
+        metrics["config_changes"] = changes
     io.write_json(run_dir / "metrics.json", metrics)
     return RunResult(metrics, render(metrics))
 
@@ -313,9 +702,17 @@ def replay_stats(run_dir: Path, tasks: list[Task]) -> dict[str, Any]:
 
 def render(metrics: dict[str, Any]) -> str:
     title = f"{metrics['method']} on {metrics['model']} (eval split: {metrics['eval_split']}; rows: after training task i)"
-    return format_table(metrics["tasks"], metrics["matrix"], metrics, title=title,
-                        extra={"routing accuracy (% of inputs whose top weight is their own task's block)":
-                               metrics["routing_accuracy"]})
+    extra = {}
+    if metrics.get("routing_accuracy"):
+        extra["routing accuracy (% of inputs whose top weight is their own task's block)"] = metrics["routing_accuracy"]
+    lines = [format_table(metrics["tasks"], metrics["matrix"], metrics, title=title, extra=extra or None)]
+    for name, r in (metrics.get("replay") or {}).items():
+        line = f"replay inputs of {name}: {r.get('count', 0)}/{r.get('wanted', 0)} ({r.get('source')})"
+        if "well_formed_fraction" in r:
+            line += (f", well-formed {100 * r['well_formed_fraction']:.0f}%, distinct {100 * r['distinct_fraction']:.0f}%,"
+                     f" not a training input {100 * r['novel_fraction']:.0f}%")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 # ---- a finished run, for eval / predict -------------------------------------------------------------
@@ -330,19 +727,30 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
     """Rebuild the model of a run from its stages (all that are trained). Returns config, model, task names."""
     run_dir = Path(run_dir)
     cfg = cfg or load_run_config(run_dir)
-    done = sorted((run_dir / "stages").glob("*/stage.json"))
+    manifest = Manifest(run_dir)
+    if manifest.exists and not manifest.damaged:  # only the stages the manifest vouches for
+        done = []
+        for name in sorted(k for k, v in manifest.data["stages"].items() if "trained" in v):
+            problems = manifest.problems(run_dir / "stages" / name, "trained")
+            if problems:
+                raise ConfigError(f"{run_dir}: stage {name}: {', '.join(problems)}; run the same `sapt run` "
+                                  "command again to redo it")
+            done.append(run_dir / "stages" / name / "stage.json")
+    else:  # a run directory written before manifests existed
+        done = sorted((run_dir / "stages").glob("*/stage.json"))
     if not done:
         raise ConfigError(f"{run_dir}: no trained stage yet")
     model = build_model(cfg)
+    method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
     names = []
     for t, path in enumerate(done):
         sdir = path.parent
         name = sdir.name.split("_", 1)[1]
         if sdir.name != f"{t:02d}_{name}":
             raise ConfigError(f"{run_dir}: stage {t} is missing (found {sdir.name})")
-        model.add_task(name)
-        model.load_block(t, io.load_tensors(sdir / "adapter.safetensors"))
-        model.load_router(t, io.load_tensors(sdir / "router.safetensors"))
+        method.add_stage(model, t, name)
+        model.load_block(method.block_index(t), io.load_tensors(sdir / "adapter.safetensors"))
+        model.load_router(method.block_index(t), io.load_tensors(sdir / "router.safetensors"))
         names.append(name)
     model.eval()
     return cfg, model, names

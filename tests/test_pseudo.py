@@ -33,15 +33,25 @@ def sapt_model(name: str, n_tasks: int = 2) -> SAPTModel:
 
 
 def test_parse_sample_keeps_only_well_formed_inputs():
-    assert parse_sample("Reverse the words.__inp__apple river") == "apple river"
-    assert parse_sample("  junk__inp__  spaced input \n") == "spaced input"
-    assert parse_sample("__inp__no definition is fine") == "no definition is fine"
-    assert parse_sample("no separator at all") is None
-    assert parse_sample("def__inp__") is None  # empty input
-    assert parse_sample("def__inp__   \n") is None  # blank input
-    assert parse_sample("def__inp__a__inp__b") is None  # separator twice
-    assert parse_sample("def__inp__ __gen__ ") is None  # the trigger echoed back
-    assert parse_sample("def__inp____gen__ more") == "__gen__ more"
+    assert parse_sample("apple river stone") == "apple river stone"
+    assert parse_sample("  spaced input \n") == "spaced input"
+    assert parse_sample("line one\nline two") == "line one\nline two"  # multi-line inputs are inputs
+    assert parse_sample("") is None  # empty
+    assert parse_sample("   \n") is None  # blank
+    assert parse_sample("__gen__") is None  # the trigger echoed back
+    assert parse_sample("more __gen__ text") is None
+
+
+def test_the_generator_is_conditioned_on_the_definition_and_learns_only_the_input():
+    model = sapt_model("tiny-llama", n_tasks=1)
+    task = builtin_suite(seed=0, n_train=4, n_val=1, n_eval=1)[0]
+    items, prompt = pseudo._encode(model, task, 512, 256)
+    tok = model.tokenizer
+    assert tok.decode(prompt) == pseudo.generator_prompt(task.definition)
+    assert task.definition in tok.decode(prompt)
+    for item, ex in zip(items, task.train):
+        assert item.prompt == prompt
+        assert tok.decode(item.target[:-1]) == ex.input and item.target[-1] == tok.eos_token_id
 
 
 def test_wanted_count_follows_ratio_with_floor_one_and_cap():
@@ -54,7 +64,7 @@ def test_wanted_count_follows_ratio_with_floor_one_and_cap():
 
 
 def test_collect_stops_at_wanted_keeps_distinct_and_caps_attempts():
-    stream = iter(["d__inp__a", "bad", "d__inp__a", "d__inp__b", "d__inp__", "d__inp__c", "d__inp__d"] + ["x"] * 100)
+    stream = iter(["a", "__gen__", "a", "b", " ", "c", "d"] + ["x"] * 100)
     calls = []
 
     def fake(k):
@@ -69,7 +79,7 @@ def test_collect_stops_at_wanted_keeps_distinct_and_caps_attempts():
     assert stats["well_formed_fraction"] == pytest.approx(4 / 6)
     assert stats["distinct_fraction"] == pytest.approx(3 / 4)
 
-    found, stats = pseudo._collect(lambda k: ["junk"] * k, 5, PseudoConfig(oversample=4, sample_batch_size=8))
+    found, stats = pseudo._collect(lambda k: [""] * k, 5, PseudoConfig(oversample=4, sample_batch_size=8))
     assert found == [] and stats["attempts"] == 20  # the cap: oversample * wanted, last batch cut to fit
     assert stats["well_formed_fraction"] == 0.0 and stats["distinct_fraction"] == 0.0
 
@@ -161,7 +171,7 @@ def test_generator_learns_and_returned_inputs_match_stats(tasks, monkeypatch):
 
     # with a sampler that writes a training input, a copy and a new one: the list and stats agree
     train_input = task.train[0].input
-    texts = [f"Rev.__inp__{train_input}", f"Rev.__inp__{train_input}", "Rev.__inp__brand new words", "junk"]
+    texts = [train_input, train_input, "brand new words", "  "]
     monkeypatch.setattr(pseudo, "_sample", lambda m, prompt, k, cfg: texts[:k])
     inputs, stats = generate_pseudo_inputs(model, task, dataclasses.replace(cfg, ratio=2 / 16, epochs=0),
                                            max_target=MAX_TARGET)

@@ -44,6 +44,11 @@ class SAPTModel(nn.Module):
     def n_tasks(self) -> int:
         return len(self.task_names)
 
+    @property
+    def n_blocks(self) -> int:
+        """Blocks per adapted projection; fewer than tasks for methods that share one block."""
+        return self.router.n_tasks
+
     def add_task(self, name: str) -> None:
         for layer in self.lora_layers.values():
             layer.add_block()
@@ -51,14 +56,15 @@ class SAPTModel(nn.Module):
         self.task_names.append(name)
         self.set_trainable(self.n_tasks - 1)
 
-    def set_trainable(self, t: int) -> None:
-        """Only block t, key t and the shared query MLP receive gradient."""
+    def set_trainable(self, t: int, router: bool = True) -> None:
+        """Only block t, and with the router key t and the shared query MLP, receive gradient."""
         self.requires_grad_(False)
         for layer in self.lora_layers.values():
             layer.lora_A[t].requires_grad_(True)
             layer.lora_B[t].requires_grad_(True)
-        self.router.keys[t].requires_grad_(True)
-        self.router.query_mlp.requires_grad_(True)
+        if router:
+            self.router.keys[t].requires_grad_(True)
+            self.router.query_mlp.requires_grad_(True)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -84,9 +90,10 @@ class SAPTModel(nn.Module):
             self.state.weights = None
 
     # ---- training and generation -----------------------------------------------------------------
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean token cross-entropy of the batch's targets under the routed mixture."""
-        weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
+    def forward(self, batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean token cross-entropy of the batch's targets under the mixture (routed unless `weights`)."""
+        if weights is None:
+            weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
         with self.routed(weights):
             out = self.base(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
@@ -95,10 +102,11 @@ class SAPTModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, batch: dict[str, torch.Tensor], max_new_tokens: int
+        self, batch: dict[str, torch.Tensor], max_new_tokens: int, weights: torch.Tensor | None = None
     ) -> tuple[list[str], torch.Tensor]:
-        """Greedy answers for a batch of prompts and the routing weights each one used."""
-        weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
+        """Greedy answers for a batch of prompts and the mixing weights each one used (routed unless given)."""
+        if weights is None:
+            weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
         tok = self.tokenizer
         with self.routed(weights):
             out = self.base.generate(

@@ -1,0 +1,109 @@
+"""Quality benchmark: several continual-learning methods on one protocol, one table.
+
+    python bench/quality.py --protocol builtin --methods sapt,seq-lora,o-lora
+    python bench/quality.py --protocol long-mini --data-dir ../shared/data/CL_Benchmark --out runs/bench
+
+Each protocol fixes model, tasks, order, subset sizes, epochs, lr and seed; every method runs through
+the same loop (`sapt.train.run`) into its own run directory (resumable: rerunning skips finished stages).
+The table gives AP, F.Ra, FWT (from the per-task run when it is among the methods), BWT, final routing
+accuracy (routed methods only) and wall time. Evaluation uses test.json where a task has one, else a
+held-out part of train.json; the table says which.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sapt.config import resolve  # noqa: E402
+from sapt.metrics import cl_metrics  # noqa: E402
+from sapt.train import run  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"
+ALL_METHODS = ["sapt", "sapt-hard", "seq-lora", "inc-lora", "o-lora", "replay", "per-task", "mtl"]
+
+PROTOCOLS = {
+    "long-mini": dict(
+        model="smollm2", benchmark="Long_Sequence", tasks=["amazon", "mnli", "qqp", "sst2", "agnews", "boolq"],
+        max_train_per_task=128, max_eval_per_task=100, epochs=3, lr=1e-3, lora_r=8, batch_size=8,
+        max_source_length=256, max_new_tokens=8, seed=42, pseudo_ratio=0.05,
+    ),
+    "superni-mini": dict(
+        model="smollm2", benchmark="SuperNI",
+        tasks=["task1572_samsum_summary", "task363_sst2_polarity_classification", "task1290_xsum_summarization",
+               "task181_outcome_extraction", "task002_quoref_answer_generation"],
+        max_train_per_task=128, max_eval_per_task=50, epochs=3, lr=1e-3, lora_r=8, batch_size=8,
+        max_source_length=384, max_new_tokens=48, seed=42, pseudo_ratio=0.05, pseudo_max_new_tokens=256,
+    ),
+    "builtin": dict(model="smollm2", seed=42),  # the built-in suite with its preset (sapt.config.BUILTIN_PRESET)
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="builtin")
+    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated; default all")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--out", default="runs/bench", help="run directories go to OUT/<protocol>/<method>")
+    p.add_argument("--model", help="override the protocol's model (e.g. tiny-llama for a smoke test)")
+    p.add_argument("--max-train-per-task", type=int, help="override the protocol's training subset")
+    p.add_argument("--max-eval-per-task", type=int, help="override the protocol's evaluation subset")
+    p.add_argument("--epochs", type=int, help="override the protocol's epochs")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    args = p.parse_args(argv)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    # per-task first: its diagonal is the single-task reference that FWT of the others needs
+    methods.sort(key=lambda m: m != "per-task")
+    protocol = dict(PROTOCOLS[args.protocol])
+    if args.protocol != "builtin":
+        protocol["data_dir"] = args.data_dir
+    for key in ("model", "max_train_per_task", "max_eval_per_task", "epochs"):
+        if getattr(args, key) is not None:
+            protocol[key] = getattr(args, key)
+
+    rows = []
+    reference = None
+    for method in methods:
+        out = Path(args.out) / args.protocol / method
+        overrides = {**protocol, "method": method, "output": str(out)}
+        if reference is not None and method != "per-task":
+            overrides["reference"] = str(reference)
+        t0 = time.time()
+        metrics = run(resolve(overrides)).metrics
+        seconds = time.time() - t0
+        if method == "per-task":
+            reference = out
+        routing = metrics.get("routing_accuracy") or []
+        last_routing = routing[-1] if routing and routing[-1] and all(x is not None for x in routing[-1]) else None
+        rows.append({
+            "method": method, "ap": metrics["ap"], "fra": metrics["fra"], "fwt": metrics["fwt"], "bwt": metrics["bwt"],
+            "routing": sum(last_routing) / len(last_routing) if last_routing else None,
+            "seconds": round(seconds, 1), "eval_split": metrics["eval_split"], "run": str(out),
+        })
+        print(f"[{method}] AP {metrics['ap']:.1f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
+    print(format_rows(args.protocol, rows))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def format_rows(protocol: str, rows: list[dict]) -> str:
+    lines = [f"protocol {protocol} (evaluation split: {', '.join(sorted({r['eval_split'] for r in rows}))})",
+             f"{'method':10s} {'AP':>6s} {'F.Ra':>6s} {'FWT':>6s} {'BWT':>6s} {'route%':>7s} {'time':>7s}"]
+    for r in rows:
+        lines.append(f"{r['method']:10s} {_f(r['ap']):>6s} {_f(r['fra']):>6s} {_f(r['fwt']):>6s} {_f(r['bwt']):>6s} "
+                     f"{_f(r['routing']):>7s} {r['seconds']:>6.0f}s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The baselines behind one interface: each runs end to end, freezes (or not) what it should, and the
+O-LoRA loss and FWT are right."""
+import json
+
+import pytest
+import torch
+
+from sapt import io
+from sapt.config import resolve
+from sapt.methods import METHODS, make_method, orthogonality_loss
+from sapt.models import load_model
+from sapt.modules.sapt_model import SAPTModel
+from sapt.train import run
+
+TWO_TASKS = ["topic", "sentiment"]
+
+
+def cfg2(out, method, **kw):
+    base = {"model": "tiny-llama", "output": str(out), "epochs": 1, "max_train_per_task": 8, "max_eval_per_task": 4,
+            "max_new_tokens": 2, "lr": 1e-2, "tasks": TWO_TASKS, "method": method, "reflection_source": "real",
+            "replay_memory": 3}
+    return resolve({**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("methods")
+    return {m: (root / m, run(cfg2(root / m, m)).metrics) for m in METHODS}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_runs_end_to_end_over_two_tasks(runs, method):
+    out, m = runs[method]
+    assert m["method"] == method and m["tasks"] == TWO_TASKS
+    if method == "mtl":
+        assert len(m["matrix"]) == 1 and all(x is not None for x in m["matrix"][0])
+        assert m["ap"] == pytest.approx(sum(m["matrix"][0]) / 2)
+    else:
+        assert len(m["matrix"]) == 2 and m["matrix"][0][1] is None and m["matrix"][1][1] is not None
+    routed = METHODS[method].routed
+    assert (m["routing_accuracy"] is not None and m["routing_accuracy"][-1][0] is not None) == routed
+
+
+def adapters(out, stage):
+    sdir = sorted((out / "stages").iterdir())[stage]
+    return io.load_tensors(sdir / "adapter.safetensors")
+
+
+def test_seq_lora_and_replay_train_the_same_block_in_both_stages(runs):
+    for method in ("seq-lora", "replay"):
+        out, _ = runs[method]
+        a, b = adapters(out, 0), adapters(out, 1)
+        assert a.keys() == b.keys()
+        assert any(not torch.equal(a[k], b[k]) for k in a), f"{method}: stage 2 did not move the shared block"
+
+
+@pytest.mark.parametrize("method", ["inc-lora", "o-lora", "sapt", "per-task"])
+def test_block_methods_leave_stage_one_bit_identical(runs, method):
+    out, _ = runs[method]
+    cfg, model, names = __import__("sapt.train", fromlist=["load_trained"]).load_trained(out)
+    first = adapters(out, 0)
+    now = model.block_state(0)
+    assert first.keys() == now.keys()
+    assert all(torch.equal(first[k], now[k]) for k in first)
+    second = adapters(out, 1)
+    assert any(v.abs().sum() > 0 for k, v in second.items() if "lora_B" in k)  # block 2 trained
+
+
+def test_replay_stores_real_examples_of_old_tasks(runs):
+    out, _ = runs["replay"]
+    rows = [json.loads(l) for l in (sorted((out / "stages").iterdir())[0] / "memory.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all({"input", "outputs"} <= set(r) for r in rows)
+
+
+def test_orthogonality_loss_is_zero_for_orthogonal_a_and_positive_otherwise():
+    torch.manual_seed(0)
+    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model.add_task("a")
+    model.add_task("b")
+    eye = torch.eye(64)
+    with torch.no_grad():
+        for layer in model.lora_layers.values():
+            layer.lora_A[0].copy_(eye[:2])
+            layer.lora_A[1].copy_(eye[2:4])
+    assert orthogonality_loss(model, 1).item() == 0.0
+    with torch.no_grad():
+        for layer in model.lora_layers.values():
+            layer.lora_A[1].copy_(eye[1:3])  # shares direction 1 with block 0
+    # each layer: |A_0 A_1^T| has exactly one entry equal to 1
+    assert orthogonality_loss(model, 1).item() == pytest.approx(len(model.lora_layers))
+    method = make_method("o-lora", lambda_1=2.0, lambda_2=0.0)
+    assert method.extra_loss(model, 1).item() == pytest.approx(2.0 * len(model.lora_layers))
+
+
+def test_fwt_is_filled_from_a_per_task_reference_run(runs, tmp_path):
+    ref_out, ref = runs["per-task"]
+    out = tmp_path / "sapt_with_ref"
+    m = run(cfg2(out, "sapt", reference=str(ref_out))).metrics
+    s = [ref["matrix"][j][j] for j in range(2)]
+    expected = ((m["matrix"][0][0] - s[0]) + (m["matrix"][1][1] - s[1])) / 2
+    assert m["fwt"] == pytest.approx(expected)
+    assert m["fwt_reference"] == str(ref_out)
