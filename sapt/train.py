@@ -465,10 +465,13 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     run_dir, changes = plan_run_dir(cfg, force_new, allow_changes)
     if str(run_dir) != cfg.output:
         cfg = dataclasses.replace(cfg, output=str(run_dir))
+    t0 = time.time()
+    model = build_model(cfg)  # a model that cannot be loaded leaves no run directory behind
+    log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted")
     with RunLock(run_dir):
         if not (run_dir / "config.yaml").exists():
             io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return _run_stages(cfg, tasks, run_dir, changes)
+        return _run_stages(cfg, tasks, run_dir, model, changes)
 
 
 def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflection: bool) -> set[tuple[int, str]]:
@@ -533,7 +536,8 @@ def _discard(manifest: Manifest, sdir: Path, phases: tuple[str, ...], keep_check
         (sdir / CHECKPOINT).unlink(missing_ok=True)
 
 
-def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, changes: dict[str, list] | None = None) -> RunResult:
+def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel,
+                changes: dict[str, list] | None = None) -> RunResult:
     log(f"sapt: {len(tasks)} tasks ({', '.join(t.name for t in tasks)}), model {cfg.model}, output {run_dir}")
     manifest = Manifest(run_dir)
     method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
@@ -547,8 +551,6 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, changes: dict[
         log(f"sapt: config changed on resume ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}), "
             f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
     t0 = time.time()
-    model = build_model(cfg)
-    log(f"sapt: model loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted")
     log_path = run_dir / "train_log.jsonl"
     kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
     eval_items: dict[str, list] = {}
