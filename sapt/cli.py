@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--merge", action="store_true", help="answer one input at a time with its mixture merged into "
                     "the base weights: faster for long outputs (see BENCHMARKS.md, Speed)")
 
+    ln = sub.add_parser("learn", help="extend a finished run with one more task; re-scores every task")
+    ln.add_argument("--run", required=True, help="run directory")
+    ln.add_argument("--task", required=True, help="task folder in the CL_Benchmark layout: <benchmark>/<task>/train.json")
+
     rp = sub.add_parser("report", help="print the score matrix and metrics of a run")
     rp.add_argument("--run", required=True, help="run directory")
     rp.add_argument("--json", action="store_true", help="print metrics.json")
@@ -206,6 +210,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from sapt.train import learn
+
+    print(learn(args.run, args.task).table)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from sapt import io
     from sapt.train import render
@@ -256,7 +267,7 @@ def cmd_fetch_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
+COMMANDS = {"learn": cmd_learn, "run": cmd_run, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
             "compare": cmd_compare, "export": cmd_export, "fetch-benchmark": cmd_fetch_benchmark}
 
 

@@ -29,6 +29,7 @@ class RunConfig:
     data_dir: str | None = None
     benchmark: str | None = None
     tasks: list[str] | None = None
+    extra_tasks: list[str] = field(default_factory=list)  # task folders appended by `sapt learn`
     order: int | None = None
     val_size: float = 0.1  # fraction of the training examples, or a count when >= 1
     max_train_per_task: int | None = None

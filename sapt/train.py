@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from sapt import io
 from sapt.batching import collate_train, encode
 from sapt.config import ConfigError, RunConfig, differences, to_dict
-from sapt.data import Example, Task, builtin_suite, load_benchmark, resolve_task_names
+from sapt.data import Example, Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
 from sapt.lock import RunLock
 from sapt.manifest import PHASES, Manifest
@@ -71,6 +71,18 @@ def log(msg: str) -> None:
 
 # ---- pieces ------------------------------------------------------------------------------------------
 def load_run_tasks(cfg: RunConfig) -> list[Task]:
+    """The run's tasks in training order: its benchmark's (or the built-in suite's), then `extra_tasks`."""
+    tasks = _base_tasks(cfg)
+    split = dict(val_size=cfg.val_size, max_train=cfg.max_train_per_task, max_eval=cfg.max_eval_per_task, seed=cfg.seed)
+    for folder in map(Path, cfg.extra_tasks):
+        if folder.name in {t.name for t in tasks}:
+            raise ConfigError(f"{folder}: the run already has a task named {folder.name!r}")
+        validate_or_raise(folder.parent.parent, folder.parent.name, [folder.name], **split)
+        tasks.append(load_task(folder.parent.parent, folder.parent.name, folder.name, **split))
+    return tasks
+
+
+def _base_tasks(cfg: RunConfig) -> list[Task]:
     if cfg.data_dir is None:
         tasks = builtin_suite(seed=cfg.seed)
         if cfg.tasks:
@@ -420,7 +432,7 @@ def plan_run_dir(cfg: RunConfig, force_new: bool = False, allow_changes: Any = (
     CHANGEABLE_KEYS); otherwise refused, unless `force_new`: then the first of OUTPUT-2, OUTPUT-3, ...
     that is new or holds this same run (so that the same command resumes it). Nothing is ever deleted."""
     allow = set(allow_changes or ())
-    if allow - set(CHANGEABLE_KEYS):
+    if allow - set(CHANGEABLE_KEYS) - {"extra_tasks"}:  # extra_tasks: only through `learn`
         raise ConfigError(f"--allow-config-change accepts only {', '.join(CHANGEABLE_KEYS)} "
                           f"(got {', '.join(sorted(allow - set(CHANGEABLE_KEYS)))})")
     run_dir = Path(cfg.output)
@@ -715,6 +727,23 @@ def render(metrics: dict[str, Any]) -> str:
                      f" not a training input {100 * r['novel_fraction']:.0f}%")
         lines.append(line)
     return "\n".join(lines)
+
+
+def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
+    """Extend a run with one more task (a folder in the CL_Benchmark layout: <benchmark>/<task>/train.json):
+    a new block, key and reflection data; every task is re-scored and the matrix gets a row and a column.
+    The earlier stages are loaded, not redone (their checksums are verified as on any resume)."""
+    cfg = load_run_config(run_dir)
+    folder = Path(task_folder).resolve()
+    if not (folder / "train.json").is_file():
+        raise ConfigError(f"{task_folder}: not a task folder (no train.json)")
+    if str(folder) in cfg.extra_tasks:
+        raise ConfigError(f"{run_dir} has already learned {task_folder}")
+    if make_method(cfg.method).joint:
+        raise ConfigError("an mtl run trains all its tasks at once; it cannot learn one more")
+    cfg.output = str(run_dir)
+    cfg.extra_tasks = [*cfg.extra_tasks, str(folder)]
+    return run(cfg, allow_changes=("extra_tasks",))
 
 
 # ---- a finished run, for eval / predict -------------------------------------------------------------

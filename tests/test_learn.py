@@ -1,0 +1,47 @@
+"""`sapt learn`: one more task on a finished run, without redoing the earlier stages."""
+import json
+
+import pytest
+
+from sapt.cli import main
+from sapt.config import ConfigError, resolve
+from sapt.train import learn, run
+
+
+def write_task(root, name="capitals", n=12):
+    folder = root / "MyBench" / name
+    folder.mkdir(parents=True)
+    countries = ["France", "Spain", "Italy", "Japan", "Peru", "Chad", "Togo", "Iran", "Laos", "Fiji",
+                 "Cuba", "Oman", "Mali", "Niger"]
+    instances = [{"input": f"Country: {c}", "output": c[::-1]} for c in countries[:n]]
+    (folder / "train.json").write_text(json.dumps({"Definition": ["Write the country name backwards."],
+                                                   "Instances": instances}))
+    return folder
+
+
+def test_learn_appends_a_row_and_a_column_and_keeps_earlier_stages(tmp_path):
+    out = tmp_path / "run"
+    cfg = resolve({"model": "tiny-llama", "output": str(out), "epochs": 1, "max_train_per_task": 8,
+                   "max_eval_per_task": 4, "max_new_tokens": 3, "tasks": ["topic", "sentiment"],
+                   "reflection_source": "real"})
+    before = run(cfg).metrics
+    stage_files = {p: p.read_bytes() for p in (out / "stages").rglob("*.safetensors")}
+    folder = write_task(tmp_path)
+
+    after = learn(out, folder).metrics
+    assert after["tasks"] == ["topic", "sentiment", "capitals"]
+    assert len(after["matrix"]) == 3 and all(len(r) == 3 for r in after["matrix"])
+    assert [r[:2] for r in after["matrix"][:2]] == before["matrix"]  # earlier rows untouched
+    assert after["matrix"][2][2] is not None and after["matrix"][1][2] is None
+    assert after["eval_splits"]["capitals"] == "heldout-train"
+    assert {p: p.read_bytes() for p in stage_files} == stage_files  # nothing earlier retrained
+    assert (out / "stages" / "02_capitals" / "adapter.safetensors").exists()
+
+    with pytest.raises(ConfigError, match="already"):
+        learn(out, folder)
+
+
+def test_learn_refuses_a_folder_without_train_json(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["learn", "--run", str(tmp_path), "--task", str(tmp_path / "empty")]) == 2
+    assert "error" in capsys.readouterr().err
