@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sapt.config import resolve  # noqa: E402
-from sapt.metrics import cl_metrics  # noqa: E402
 from sapt.train import run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"

@@ -224,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     n_adapted = len(sapt[1].lora_layers)
     s15 = sapt[15]
 
-    results: dict[str, dict] = {}
     mem: dict[str, int] = {}
     batch = train_batch(vocab, args.batch, args.prompt_len, args.answer_len, seed=1)
     fwd_args = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -298,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     fg_t = time_rounds(fg_fns, args.repeats, warmup=0)
 
     # -- merge ----------------------------------------------------------------------------------------
-    merge_t, merge_cost = {}, []
+    merge_t = {}
     merge_tokens = [int(x) for x in args.merge_tokens.split(",") if x.strip()]
     if merge_tokens:
         log("timing merged against unmerged generation")
@@ -373,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             f"merged at batch 1, so merging pays from about {cost / per_tok:.0f} new tokens" if per_tok > 0 else
             f"\nmerge+restore {1000 * cost:.1f} ms; merged decoding is not faster per token here: merging does not pay")
     met = {k: summary[k] <= TARGETS[k] for k in summary}
-    out(f"\ntargets: " + ", ".join(f"{k} {summary[k]:.3f} {'met' if ok else 'NOT met'} (<= {TARGETS[k]})"
+    out("\ntargets: " + ", ".join(f"{k} {summary[k]:.3f} {'met' if ok else 'NOT met'} (<= {TARGETS[k]})"
                                    for k, ok in met.items()))
 
     if args.profile:

@@ -83,5 +83,5 @@ def test_lock_held_by_another_process_then_freed_by_its_death(tmp_path):
             proc.kill()
             proc.wait()
         proc.stdout.close()
-    with RunLock(run_dir) as lock:  # the process is reaped, so its files are closed and the flock gone
+    with RunLock(run_dir):  # the process is reaped, so its files are closed and the flock gone
         assert (run_dir / ".lock").read_text().strip() == str(os.getpid())

@@ -23,10 +23,8 @@ from sapt.cli import build_parser
 from sapt.config import ConfigError, resolve, to_dict
 from sapt.manifest import Manifest
 from sapt.modules.sapt_model import SAPTModel
-from sapt.train import (
-    CHECKPOINT, KILL_ENV, KILL_SIGNAL_ENV, CheckpointError, TrainingError, load_checkpoint, plan_run_dir, run,
-    save_checkpoint, trim_log, verify_stages,
-)
+from sapt.recovery import CHECKPOINT, KILL_ENV, KILL_SIGNAL_ENV, CheckpointError, load_checkpoint, save_checkpoint, trim_log
+from sapt.train import TrainingError, plan_run_dir, run, verify_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS3 = ["topic", "sentiment", "addition"]
