@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/sapt run
 
+# One thread: the tests use tiny models, which two threads on two cores only slow down.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

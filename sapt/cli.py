@@ -43,6 +43,7 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--query-hidden", dict(type=int, help="hidden width of the router's query MLP (default 100)")),
     ("--lr", dict(type=float, help="learning rate of the LoRA blocks (default 3e-4)")),
     ("--router-lr", dict(type=float, help="learning rate of the query MLP and keys (default: --lr)")),
+    ("--router-warmup", dict(type=float, help="share of each later stage's steps with the router frozen while the new block starts (default 0.25; 0 = off)")),
     ("--epochs", dict(type=int, help="epochs per task (default 3)")),
     ("--batch-size", dict(type=int, help="training batch size (default 8)")),
     ("--grad-accum", dict(type=int, help="gradient accumulation steps (default 1)")),

@@ -42,6 +42,9 @@ class RunConfig:
     # optimisation (METHOD.md: lr 3e-4 constant, no warmup, AdamW)
     lr: float = 3e-4
     router_lr: float | None = None  # defaults to lr
+    # Share of a stage's optimiser steps (stages 2..T) during which the router stays frozen while the new,
+    # zero-initialised block learns; see train_stage. 0 = the paper's schedule.
+    router_warmup: float = 0.25
     epochs: int = 3
     batch_size: int = 8
     grad_accum: int = 1
@@ -77,6 +80,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.router_lr is not None and not self.router_lr > 0:
             raise ConfigError(f"router_lr must be > 0, got {self.router_lr}")
+        if not 0 <= self.router_warmup < 1:
+            raise ConfigError(f"router_warmup must be in [0, 1), got {self.router_warmup}")
         if not self.val_size > 0:
             raise ConfigError(f"val_size must be > 0, got {self.val_size}")
         for name in ("max_train_per_task", "max_eval_per_task"):

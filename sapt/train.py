@@ -145,6 +145,14 @@ def train_stage(
     every epoch, and if the file exists training continues after its epoch, exactly as if never
     stopped. The learning rates always come from `cfg` (they may have been lowered to resume).
 
+    Router warm-up: a new block starts at zero (B = 0), so at the start of stage t > 1 it cannot help
+    and every old block that fits the answer format a little can; Adam then moves the whole query MLP
+    toward the old blocks within a few steps, the new block's weight collapses towards 0 and it stops
+    learning (seen on SmolLM2 at lr 3e-4: the second task's validation loss did not move in 2 epochs).
+    So during the first `router_warmup` share of the stage's optimiser steps the router is not updated
+    (nor is the reflection KL, which only moves the router), and the new block learns under the
+    router's current weights; then both train together as in the paper.
+
     `method` (default: SAPT) decides the mixing weights and any extra loss; `items` replaces the task's
     encoded training examples (replay mixes in stored ones; mtl trains on every task at once), and
     `val_items` its validation examples.
@@ -168,6 +176,7 @@ def train_stage(
     gen = torch.Generator().manual_seed(stage_seed(cfg, t))
     pad = model.tokenizer.pad_token_id
     n_batches = math.ceil(len(items) / cfg.batch_size)
+    warmup = round(cfg.router_warmup * cfg.epochs * math.ceil(n_batches / cfg.grad_accum)) if t > 0 else 0
     best: dict[str, Any] = {"val_loss": math.inf}
     history: list[dict[str, Any]] = []
     steps = 0
@@ -216,7 +225,7 @@ def train_stage(
                 if extra is not None:
                     total = total + extra / cfg.grad_accum
                     record["extra"] = extra.item()
-                if reflection and b % cfg.grad_accum == 0 and (steps % cfg.replay_every == 0):
+                if reflection and steps >= warmup and b % cfg.grad_accum == 0 and (steps % cfg.replay_every == 0):
                     kl = reflection.loss(model)
                     total = total + kl
                     record["kl"] = kl.item()
@@ -226,6 +235,9 @@ def train_stage(
                                                            f"epoch {epoch + 1}, batch {b + 1}", epoch, checkpoint))
                 total.backward()
                 if (b + 1) % cfg.grad_accum == 0 or b + 1 == n_batches:
+                    if steps < warmup:
+                        for p in router:
+                            p.grad = None  # AdamW skips a parameter without gradient: no update, no state
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     steps += 1

@@ -113,3 +113,23 @@ def test_resuming_with_a_different_config_is_refused_and_leaves_the_directory_al
     with pytest.raises(ConfigError, match="lr"):
         run(tiny_cfg(out, tasks=["topic"], lr=0.5))
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_router_warmup_freezes_the_router_while_the_new_block_starts(tmp_path):
+    tasks = builtin_suite(seed=0, n_train=16, n_val=4, n_eval=4)
+    routers = {}
+    for warmup in (0.0, 0.9):
+        cfg = resolve({"model": "tiny-llama", "output": str(tmp_path), "epochs": 1, "lr": 1e-2,
+                       "router_warmup": warmup, "batch_size": 8})  # 2 steps; 0.9 of them = both
+        torch.manual_seed(0)
+        model = SAPTModel(load_model("tiny-llama"), r=2)
+        model.add_task(tasks[0].name)
+        train_stage(model, tasks[0], 0, cfg, tmp_path / "log.jsonl")
+        model.add_task(tasks[1].name)
+        before = snapshot(model.router)
+        block_before = model.lora_layers["model.layers.0.self_attn.q_proj"].lora_B[1].detach().clone()
+        train_stage(model, tasks[1], 1, cfg, tmp_path / "log.jsonl")
+        after = snapshot(model.router)
+        routers[warmup] = all(torch.equal(before[k], after[k]) for k in before)
+        assert not torch.equal(block_before, model.lora_layers["model.layers.0.self_attn.q_proj"].lora_B[1])
+    assert routers == {0.0: False, 0.9: True}
