@@ -72,3 +72,9 @@ def test_eval_rescoring_the_final_model_matches_the_last_row(tiny_run, capsys):
     scores = json.loads((tiny_run / "eval" / "scores.json").read_text())["scores"]
     last = json.loads((tiny_run / "metrics.json").read_text())["matrix"][-1]
     assert [scores[t]["score"] for t in ("topic", "sentiment")] == pytest.approx(last)
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")))
+def test_example_configs_resolve(path):
+    cfg = resolve({}, str(path))
+    assert cfg.data_dir and cfg.benchmark in ("SuperNI", "Long_Sequence")
