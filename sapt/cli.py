@@ -178,7 +178,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sapt.evaluate import predict
     from sapt.train import load_trained
 
+    from sapt.methods import make_method
+
     cfg, model, names = load_trained(args.run)
+    method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
+    if method.name == "per-task":
+        raise ConfigError("a per-task run needs the true task id of each input; score it with `sapt eval`")
+
+    def weights_fn(batch):  # None: the router's weights (sapt); fixed mixing weights for the baselines
+        return method.weights(model, batch, 0, training=False)
+
     examples = [Example(input=t, outputs=("",)) for t in args.text]
     items = encode(model.tokenizer, model.family, args.definition, examples, cfg.max_source_length, cfg.max_target_length)
     max_new_tokens = args.max_new_tokens or cfg.max_new_tokens
@@ -193,15 +202,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for item in items:
             batch = collate_prompts([item], model.family, model.tokenizer.pad_token_id)
             with torch.no_grad():
-                w = model.routing_weights(batch["input_ids"], batch["prompt_mask"])
+                w = weights_fn(batch)
+                if w is None:
+                    w = model.routing_weights(batch["input_ids"], batch["prompt_mask"])
                 with merged(model, w):
                     texts, _ = model.generate(batch, max_new_tokens)
             preds.append(texts[0])
             rows.append(w[0].float().cpu())
         weights = torch.stack(rows)
     else:
-        preds, weights = predict(model, items, cfg.eval_batch_size, max_new_tokens)
+        preds, weights = predict(model, items, cfg.eval_batch_size, max_new_tokens, weights_fn=weights_fn)
     for text, pred, w in zip(args.text, preds, weights):
+        if not method.routed:  # fixed mixing weights: nothing to report per input
+            print(json.dumps({"input": text, "answer": pred, "routing": None}, ensure_ascii=False) if args.json else pred)
+            continue
         routing = {n: round(float(x), 4) for n, x in zip(names, w)}
         if args.json:
             print(json.dumps({"input": text, "answer": pred, "routing": routing}, ensure_ascii=False))

@@ -100,3 +100,15 @@ def test_fwt_is_filled_from_a_per_task_reference_run(runs, tmp_path):
     expected = ((m["matrix"][0][0] - s[0]) + (m["matrix"][1][1] - s[1])) / 2
     assert m["fwt"] == pytest.approx(expected)
     assert m["fwt_reference"] == str(ref_out)
+
+
+def test_predict_follows_the_method(runs, capsys):
+    from sapt.cli import main
+
+    assert main(["predict", "--run", str(runs["seq-lora"][0]), "--json", "some input"]) == 0
+    assert json.loads(capsys.readouterr().out)["routing"] is None  # fixed mixing, nothing routed
+    assert main(["predict", "--run", str(runs["sapt-hard"][0]), "--json", "some input"]) == 0
+    routing = json.loads(capsys.readouterr().out)["routing"]
+    assert sorted(routing.values()) == [0.0, 1.0]  # top-1 block at test time
+    assert main(["predict", "--run", str(runs["per-task"][0]), "some input"]) == 2
+    assert "task id" in capsys.readouterr().err
