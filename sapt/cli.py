@@ -156,15 +156,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.run) / "eval"
     for j, task in enumerate(tasks):
         items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
-        score, records = evaluate_task(
-            model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, task_index=j,
-            weights_fn=lambda batch, j=j: method.weights(model, batch, j, training=False), routed=method.routed)
+        score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method)
         io.write_jsonl(out / "predictions" / f"{task.name}.jsonl", records)
         scores[task.name] = {"score": score}
         line = f"{task.name:30s} {score:6.1f}"
-        if method.routed:
-            scores[task.name]["routing_accuracy"] = 100.0 * sum(r["routed_to_own"] for r in records) / len(records)
-            line += f"   routing accuracy {scores[task.name]['routing_accuracy']:5.1f}"
+        if accuracy is not None:
+            scores[task.name]["routing_accuracy"] = accuracy
+            line += f"   routing accuracy {accuracy:5.1f}"
         print(line)
     ap = sum(s["score"] for s in scores.values()) / len(scores)
     io.write_json(out / "scores.json", {"scores": scores, "ap": ap, "after_stage": len(names)})

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from sapt.batching import Encoded, collate_prompts, collate_train, encode, length_sorted_batches
 from sapt.data import Task
+from sapt.methods import Method
 from sapt.modules.sapt_model import SAPTModel
 from sapt.scoring import score_example
 
@@ -60,14 +61,13 @@ def evaluation_loss(
 
 def evaluate_task(
     model: SAPTModel, task: Task, items: Sequence[Encoded], batch_size: int, max_new_tokens: int,
-    task_index: int | None = None, weights_fn: WeightsFn | None = None, routed: bool = True,
-) -> tuple[float, list[dict]]:
-    """The task's score (0-100) and one record per example: input, prediction, references, weights.
-
-    `routed_to_own` says whether the largest routing weight is on the task's own block (`task_index`);
-    it is left out for methods that don't route (`routed` false).
-    """
-    preds, weights = predict(model, items, batch_size, max_new_tokens, desc=f"eval {task.name}", weights_fn=weights_fn)
+    task_index: int, method: Method,
+) -> tuple[float, float | None, list[dict]]:
+    """The task's score (0-100), its routing accuracy (% of inputs whose largest routing weight is on the
+    task's own block `task_index`; None for methods that don't route) and one record per example:
+    input, prediction, references, score, the mixing weights `method` used, and `routed_to_own`."""
+    preds, weights = predict(model, items, batch_size, max_new_tokens, desc=f"eval {task.name}",
+                             weights_fn=lambda batch: method.weights(model, batch, task_index, training=False))
     records = []
     for ex, pred, w in zip(task.eval, preds, weights):
         rec = {
@@ -77,8 +77,9 @@ def evaluate_task(
             "score": score_example(task.metric, pred, ex.outputs),
             "weights": [round(float(x), 6) for x in w],
         }
-        if task_index is not None and routed:
+        if method.routed:
             rec["routed_to_own"] = int(torch.argmax(w)) == task_index
         records.append(rec)
     score = sum(r["score"] for r in records) / len(records)
-    return score, records
+    routing = 100.0 * sum(r["routed_to_own"] for r in records) / len(records) if method.routed else None
+    return score, routing, records

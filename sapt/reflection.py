@@ -39,7 +39,7 @@ def kl_to_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def routing_target(model: SAPTModel, items: list[Encoded], batch_size: int) -> list[float]:
     """The mean routing distribution over `items` (a task's validation prompts)."""
-    total = torch.zeros(model.n_tasks)
+    total = torch.zeros(model.n_blocks)
     pad = model.tokenizer.pad_token_id
     for idx in length_sorted_batches(items, batch_size):
         batch = collate_prompts([items[i] for i in idx], model.family, pad)
@@ -90,7 +90,7 @@ class Reflection:
             picks = self.rng.sample(range(len(s.items)), min(self.batch_size, len(s.items)))
             batch = collate_prompts([s.items[i] for i in picks], model.family, pad)
             logits = model.routing_logits(batch["input_ids"], batch["prompt_mask"])
-            target = torch.zeros(model.n_tasks)
+            target = torch.zeros(model.n_blocks)
             target[: len(s.target)] = torch.tensor(s.target)
             total = total + kl_to_target(logits, target)
         return self.kl_ratio * total

@@ -553,15 +553,14 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
             for j, other in enumerate(tasks if method.joint else tasks[: t + 1]):
                 if other.name not in eval_items:
                     eval_items[other.name] = encode_task_split(model, other, "eval", cfg.max_source_length, cfg.max_target_length)
-                score, records = evaluate_task(
-                    model, other, eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, task_index=j,
-                    weights_fn=lambda batch, j=j: method.weights(model, batch, j, training=False), routed=method.routed)
+                score, accuracy, records = evaluate_task(
+                    model, other, eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j, method)
                 files.append(f"predictions/{other.name}.jsonl")
                 io.write_jsonl(sdir / files[-1], records)
                 kill_point(f"stage{t}:eval")
                 scores[other.name] = score
-                if method.routed:
-                    routing[other.name] = 100.0 * sum(r["routed_to_own"] for r in records) / len(records)
+                if accuracy is not None:
+                    routing[other.name] = accuracy
             io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing})
             manifest.record(sdir, "evaluated", ["scores.json", *files])
             kill_point(f"stage{t}:metrics")
