@@ -74,6 +74,9 @@ class _Report:
 
 def _read_json(path: Path, report: _Report) -> tuple[bool, Any]:
     """Parse a JSON file the way the loader does. Returns (ok, data); on failure an error is recorded."""
+    if not path.is_file():
+        report.error(path, "not a file")
+        return False, None
     try:
         with open(path, encoding="utf-8") as f:
             return True, json.load(f)
@@ -136,9 +139,6 @@ def _check_instance(i: int, inst: Any) -> tuple[list[str], tuple[str, tuple[str,
 
 def _check_split_file(path: Path, report: _Report, *, is_train: bool) -> list[tuple[str, tuple[str, ...]]] | None:
     """Check a train/test/dev file. Returns its (input, outputs) pairs, or None if it has errors."""
-    if not path.is_file():
-        report.error(path, "not a file")
-        return None
     ok, data = _read_json(path, report)
     if not ok:
         return None
@@ -196,9 +196,6 @@ def _check_split_file(path: Path, report: _Report, *, is_train: bool) -> list[tu
 
 def _check_labels(path: Path, report: _Report) -> list[str] | None:
     """Check labels.json. Returns the labels, or None if the file has errors."""
-    if not path.is_file():
-        report.error(path, "not a file")
-        return None
     ok, labels = _read_json(path, report)
     if not ok:
         return None
