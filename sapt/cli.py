@@ -48,6 +48,10 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--batch-size", dict(type=int, help="training batch size (default 8)")),
     ("--grad-accum", dict(type=int, help="gradient accumulation steps (default 1)")),
     ("--seed", dict(type=int, help="seed for data splits, initialisation and shuffling (default 42)")),
+    ("--mixed-precision", dict(choices=["no", "bf16", "fp16"], help="autocast the forward passes (default no); "
+                                                                   "the LoRA weights and optimiser stay float32")),
+    ("--log-with", dict(type=_csv, help="trackers, comma-separated: jsonl (default), tensorboard, wandb; through "
+                                        "accelerate, into RUN_DIR/trackers (train_log.jsonl is always written)")),
     ("--max-source-length", dict(type=int, help="prompt tokens kept, cut in the middle (default 512)")),
     ("--max-target-length", dict(type=int, help="answer tokens trained on (default 128)")),
     ("--max-new-tokens", dict(type=int, help="generation length at evaluation (default 50)")),
@@ -132,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
     result = run(resolve(overrides, args.config), force_new=getattr(args, "force_new", False),
                  allow_changes=getattr(args, "allow_config_change", None) or ())
-    print(result.table)
+    if result.table:  # empty on the processes other than the main one
+        print(result.table)
     return 0
 
 
@@ -294,12 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from sapt.data import DataError
+    from sapt.distributed import DistributedError
     from sapt.models import ModelLoadError
     from sapt.train import TrainingError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, DataError, ModelLoadError, TrainingError, ValueError) as e:
+    except (ConfigError, DataError, DistributedError, ModelLoadError, TrainingError, ValueError) as e:
         print(f"sapt: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

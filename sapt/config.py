@@ -49,6 +49,8 @@ class RunConfig:
     batch_size: int = 8
     grad_accum: int = 1
     seed: int = 42
+    mixed_precision: str = "no"  # or bf16 / fp16: autocast around forward passes; the LoRA weights stay float32
+    log_with: list[str] = field(default_factory=lambda: ["jsonl"])  # trackers (sapt.tracking): jsonl, tensorboard, wandb
     # lengths and decoding
     max_source_length: int = 512
     max_target_length: int = 128
@@ -87,6 +89,11 @@ class RunConfig:
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        unknown = sorted(set(self.log_with) - {"jsonl", "tensorboard", "wandb"})
+        if unknown:
+            raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)} (available: jsonl, tensorboard, wandb)")
         if self.reflection_source not in ("generated", "real"):
             raise ConfigError(f"reflection_source must be 'generated' or 'real', got {self.reflection_source!r}")
         if self.kl_ratio is not None and self.kl_ratio < 0:
@@ -118,7 +125,7 @@ BUILTIN_PRESET: dict[str, Any] = {
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 # Keys that may change between a run and its resumption without changing what is computed.
-RESUMABLE_KEYS = {"output", "eval_batch_size", "notes", "data_dir", "reference"}
+RESUMABLE_KEYS = {"output", "eval_batch_size", "notes", "data_dir", "reference", "log_with"}
 
 
 def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunConfig:
@@ -159,4 +166,13 @@ def differences(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     """Keys whose values differ between a saved run config and `cfg`, ignoring resumable keys."""
     now = to_dict(cfg)
     keys = (set(saved) | set(now)) - RESUMABLE_KEYS
-    return sorted(k for k in keys if saved.get(k) != now.get(k))
+    # a key the saved config lacks (written by an older sapt) had its default then
+    old = {k: saved[k] if k in saved else _default(k) for k in keys}
+    return sorted(k for k in keys if old[k] != now.get(k))
+
+
+def _default(key: str) -> Any:
+    f = FIELDS.get(key)
+    if f is None:
+        return None
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from sapt.batching import Encoded, collate_prompts, collate_train, encode, length_sorted_batches
 from sapt.data import Task
+from sapt.distributed import get_dist
 from sapt.methods import Method
 from sapt.modules.sapt_model import SAPTModel
 from sapt.scoring import score_example
@@ -66,8 +67,17 @@ def evaluate_task(
     """The task's score (0-100), its routing accuracy (% of inputs whose largest routing weight is on the
     task's own block `task_index`; None for methods that don't route) and one record per example:
     input, prediction, references, score, the mixing weights `method` used, and `routed_to_own`."""
-    preds, weights = predict(model, items, batch_size, max_new_tokens, desc=f"eval {task.name}",
+    dist = get_dist()
+    mine = list(range(len(items)))[dist.rank::dist.world]  # each process answers its slice
+    preds, weights = predict(model, [items[i] for i in mine], batch_size, max_new_tokens,
+                             desc=f"eval {task.name}" if dist.is_main else None,
                              weights_fn=lambda batch: method.weights(model, batch, task_index, training=False))
+    if dist.world > 1:
+        gathered = dist.gather([(i, p, w.tolist()) for i, p, w in zip(mine, preds, weights)])
+        preds, rows = [""] * len(items), [None] * len(items)
+        for i, p, w in gathered:
+            preds[i], rows[i] = p, w
+        weights = torch.tensor(rows)
     records = []
     for ex, pred, w in zip(task.eval, preds, weights):
         rec = {

@@ -2,9 +2,10 @@
 
     OUT/<task>/adapter_config.json        a PEFT LoraConfig (r, lora_alpha, target_modules, base model)
     OUT/<task>/adapter_model.safetensors  block t of every adapted projection, under PEFT's key names
-    OUT/router.safetensors                "keys" [T, d] (one per task, in training order) and the query
-                                          MLP ("query_mlp.0.weight" [hidden, d], "query_mlp.1.weight"
-                                          [d, hidden], "query_mlp.3.weight"/".bias" [d]: the LayerNorm)
+    OUT/router.safetensors                "keys" [T, d] (one per task, in training order), "centre" [d]
+                                          and the query MLP ("query_mlp.0.weight" [hidden, d],
+                                          "query_mlp.1.weight" [d, hidden], "query_mlp.3.weight"/".bias"
+                                          [d]: the LayerNorm)
     OUT/router.json                       tasks, d_model, hidden, model, LoRA r/alpha, target modules,
                                           and how the routing is computed
 
@@ -15,7 +16,7 @@ the weights, and PEFT's `add_weighted_adapter` or per-example `adapter_names=` c
 
 The export reads the stage files of the run directory only (no model is loaded): the blocks from
 stages/NN_<task>/adapter.safetensors, the keys from each stage's router.safetensors (key t is frozen
-after stage t) and the query MLP from the last stage's. Every file is written atomically.
+after stage t) and the query MLP and centre from the last stage's. Every file is written atomically.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 ROUTING_DESCRIPTION = (
     "SAPT shared attention routing. For an input, embed the prompt tokens with the base model's input "
     "embedding table, max-pool over the prompt positions (padding excluded) to a vector p of size d_model, "
-    "compute query = LayerNorm(SiLU(W1 (W0 p))) with W0 = query_mlp.0.weight [hidden, d_model], "
+    "compute query = LayerNorm(SiLU(W1 (W0 (p - centre)))) with W0 = query_mlp.0.weight [hidden, d_model], "
     "W1 = query_mlp.1.weight [d_model, hidden] and LayerNorm(weight = query_mlp.3.weight, bias = "
     "query_mlp.3.bias, eps = layer_norm_eps), then weights = softmax(keys @ query / sqrt(d_model)) over the "
     "tasks (keys [T, d_model], row t = task t). The output of every adapted projection is then "
@@ -141,6 +142,8 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
 
     last_router = io.load_tensors(stages[-1][1] / "router.safetensors")
     mlp = {k: v.contiguous() for k, v in last_router.items() if k.startswith("query_mlp.")}
+    # runs written before the centre existed trained without one: zero
+    mlp["centre"] = last_router.get("centre", torch.zeros(mlp["query_mlp.0.weight"].shape[1])).contiguous()
     stacked = torch.stack(keys).contiguous()
     io.save_tensors(out / "router.safetensors", {"keys": stacked, **mlp}, {"format": "pt"})
 

@@ -85,12 +85,12 @@ class Reflection:
     def loss(self, model: SAPTModel) -> torch.Tensor:
         """kl_ratio * sum over old tasks of KL(target || routing) on one replay batch each."""
         pad = model.tokenizer.pad_token_id
-        total = torch.zeros(())
+        total = torch.zeros((), device=model.device)
         for s in self.sets:
             picks = self.rng.sample(range(len(s.items)), min(self.batch_size, len(s.items)))
             batch = collate_prompts([s.items[i] for i in picks], model.family, pad)
             logits = model.routing_logits(batch["input_ids"], batch["prompt_mask"])
-            target = torch.zeros(model.n_blocks)
+            target = torch.zeros(model.n_blocks, device=logits.device)
             target[: len(s.target)] = torch.tensor(s.target)
             total = total + kl_to_target(logits, target)
         return self.kl_ratio * total

@@ -42,10 +42,11 @@ import yaml
 from tqdm.auto import tqdm
 
 from sapt import io
-from sapt.batching import collate_train, encode
+from sapt.batching import collate_prompts, collate_train, encode, length_sorted_batches
 from sapt.config import ConfigError, RunConfig, differences, to_dict
 from sapt.data import Example, Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
+from sapt.distributed import Dist, get_dist
 from sapt.lock import RunLock
 from sapt.manifest import PHASES, Manifest
 from sapt.evaluate import encode_task_split, evaluate_task, evaluation_loss
@@ -53,6 +54,7 @@ from sapt.metrics import cl_metrics, format_table
 from sapt.models import load_model
 from sapt.methods import Method, make_method
 from sapt.modules.sapt_model import SAPTModel
+from sapt.tracking import Trackers, check_trackers
 from sapt.recovery import CHECKPOINT, CheckpointError, as_random_state, kill_point, load_checkpoint, save_checkpoint, trim_log
 from sapt.reflection import (
     Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count, routing_target,
@@ -64,7 +66,15 @@ class TrainingError(RuntimeError):
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """Progress for people: from the main process only when several run (accelerate launch)."""
+    if get_dist().is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def target_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
+    """How many target tokens the batch's mean loss averages over (a causal LM predicts position i+1)."""
+    labels = batch["labels"][:, 1:] if family == "causal" else batch["labels"]
+    return int((labels != -100).sum())
 
 
 # ---- pieces ------------------------------------------------------------------------------------------
@@ -132,7 +142,7 @@ def non_finite_message(what: str, task: Task, t: int, where: str, epochs_done: i
 def train_stage(
     model: SAPTModel, task: Task, t: int, cfg: RunConfig, log_path: Path, reflection: Reflection | None = None,
     checkpoint: Path | None = None, method: Method | None = None, items: list | None = None,
-    val_items: list | None = None,
+    val_items: list | None = None, trackers: Trackers | None = None, step_offset: int = 0,
 ) -> dict[str, Any]:
     """Train block t on `task`; keep the epoch with the lowest validation loss. Returns a summary.
 
@@ -150,12 +160,16 @@ def train_stage(
     toward the old blocks within a few steps, the new block's weight collapses towards 0 and it stops
     learning (seen on SmolLM2 at lr 3e-4: the second task's validation loss did not move in 2 epochs).
     So during the first `router_warmup` share of the stage's optimiser steps the router is not updated
-    (nor is the reflection KL, which only moves the router), and the new block learns under the
-    router's current weights; then both train together as in the paper.
+    (nor is the reflection KL, which only moves the router) and the new block learns its task alone
+    (weight 1 on it, 0 on the others): it reaches the scale at which it is useful on its own, so that
+    when the router starts learning, sending the task's inputs to the new block is what lowers the loss.
+    (Trained under the router's small initial weight instead, Adam scales the block up to work at that
+    weight, and the router then has no reason to move towards it.) Then all train together as in the
+    paper. `router_warmup` 0 is the paper's schedule.
 
     `method` (default: SAPT) decides the mixing weights and any extra loss; `items` replaces the task's
     encoded training examples (replay mixes in stored ones; mtl trains on every task at once), and
-    `val_items` its validation examples.
+    `val_items` its validation examples. `trackers` get the losses, at `step_offset` + this stage's step.
     """
     method = method or make_method("sapt")
     if items is None:
@@ -166,6 +180,14 @@ def train_stage(
     def weights_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return method.weights(model, batch, t, training=True)
 
+    def train_weights_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if method.routed and steps < warmup:  # router warm-up: the new block learns its task alone
+            w = torch.zeros(batch["input_ids"].shape[0], model.n_blocks, device=batch["input_ids"].device)
+            w[:, method.block_index(t)] = 1.0
+            return w
+        return weights_fn(batch)
+
+    dist = get_dist()
     router = [p for p in model.router.parameters() if p.requires_grad]
     router_ids = {id(p) for p in router}
     blocks = [p for p in model.trainable_parameters() if id(p) not in router_ids]
@@ -173,6 +195,7 @@ def train_stage(
     optimizer = torch.optim.AdamW(
         [{"params": blocks, "lr": lrs[0]}, {"params": router, "lr": lrs[1]}], weight_decay=0.0
     )
+    scaler = dist.grad_scaler(cfg.mixed_precision)
     gen = torch.Generator().manual_seed(stage_seed(cfg, t))
     pad = model.tokenizer.pad_token_id
     n_batches = math.ceil(len(items) / cfg.batch_size)
@@ -184,6 +207,7 @@ def train_stage(
     seconds = 0.0
     t0 = time.time()
     params = model.trainable_parameters()
+    dist.broadcast_parameters(params)  # the new block and key start identical on every process
     if checkpoint is not None and checkpoint.exists():
         try:
             state = load_checkpoint(checkpoint)
@@ -208,52 +232,84 @@ def train_stage(
             log(f"sapt: stage {t + 1} ({task.name}) resumes after epoch {start}/{cfg.epochs} from its checkpoint")
     for group, lr in zip(optimizer.param_groups, lrs):  # after load_state_dict, which restores the old ones
         group["lr"] = lr
-    if checkpoint is not None:
+    if checkpoint is not None and dist.is_main:
         trim_log(log_path, t, start)
     model.train()
-    with open(log_path, "a", encoding="utf-8") as logf:
+    # Only the main process writes the log; the others write to nowhere.
+    with (open(log_path, "a", encoding="utf-8") if dist.is_main else open(os.devnull, "w")) as logf:
         for epoch in range(start, cfg.epochs):
             perm = torch.randperm(len(items), generator=gen).tolist()
-            bar = tqdm(range(n_batches), desc=f"[{t + 1}] {task.name} epoch {epoch + 1}/{cfg.epochs}", leave=False)
+            bar = tqdm(range(n_batches), desc=f"[{t + 1}] {task.name} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not dist.is_main)
             losses, kls = [], []
             for b in bar:
-                batch = collate_train([items[i] for i in perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]], model.family, pad)
-                loss = model(batch, weights_fn(batch))
+                # Every process draws the same global micro-batch and takes its slice (see sapt.distributed).
+                global_items = [items[i] for i in perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
+                local_items = dist.shard(global_items)
+                if local_items:
+                    batch = collate_train(local_items, model.family, pad)
+                    with dist.autocast(cfg.mixed_precision):
+                        loss = model(batch, train_weights_fn(batch)).float()
+                else:  # a last, short global batch leaves this process nothing
+                    batch, loss = None, torch.zeros((), device=model.device)
+                if dist.world > 1:  # token sum over the global token count: the 1-process loss
+                    n_global = sum(len(e.target) for e in global_items)
+                    local_tokens = target_tokens(batch, model.family) if batch is not None else 0
+                    loss = loss * (local_tokens * dist.world / max(n_global, 1))
+                    loss_value = dist.sum(float(loss.detach()) / dist.world)
+                else:
+                    loss_value = loss.item()
                 total = loss / cfg.grad_accum
-                record = {"stage": t, "task": task.name, "epoch": epoch, "step": b, "loss": loss.item()}
+                record = {"stage": t, "task": task.name, "epoch": epoch, "step": b, "loss": loss_value}
                 extra = method.extra_loss(model, t)
                 if extra is not None:
                     total = total + extra / cfg.grad_accum
                     record["extra"] = extra.item()
                 if reflection and steps >= warmup and b % cfg.grad_accum == 0 and (steps % cfg.replay_every == 0):
-                    kl = reflection.loss(model)
+                    with dist.autocast(cfg.mixed_precision):
+                        kl = reflection.loss(model).float()
                     total = total + kl
                     record["kl"] = kl.item()
                     kls.append(record["kl"])
-                if not torch.isfinite(total):
+                finite = bool(torch.isfinite(total))
+                if dist.world > 1:  # every process stops, or none does
+                    finite = dist.sum(0.0 if finite else 1.0) == 0
+                if not finite:
                     raise TrainingError(non_finite_message(f"loss ({float(total.detach())})", task, t,
                                                            f"epoch {epoch + 1}, batch {b + 1}", epoch, checkpoint))
-                total.backward()
+                if total.requires_grad:  # not for a process left without examples and with no extra term
+                    (scaler.scale(total) if scaler is not None else total).backward()
                 if (b + 1) % cfg.grad_accum == 0 or b + 1 == n_batches:
+                    dist.average_gradients(params)
                     if steps < warmup:
                         for p in router:
                             p.grad = None  # AdamW skips a parameter without gradient: no update, no state
-                    optimizer.step()
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     steps += 1
+                    if trackers is not None:
+                        trackers.log({"train/loss": record["loss"], **({"train/kl": record["kl"]} if "kl" in record else {}),
+                                      "stage": t + 1}, step=step_offset + steps)
                 losses.append(record["loss"])
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 logf.write(json.dumps(record) + "\n")
                 if b == 0:
                     kill_point(f"stage{t}:epoch{epoch + 1}:mid", logf)
             logf.flush()
-            os.fsync(logf.fileno())  # the epoch's lines are on disk before its checkpoint says it is done
-            val_loss = evaluation_loss(model, val, cfg.eval_batch_size, weights_fn)
+            if dist.is_main:
+                os.fsync(logf.fileno())  # the epoch's lines are on disk before its checkpoint says it is done
+            val_loss = distributed_loss(dist, model, val, cfg, weights_fn)
             if not math.isfinite(val_loss):
                 raise TrainingError(non_finite_message(f"validation loss ({val_loss})", task, t,
                                                        f"after epoch {epoch + 1}", epoch, checkpoint))
             history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_loss": val_loss,
                             "lr": lrs[0], "router_lr": lrs[1]})
+            if trackers is not None:
+                trackers.log({"val/loss": val_loss, "stage": t + 1}, step=step_offset + steps)
             kl_note = ""
             if kls:
                 history[-1]["kl"] = sum(kls) / len(kls)
@@ -263,7 +319,7 @@ def train_stage(
             if val_loss < best["val_loss"]:
                 best = {"val_loss": val_loss, "epoch": epoch + 1,
                         "params": [p.detach().clone() for p in model.trainable_parameters()]}
-            if checkpoint is not None:
+            if checkpoint is not None and dist.is_main:
                 save_checkpoint(checkpoint, {
                     "format": 1, "stage": t, "task": task.name, "epoch": epoch + 1, "steps": steps,
                     "params": [p.detach().clone() for p in params], "best": best,
@@ -277,9 +333,39 @@ def train_stage(
         for p, saved in zip(model.trainable_parameters(), best["params"]):
             p.copy_(saved)
     return {"task": task.name, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "history": history,
-            "n_train": len(items), "n_val": len(val),
-            "routing_target": routing_target(model, val, cfg.eval_batch_size) if method.routed else None,
+            "n_train": len(items), "n_val": len(val), "steps": steps,
+            # one process computes it, so that every process replays towards exactly the same target
+            "routing_target": dist.broadcast(routing_target(model, val, cfg.eval_batch_size) if dist.is_main else None)
+            if method.routed else None,
             "seconds": round(seconds + time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def update_centre(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> None:
+    """Stage t's router centre: the mean, over tasks 0..t (equal weight), of each task's mean pooled
+    prompt embedding on its training prompts; the router subtracts it before the query MLP.
+
+    A deviation from the paper, measured in BENCHMARKS.md. Max-pooled token embeddings share a large
+    common part (on SmolLM2 ~98% of their norm), and the query MLP has no biases: training then grows
+    that common part until, after LayerNorm, every input's query is nearly the same (1% spread after the
+    built-in suite) and one block takes every input. Centred, the query is made of what tells tasks
+    apart. The centre moves at each new stage (the old tasks' queries with it); the reflection KL, which
+    replays every old task at every step, is what re-fits their routing, as it does for any router change."""
+    items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length)
+    total = torch.zeros_like(model.router.centre)
+    for idx in length_sorted_batches(items, cfg.eval_batch_size):
+        batch = collate_prompts([items[i] for i in idx], model.family, model.tokenizer.pad_token_id)
+        total += model.pooled_prompt(batch["input_ids"], batch["prompt_mask"]).sum(0)
+    mean = total / len(items)
+    model.router.centre.copy_((t * model.router.centre + mean) / (t + 1))
+
+
+def distributed_loss(dist: Dist, model: SAPTModel, items: list, cfg: RunConfig, weights_fn) -> float:
+    """evaluation_loss over `items`, each process scoring its slice; the same value on every process."""
+    mine = dist.shard(items)
+    with dist.autocast(cfg.mixed_precision):
+        local = evaluation_loss(model, mine, cfg.eval_batch_size, weights_fn) if mine else 0.0
+    return local if dist.world == 1 else dist.sum(local * len(mine)) / len(items)
 
 
 def stage_tasks(tasks: list[Task], method: Method) -> list[Task]:
@@ -401,15 +487,23 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     change is recorded in manifest.json and config.yaml is updated."""
     # Everything that can be refused is checked before the run directory is touched.
     tasks = load_run_tasks(cfg)
+    check_trackers(cfg.log_with)
     run_dir, changes = plan_run_dir(cfg, force_new, allow_changes)
     if str(run_dir) != cfg.output:
         cfg = dataclasses.replace(cfg, output=str(run_dir))
     t0 = time.time()
+    dist = get_dist()
     model = build_model(cfg)  # a model that cannot be loaded leaves no run directory behind
-    log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted")
+    model.to(dist.device)
+    log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted"
+        + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
+    if not dist.is_main:  # the main process holds the lock and writes; the others compute alongside it
+        dist.barrier()
+        return _run_stages(cfg, tasks, run_dir, model, changes)
     with RunLock(run_dir):
         if not (run_dir / "config.yaml").exists():
             io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        dist.barrier()
         return _run_stages(cfg, tasks, run_dir, model, changes)
 
 
@@ -478,18 +572,33 @@ def _discard(manifest: Manifest, sdir: Path, phases: tuple[str, ...], keep_check
 def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel,
                 changes: dict[str, list] | None = None) -> RunResult:
     log(f"sapt: {len(tasks)} tasks ({', '.join(t.name for t in tasks)}), model {cfg.model}, output {run_dir}")
+    dist = get_dist()
+    main = dist.is_main  # only the main process writes; every process computes (see sapt.distributed)
     manifest = Manifest(run_dir)
     method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
     reflect = cfg.reflection and method.reflection
     stages = stage_tasks(tasks, method)
-    done = verify_stages(run_dir, stages, manifest, reflect)
-    if changes:
+    done = dist.broadcast(verify_stages(run_dir, stages, manifest, reflect) if main else None)
+    if changes and main:
         first = next((t for t in range(len(stages)) if (t, "trained") not in done), len(stages))
         manifest.record_change(first, changes)
         io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         log(f"sapt: config changed on resume ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}), "
             f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
+    trackers = Trackers(cfg.log_with, run_dir, to_dict(cfg), active=main)
+    try:
+        result = _stages_loop(cfg, tasks, stages, run_dir, model, method, reflect, done, manifest, trackers)
+    finally:
+        trackers.finish()
+    return result
+
+
+def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir: Path, model: SAPTModel,
+                 method: Method, reflect: bool, done: set, manifest: Manifest, trackers: Trackers) -> RunResult:
+    dist = get_dist()
+    main = dist.is_main
     t0 = time.time()
+    step_offset = 0  # optimiser steps of the earlier stages: the trackers' step
     log_path = run_dir / "train_log.jsonl"
     kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
     eval_items: dict[str, list] = {}
@@ -514,22 +623,29 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
                     model, other, split, cfg.max_source_length, cfg.max_target_length)] for split in ("train", "val"))
             elif memory:
                 items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length) + memory
+            if method.routed:
+                update_centre(model, task, t, cfg)
+                dist.broadcast_parameters([model.router.centre])  # bit-identical on every process
             summary = train_stage(model, task, t, cfg, log_path, reflection, checkpoint=sdir / CHECKPOINT,
-                                  method=method, items=items, val_items=val_items)
+                                  method=method, items=items, val_items=val_items, trackers=trackers,
+                                  step_offset=step_offset)
             summary["kl_ratio"] = kl_ratio if reflect else None
             summary["method"] = method.name
-            io.save_tensors(sdir / "adapter.safetensors", model.block_state(b), {"task": task.name})
-            kill_point(f"stage{t}:between-files")
-            io.save_tensors(sdir / "router.safetensors", model.router_state(b), {"task": task.name})
-            files = ["adapter.safetensors", "router.safetensors"]
-            if method.memory:
-                io.write_jsonl(sdir / "memory.jsonl", [{"task": task.name, "input": ex.input, "outputs": list(ex.outputs)}
-                                                       for ex in memory_examples(task, cfg)])
-                files.append("memory.jsonl")
-            io.write_json(sdir / "stage.json", summary)
-            kill_point(f"stage{t}:trained")
-            manifest.record(sdir, "trained", [*files, "stage.json"])
-            (sdir / CHECKPOINT).unlink(missing_ok=True)  # the stage's files supersede it
+            if main:
+                io.save_tensors(sdir / "adapter.safetensors", model.block_state(b), {"task": task.name})
+                kill_point(f"stage{t}:between-files")
+                io.save_tensors(sdir / "router.safetensors", model.router_state(b), {"task": task.name})
+                files = ["adapter.safetensors", "router.safetensors"]
+                if method.memory:
+                    io.write_jsonl(sdir / "memory.jsonl", [{"task": task.name, "input": ex.input, "outputs": list(ex.outputs)}
+                                                           for ex in memory_examples(task, cfg)])
+                    files.append("memory.jsonl")
+                io.write_json(sdir / "stage.json", summary)
+                kill_point(f"stage{t}:trained")
+                manifest.record(sdir, "trained", [*files, "stage.json"])
+                (sdir / CHECKPOINT).unlink(missing_ok=True)  # the stage's files supersede it
+            dist.barrier()  # the others read memory.jsonl below
+        step_offset += cfg.epochs * math.ceil(math.ceil(summary["n_train"] / cfg.batch_size) / cfg.grad_accum)
         if method.memory:
             rows = [json.loads(line) for line in (sdir / "memory.jsonl").read_text(encoding="utf-8").splitlines() if line]
             memory += encode(model.tokenizer, model.family, task.definition,
@@ -537,14 +653,17 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
                              cfg.max_source_length, cfg.max_target_length)
         if reflect:
             if (t, "replay") not in done:
-                # seeded (and the generator is trained under its own forked RNG): redone identically if interrupted
-                inputs, stats = make_replay_inputs(model, task, t, cfg)
-                io.write_jsonl(sdir / "replay.jsonl", [{"task": task.name, "definition": task.definition, "input": x}
-                                                      for x in inputs])
-                kill_point(f"stage{t}:replay")
-                io.write_json(sdir / "replay_stats.json", stats)
-                manifest.record(sdir, "replay", PHASE_FILES["replay"])
-                log(f"sapt: {len(inputs)} {stats['source']} replay inputs for {task.name}")
+                # seeded (and the generator is trained under its own forked RNG): redone identically if
+                # interrupted. One process generates; the others wait for its files.
+                if main:
+                    inputs, stats = make_replay_inputs(model, task, t, cfg)
+                    io.write_jsonl(sdir / "replay.jsonl", [{"task": task.name, "definition": task.definition, "input": x}
+                                                          for x in inputs])
+                    kill_point(f"stage{t}:replay")
+                    io.write_json(sdir / "replay_stats.json", stats)
+                    manifest.record(sdir, "replay", PHASE_FILES["replay"])
+                    log(f"sapt: {len(inputs)} {stats['source']} replay inputs for {task.name}")
+                dist.barrier()
             rows = [json.loads(line) for line in (sdir / "replay.jsonl").read_text(encoding="utf-8").splitlines() if line]
             replay_sets.append(ReplaySet(task.name, summary["routing_target"],
                                          encode_replay(model, task.definition, [r["input"] for r in rows], cfg.max_source_length)))
@@ -553,18 +672,27 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
             for j, other in enumerate(tasks if method.joint else tasks[: t + 1]):
                 if other.name not in eval_items:
                     eval_items[other.name] = encode_task_split(model, other, "eval", cfg.max_source_length, cfg.max_target_length)
-                score, accuracy, records = evaluate_task(
-                    model, other, eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j, method)
+                with dist.autocast(cfg.mixed_precision):
+                    score, accuracy, records = evaluate_task(
+                        model, other, eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j, method)
                 files.append(f"predictions/{other.name}.jsonl")
-                io.write_jsonl(sdir / files[-1], records)
-                kill_point(f"stage{t}:eval")
+                if main:
+                    io.write_jsonl(sdir / files[-1], records)
+                    kill_point(f"stage{t}:eval")
                 scores[other.name] = score
                 if accuracy is not None:
                     routing[other.name] = accuracy
-            io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing})
-            manifest.record(sdir, "evaluated", ["scores.json", *files])
-            kill_point(f"stage{t}:metrics")
-        result = write_metrics(run_dir, cfg, tasks)
+            trackers.log({**{f"eval/{k}": v for k, v in scores.items()}, "eval/ap": sum(scores.values()) / len(scores),
+                          "stage": t + 1}, step=step_offset)
+            if main:
+                io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing})
+                manifest.record(sdir, "evaluated", ["scores.json", *files])
+                kill_point(f"stage{t}:metrics")
+        if main:
+            result = write_metrics(run_dir, cfg, tasks)
+        dist.barrier()
+        if not main:  # the same numbers, read back from what the main process wrote
+            result = RunResult(io.read_json(run_dir / "metrics.json"), "")
         log(f"sapt: stage {t + 1}/{len(stages)} done ({time.time() - t0:.0f}s); AP so far {result.metrics['ap']:.1f}")
     return result
 
@@ -709,5 +837,6 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
         model.load_block(method.block_index(t), io.load_tensors(sdir / "adapter.safetensors"))
         model.load_router(method.block_index(t), io.load_tensors(sdir / "router.safetensors"))
         names.append(name)
+    model.to(get_dist().device)
     model.eval()
     return cfg, model, names

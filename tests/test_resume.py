@@ -62,12 +62,13 @@ def files(run_dir: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock"}
 
 
-# Files that legitimately differ between two runs of one config: the output path, wall-clock seconds, and
-# the checksums of the files holding those seconds.
+# Files that legitimately differ between two runs of one config: the output path, wall-clock seconds, the
+# checksums of the files holding those seconds, and the trackers' stream (a resumed run logs its redone
+# steps again, as any tracker shows a restarted job).
 def comparable(run_dir: Path) -> dict[str, object]:
     out = {}
     for rel, data in files(run_dir).items():
-        if rel in ("config.yaml", "manifest.json"):
+        if rel in ("config.yaml", "manifest.json") or rel.startswith("trackers/"):
             continue
         if rel.endswith("stage.json") or rel.endswith("replay_stats.json"):
             obj = json.loads(data)

@@ -9,7 +9,7 @@ from sapt.config import ConfigError, resolve
 from sapt.data import builtin_suite
 from sapt.models import load_model
 from sapt.modules.sapt_model import SAPTModel
-from sapt.train import load_trained, run, train_stage
+from sapt.train import load_run_tasks, load_trained, run, train_stage
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -133,3 +133,59 @@ def test_router_warmup_freezes_the_router_while_the_new_block_starts(tmp_path):
         routers[warmup] = all(torch.equal(before[k], after[k]) for k in before)
         assert not torch.equal(block_before, model.lora_layers["model.layers.0.self_attn.q_proj"].lora_B[1])
     assert routers == {0.0: False, 0.9: True}
+
+
+def test_during_the_warmup_the_new_block_learns_alone(tmp_path):
+    """With the warm-up covering every step, block 2 trains as if block 1 did not exist: two different
+    block 1's give the same block 2."""
+    tasks = builtin_suite(seed=0, n_train=16, n_val=4, n_eval=4)
+    cfg = resolve({"model": "tiny-llama", "output": str(tmp_path), "epochs": 1, "lr": 1e-2,
+                   "router_warmup": 0.9, "batch_size": 8})
+    trained = []
+    for scale in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = SAPTModel(load_model("tiny-llama"), r=2)
+        model.add_task(tasks[0].name)
+        with torch.no_grad():
+            for layer in model.lora_layers.values():
+                layer.lora_B[0].normal_(std=scale)  # an old block that changes every output, or none
+        model.add_task(tasks[1].name)
+        model.set_trainable(1)
+        train_stage(model, tasks[1], 1, cfg, tmp_path / "log.jsonl")
+        trained.append(model.block_state(1))
+    assert any(v.abs().sum() > 0 for k, v in trained[0].items() if "lora_B" in k)
+    for k in trained[0]:
+        torch.testing.assert_close(trained[1][k], trained[0][k], atol=1e-6, rtol=1e-5)
+
+
+def test_the_router_centre_is_the_mean_of_the_tasks_mean_pooled_prompts_and_is_saved(tmp_path):
+    from sapt.batching import collate_prompts
+    from sapt.evaluate import encode_task_split
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(out, tasks=["topic", "sentiment"], reflection_source="real")
+    run(cfg)
+    _, model, names = load_trained(out)
+    means = []
+    for task in load_run_tasks(cfg):
+        items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length)
+        batch = collate_prompts(items, model.family, model.tokenizer.pad_token_id)
+        means.append(model.pooled_prompt(batch["input_ids"], batch["prompt_mask"]).mean(0))
+    stage1 = io.load_tensors(out / "stages" / "00_topic" / "router.safetensors")["centre"]
+    torch.testing.assert_close(stage1, means[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.router.centre, (means[0] + means[1]) / 2, atol=1e-5, rtol=1e-5)
+    # the query is computed from the centred pooled embedding
+    pooled = torch.randn(3, model.router.d_model)
+    expected = model.router.query_mlp(pooled - model.router.centre) @ torch.stack(list(model.router.keys)).t()
+    torch.testing.assert_close(model.router.logits(pooled), expected / model.router.d_model ** 0.5)
+
+
+def test_a_run_directory_of_an_older_sapt_without_the_newer_keys_resumes(tmp_path):
+    """A key added to the config since a run was written counts as its default, not as a change."""
+    from sapt.config import differences, to_dict
+
+    cfg = tiny_cfg(tmp_path / "run")
+    saved = to_dict(cfg)
+    del saved["mixed_precision"], saved["log_with"]
+    assert differences(saved, cfg) == []
+    assert differences(saved, tiny_cfg(tmp_path / "run", mixed_precision="bf16")) == ["mixed_precision"]

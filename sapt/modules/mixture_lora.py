@@ -254,9 +254,13 @@ class MixtureLoRALinear(nn.Module):
             return out
         A, Bt = self.stacks()
         s = state.scales(x.shape[0], self.r, self.scaling, A.dtype, A.device)
-        if out.dtype == A.dtype:
+        if out.dtype == A.dtype and x.dtype == A.dtype:
             return self._mix(out, x, s, A, Bt)
-        return out + self._mix(None, x, s, A, Bt).to(out.dtype)
+        # Mixed precision (or a half-precision backbone): the LoRA path runs in the blocks' float32, outside
+        # autocast, as PEFT does; only its result is cast to the backbone's dtype.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            delta = self._mix(None, x.to(A.dtype), s, A, Bt)
+        return out + delta.to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, blocks={self.n_blocks}"

@@ -31,6 +31,8 @@ class SharedAttentionRouter(nn.Module):
             nn.LayerNorm(d_model),
         )
         self.keys = nn.ParameterList()
+        # Subtracted from the pooled embedding before the query MLP (see sapt.train.update_centre).
+        self.register_buffer("centre", torch.zeros(d_model))
 
     @property
     def n_tasks(self) -> int:
@@ -42,7 +44,7 @@ class SharedAttentionRouter(nn.Module):
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Attention logits (B, n_tasks) for pooled prompt embeddings (B, d)."""
-        query = self.query_mlp(pooled.to(self.query_mlp[0].weight.dtype))
+        query = self.query_mlp((pooled - self.centre).to(self.query_mlp[0].weight.dtype))
         keys = torch.stack(list(self.keys))  # (T, d)
         return query @ keys.t() / math.sqrt(self.d_model)
 

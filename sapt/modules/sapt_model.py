@@ -70,10 +70,19 @@ class SAPTModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # ---- routing ---------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
+
+    def on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Batches are built on the CPU; the model may live on an accelerator."""
+        device = self.device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
     def pooled_prompt(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # the embedding table is frozen; no graph needed through it
-            emb = self.base.get_input_embeddings()(input_ids)
-        return masked_max_pool(emb.float(), prompt_mask)
+            emb = self.base.get_input_embeddings()(input_ids.to(self.device))
+        return masked_max_pool(emb.float(), prompt_mask.to(self.device))
 
     def routing_logits(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         return self.router.logits(self.pooled_prompt(input_ids, prompt_mask))
@@ -92,9 +101,10 @@ class SAPTModel(nn.Module):
     # ---- training and generation -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean token cross-entropy of the batch's targets under the mixture (routed unless `weights`)."""
+        batch = self.on_device(batch)
         if weights is None:
             weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
-        with self.routed(weights):
+        with self.routed(weights.to(self.device)):
             out = self.base(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
             )
@@ -105,10 +115,11 @@ class SAPTModel(nn.Module):
         self, batch: dict[str, torch.Tensor], max_new_tokens: int, weights: torch.Tensor | None = None
     ) -> tuple[list[str], torch.Tensor]:
         """Greedy answers for a batch of prompts and the mixing weights each one used (routed unless given)."""
+        batch = self.on_device(batch)
         if weights is None:
             weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
         tok = self.tokenizer
-        with self.routed(weights):
+        with self.routed(weights.to(self.device)):
             out = self.base.generate(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
@@ -135,6 +146,7 @@ class SAPTModel(nn.Module):
     def router_state(self, t: int) -> dict[str, torch.Tensor]:
         state = {f"query_mlp.{k}": v.detach().cpu().contiguous() for k, v in self.router.query_mlp.state_dict().items()}
         state["key"] = self.router.keys[t].detach().cpu().contiguous()
+        state["centre"] = self.router.centre.detach().cpu().contiguous()
         return state
 
     @torch.no_grad()
@@ -149,5 +161,7 @@ class SAPTModel(nn.Module):
     @torch.no_grad()
     def load_router(self, t: int, router: dict[str, torch.Tensor]) -> None:
         self.router.keys[t].copy_(router["key"])
+        if "centre" in router:  # absent from runs written before the centre existed: zero, as they trained
+            self.router.centre.copy_(router["centre"])
         mlp = {k.removeprefix("query_mlp."): v for k, v in router.items() if k.startswith("query_mlp.")}
         self.router.query_mlp.load_state_dict(mlp)

@@ -1,0 +1,104 @@
+"""Experiment trackers for `--log-with`, through accelerate's tracker classes.
+
+What goes to them, with the run's optimiser step (counted across stages) as the step:
+    train/loss, train/kl        every optimiser step (the loss of its last micro-batch, global over processes)
+    val/loss                    every epoch
+    eval/<task>, eval/ap        after each stage's evaluation (score 0-100 of every task seen so far)
+    stage                       the 1-based stage each value belongs to
+
+`jsonl` (the default) is a small accelerate `GeneralTracker` of ours writing RUN_DIR/trackers/metrics.jsonl,
+one JSON object per call; `tensorboard` and `wandb` are accelerate's own (they need the `tensorboard` or
+`wandb` package; wandb also its login or WANDB_MODE=offline). train_log.jsonl is written whatever the
+trackers: resuming relies on it. Only the main process logs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from accelerate.tracking import GeneralTracker
+
+from sapt.config import ConfigError
+
+
+class JSONLTracker(GeneralTracker):
+    name = "jsonl"
+    requires_logging_directory = True
+    main_process_only = True
+
+    def __init__(self, run_name: str, logging_dir: str | Path):
+        super().__init__()
+        self.path = Path(logging_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    @property
+    def tracker(self) -> Any:
+        return self._file
+
+    def store_init_configuration(self, values: dict) -> None:
+        self._write({"config": values})
+
+    def log(self, values: dict, step: int | None = None, **kwargs: Any) -> None:
+        self._write({"step": step, **values})
+
+    def _write(self, row: dict) -> None:
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def finish(self) -> None:
+        self._file.close()
+
+
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_trackers(names: list[str]) -> None:
+    """Refuse, before anything is written, a tracker that is unknown or whose package is missing."""
+    import importlib.util
+
+    for name in names:
+        if name != "jsonl" and name not in PACKAGES:
+            raise ConfigError(f"unknown tracker {name!r} (available: jsonl, tensorboard, wandb)")
+        if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None:
+            raise ConfigError(f"--log-with {name} needs the {PACKAGES[name]} package: pip install {PACKAGES[name]}")
+
+
+def _make(name: str, run_name: str, logging_dir: Path) -> GeneralTracker:
+    check_trackers([name])
+    if name == "jsonl":
+        return JSONLTracker(run_name, logging_dir)
+    if name == "tensorboard":
+        from accelerate.tracking import TensorBoardTracker
+
+        return TensorBoardTracker(run_name, logging_dir)
+    from accelerate.tracking import WandBTracker
+
+    return WandBTracker(run_name, dir=str(logging_dir))
+
+
+class Trackers:
+    """The run's trackers, started on the main process; on the others every call does nothing."""
+
+    def __init__(self, names: list[str], run_dir: Path, config: dict[str, Any], active: bool = True):
+        self.trackers: list[GeneralTracker] = []
+        if not active:
+            return
+        logging_dir = run_dir / "trackers"
+        for name in dict.fromkeys(names):  # in order, once each
+            tracker = _make(name, run_dir.name or "run", logging_dir)
+            tracker.start()
+            # trackers take flat scalars as hyper-parameters
+            tracker.store_init_configuration({k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                                              for k, v in config.items()})
+            self.trackers.append(tracker)
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
+
+    def finish(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []

@@ -1,0 +1,180 @@
+"""Data parallelism through `accelerate launch` and mixed precision, on tiny models on the CPU (gloo)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sapt import io
+from sapt.config import resolve
+from sapt.data import builtin_suite
+from sapt.distributed import get_dist
+from sapt.models import load_model
+from sapt.modules.sapt_model import SAPTModel
+from sapt.train import train_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+# batch 3 over 2 processes: shards of 2 and 1 examples, so the token-count normalisation matters
+OPTS = ["--model", "tiny-llama", "--tasks", "topic,sentiment", "--epochs", "2", "--max-train-per-task", "16",
+        "--max-eval-per-task", "6", "--max-new-tokens", "3", "--reflection-source", "real", "--batch-size", "3",
+        "--lr", "1e-2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sapt_run(out: Path, processes: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    if processes == 1:
+        launcher = [sys.executable, "-m", "sapt.cli"]
+    else:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(free_port()), "-m", "sapt.cli"]
+    return subprocess.run([*launcher, "run", "--output", str(out), *OPTS], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = sapt_run(one, 1)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = sapt_run(two, 2)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert "2 processes, global batch 3" in r2.stderr  # really two ranks, not two copies of one
+    assert r2.stdout.count("AP ") == 1  # only the main process prints the table
+
+    # one run directory, with the same files
+    rel = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.name != ".lock")
+    assert rel(one) == rel(two)
+    for stage in sorted((one / "stages").iterdir()):
+        for name in ("adapter.safetensors", "router.safetensors"):
+            a, b = io.load_tensors(stage / name), io.load_tensors(two / "stages" / stage.name / name)
+            assert a.keys() == b.keys()
+            for k in a:
+                torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-3, msg=f"{stage.name}/{name}:{k}")
+        assert any(float(t.abs().max()) > 0 for k, t in io.load_tensors(stage / "adapter.safetensors").items()
+                   if "lora_B" in k)  # the blocks did train: the match is not two zeros
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["matrix"] == m2["matrix"] and m1["routing_accuracy"] == m2["routing_accuracy"]
+    # the logged loss is the global micro-batch's, not one rank's
+    l1, l2 = ([json.loads(x)["loss"] for x in (d / "train_log.jsonl").read_text().splitlines()] for d in (one, two))
+    assert len(l1) == len(l2)
+    assert l2 == pytest.approx(l1, abs=1e-4)
+
+
+def test_bf16_autocasts_the_forward_and_keeps_the_lora_weights_in_float32(tmp_path):
+    tasks = builtin_suite(seed=0, n_train=16, n_val=4, n_eval=4)
+    losses = {}
+    for precision in ("no", "bf16"):
+        cfg = resolve({"model": "tiny-llama", "output": str(tmp_path), "epochs": 1, "lr": 1e-2,
+                       "mixed_precision": precision})
+        torch.manual_seed(0)
+        model = SAPTModel(load_model("tiny-llama"), r=2)
+        model.add_task(tasks[0].name)
+        seen = []
+        proj = model.base.model.layers[0].self_attn.q_proj
+        handle = proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        log = tmp_path / f"{precision}.jsonl"
+        train_stage(model, tasks[0], 0, cfg, log)
+        handle.remove()
+        assert seen[0] == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+        losses[precision] = [json.loads(x)["loss"] for x in log.read_text().splitlines()]
+    # the same training, up to bf16 rounding: close, but not bit-identical (autocast did something)
+    assert losses["bf16"] == pytest.approx(losses["no"], rel=0.05)
+    assert losses["bf16"] != losses["no"]
+
+
+def test_mixed_precision_is_checked():
+    from sapt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        resolve({"mixed_precision": "fp8"})
+
+
+def test_one_process_collectives_are_identities():
+    dist = get_dist()
+    assert dist.world == 1 and dist.is_main
+    assert dist.shard([1, 2, 3]) == [1, 2, 3]
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.full((3,), 2.0)
+    dist.average_gradients([p])
+    assert torch.equal(p.grad, torch.full((3,), 2.0))
+    assert dist.sum(1.5) == 1.5 and dist.broadcast({"a": 1}) == {"a": 1}
+
+
+def test_trackers_get_the_losses_and_scores_that_the_run_logs(tmp_path):
+    from sapt.train import run
+
+    out = tmp_path / "run"
+    cfg = resolve({"model": "tiny-llama", "output": str(out), "epochs": 2, "max_train_per_task": 16,
+                   "max_eval_per_task": 6, "max_new_tokens": 3, "tasks": ["topic", "sentiment"],
+                   "reflection_source": "real", "log_with": ["jsonl", "tensorboard"]})
+    run(cfg)
+    rows = [json.loads(x) for x in (out / "trackers" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["config"]["lr"] == cfg.lr
+    train = [r for r in rows if "train/loss" in r]
+    steps = [r["step"] for r in train]
+    assert steps == list(range(1, len(steps) + 1))  # one optimiser-step counter across the stages
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["train/loss"] for r in train] == [r["loss"] for r in log]  # batch size 8: one micro-batch a step
+    metrics = json.loads((out / "metrics.json").read_text())
+    evals = [r for r in rows if "eval/ap" in r]
+    assert [r["eval/topic"] for r in evals] == [row[0] for row in metrics["matrix"]]
+    assert evals[-1]["eval/ap"] == pytest.approx(metrics["ap"])
+    assert evals[-1]["step"] == steps[-1]
+    val = [r["val/loss"] for r in rows if "val/loss" in r]
+    stages = sorted((out / "stages").iterdir())
+    assert val == [h["val_loss"] for s in stages for h in json.loads((s / "stage.json").read_text())["history"]]
+
+    # tensorboard: the same train/loss scalars, read back from its event file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    event_dirs = {p.parent for p in (out / "trackers").rglob("events.out.tfevents.*")}
+    scalars = []
+    for d in event_dirs:
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        if "train/loss" in acc.Tags()["scalars"]:
+            scalars += [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in scalars] == steps
+    assert [v for _, v in scalars] == pytest.approx([r["train/loss"] for r in train], rel=1e-6)
+
+
+def test_an_unavailable_tracker_is_refused_before_the_run_directory_is_touched(tmp_path, monkeypatch):
+    import importlib.util
+
+    from sapt.config import ConfigError
+    from sapt.train import run
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        run(resolve({"model": "tiny-llama", "output": str(out), "tasks": ["topic"], "log_with": ["wandb"]}))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_backends_are_refused_with_a_pointer_to_the_data_parallel_config(monkeypatch, kind):
+    import accelerate
+    from accelerate.utils import DistributedType
+
+    from sapt.distributed import Dist, DistributedError
+
+    class Launched:  # what accelerate builds under an FSDP / DeepSpeed config
+        def __init__(self, **kwargs):
+            self.distributed_type = getattr(DistributedType, kind)
+
+    monkeypatch.setattr(accelerate, "Accelerator", Launched)
+    with pytest.raises(DistributedError, match="multi-gpu.yaml"):
+        Dist()
