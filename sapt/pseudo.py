@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
+from tqdm.auto import tqdm
 
 from sapt.batching import Encoded, collate_prompts, collate_train, truncate_middle
 
@@ -125,10 +126,12 @@ def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.
     pad = model.tokenizer.pad_token_id
     history = []
     model.train()
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         perm = torch.randperm(len(items)).tolist()
         losses = []
-        for b in range(0, len(items), cfg.batch_size):
+        bar = tqdm(range(0, len(items), cfg.batch_size), desc=f"pseudo-sample generator, epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False)
+        for b in bar:
             batch = collate_train([items[i] for i in perm[b:b + cfg.batch_size]], model.family, pad)
             batch = {k: v.to(device) for k, v in batch.items()}
             with model.routed(torch.zeros(batch["input_ids"].shape[0], model.n_blocks, device=device)):
@@ -140,6 +143,7 @@ def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
         history.append(sum(losses) / len(losses))
     return history
 
@@ -169,6 +173,7 @@ def _collect(sample: Callable[[int], list[str]], n: int, cfg: PseudoConfig) -> t
     found: list[str] = []
     attempts = well_formed = 0
     preview: list[str] = []
+    bar = tqdm(total=n, desc="pseudo samples", leave=False)
     while len(found) < n and attempts < cap:
         texts = sample(min(cfg.sample_batch_size, cap - attempts))
         attempts += len(texts)
@@ -180,6 +185,8 @@ def _collect(sample: Callable[[int], list[str]], n: int, cfg: PseudoConfig) -> t
             well_formed += 1
             if inp not in found:
                 found.append(inp)
+                bar.update(1 if len(found) <= n else 0)
+    bar.close()
     distinct = len(found)
     stats = {
         "attempts": attempts,
