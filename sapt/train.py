@@ -497,14 +497,26 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     model.to(dist.device)
     log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted"
         + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
-    if not dist.is_main:  # the main process holds the lock and writes; the others compute alongside it
-        dist.barrier()
+    # The main process holds the lock and writes; the others compute alongside it. A refusal (the
+    # directory is in use) reaches every process, so that none waits for the others forever.
+    lock, problem = None, None
+    if dist.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+            if not (run_dir / "config.yaml").exists():
+                io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        except (ConfigError, OSError) as e:
+            problem = str(e) if isinstance(e, ConfigError) else f"{run_dir}: cannot write its config.yaml ({e})"
+    problem = dist.broadcast(problem)
+    if problem is not None:
+        if lock is not None:
+            lock.release()
+        raise ConfigError(problem)
+    try:
         return _run_stages(cfg, tasks, run_dir, model, changes)
-    with RunLock(run_dir):
-        if not (run_dir / "config.yaml").exists():
-            io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        dist.barrier()
-        return _run_stages(cfg, tasks, run_dir, model, changes)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflection: bool) -> set[tuple[int, str]]:
