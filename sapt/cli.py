@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from sapt.config import FIELDS, ConfigError
+from sapt.config import FIELDS, PRECISIONS, ConfigError
 
 
 def _csv(value: str) -> list[str]:
@@ -48,7 +48,7 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--batch-size", dict(type=int, help="training batch size (default 8)")),
     ("--grad-accum", dict(type=int, help="gradient accumulation steps (default 1)")),
     ("--seed", dict(type=int, help="seed for data splits, initialisation and shuffling (default 42)")),
-    ("--mixed-precision", dict(choices=["no", "bf16", "fp16"], help="autocast the forward passes (default no); "
+    ("--mixed-precision", dict(choices=PRECISIONS, help="autocast the forward passes (default no); "
                                                                    "the LoRA weights and optimiser stay float32")),
     ("--log-with", dict(type=_csv, help="trackers, comma-separated: jsonl (default), tensorboard, wandb; through "
                                         "accelerate, into RUN_DIR/trackers (train_log.jsonl is always written)")),

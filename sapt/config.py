@@ -16,6 +16,9 @@ class ConfigError(ValueError):
     pass
 
 
+PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
+
+
 @dataclass
 class RunConfig:
     output: str = "runs/demo"
@@ -89,8 +92,8 @@ class RunConfig:
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
         unknown = sorted(set(self.log_with) - {"jsonl", "tensorboard", "wandb"})
         if unknown:
             raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)} (available: jsonl, tensorboard, wandb)")

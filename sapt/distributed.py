@@ -33,9 +33,6 @@ class DistributedError(RuntimeError):
     pass
 
 
-PRECISIONS = ("no", "bf16", "fp16")
-
-
 class Dist:
     """The process's accelerate `Accelerator` and the few collective operations the loop needs.
 
