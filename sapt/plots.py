@@ -268,6 +268,13 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> Comparison:
                       np.array([_value(m.get("bwt")) for m in metrics]), metrics)
 
 
+def _tasks_label(m: dict[str, Any]) -> str:
+    """'6 tasks', or '6 tasks, 2 done' for an unfinished run (mtl trains all tasks in one stage)."""
+    n, done = len(m.get("tasks") or []), m.get("stages_done")
+    unfinished = done is not None and m.get("method") != "mtl" and done < n
+    return f"{n} tasks" + (f", {done} done" if unfinished else "")
+
+
 def plot_compare(run_dirs: Sequence[str | Path], path: str | Path) -> Comparison:
     """Grouped bars of AP and BWT per run; returns the plotted values."""
     c = compare_runs(run_dirs)
@@ -284,7 +291,8 @@ def plot_compare(run_dirs: Sequence[str | Path], path: str | Path) -> Comparison
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y), xytext=(0, 3 if y >= 0 else -3),
                         textcoords="offset points", ha="center", va="bottom" if y >= 0 else "top", fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
-    labels = [f"{name}\n{method_label(m)}, {m.get('model', '?')}, {m.get('stages_done', len(m.get('matrix', [])))} tasks"
+    labels = ["\n".join([name, *([method_label(m)] if method_label(m) != name else []), m.get("model", "?"),
+                          _tasks_label(m)])  # one short line each
               for name, m in zip(c.names, c.metrics)]
     ax.set_xticks(x, labels=labels, fontsize=8)
     finite = np.concatenate([c.ap[np.isfinite(c.ap)], c.bwt[np.isfinite(c.bwt)], [0.0]])
