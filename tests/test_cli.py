@@ -78,3 +78,12 @@ def test_eval_rescoring_the_final_model_matches_the_last_row(tiny_run, capsys):
 def test_example_configs_resolve(path):
     cfg = resolve({}, str(path))
     assert cfg.data_dir and cfg.benchmark in ("SuperNI", "Long_Sequence")
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs" / "accelerate").glob("*.yaml")))
+def test_accelerate_example_configs_are_data_parallel(path):
+    import yaml
+
+    conf = yaml.safe_load(path.read_text())
+    assert conf["distributed_type"] == "MULTI_GPU"  # sapt refuses FSDP / DeepSpeed (sapt/distributed.py)
+    assert conf["num_processes"] >= 2 and conf["mixed_precision"] == "no"  # precision is sapt's option
