@@ -70,15 +70,14 @@ class Dist:
         on every process stays None (a parameter the step did not use)."""
         if self.world == 1:
             return
-        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
-        has = self.accelerator.reduce(has, reduction="sum")
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [used])  # the flags ride along
         flat = self.accelerator.reduce(flat, reduction="mean")
         offset = 0
-        for p, g, used in zip(params, grads, has.tolist()):
+        for p, g, anywhere in zip(params, grads, (flat[-len(params):] > 0).tolist()):
             n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype) if used else None
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype) if anywhere else None
             offset += n
 
     def broadcast_parameters(self, params: Sequence[torch.nn.Parameter]) -> None:

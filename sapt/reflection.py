@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +38,21 @@ def kl_to_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def routing_target(model: SAPTModel, items: list[Encoded], batch_size: int) -> list[float]:
-    """The mean routing distribution over `items` (a task's validation prompts)."""
-    total = torch.zeros(model.n_blocks)
+def mean_over_prompts(model: SAPTModel, items: list[Encoded], batch_size: int,
+                      fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Mean over `items` of fn(input_ids, prompt_mask) -> (batch, k), computed batch by batch (on the CPU)."""
+    total = None
     pad = model.tokenizer.pad_token_id
     for idx in length_sorted_batches(items, batch_size):
         batch = collate_prompts([items[i] for i in idx], model.family, pad)
-        total += model.routing_weights(batch["input_ids"], batch["prompt_mask"]).sum(0).float().cpu()
-    return (total / len(items)).tolist()
+        part = fn(batch["input_ids"], batch["prompt_mask"]).sum(0).float().cpu()
+        total = part if total is None else total + part
+    return total / len(items)
+
+
+def routing_target(model: SAPTModel, items: list[Encoded], batch_size: int) -> list[float]:
+    """The mean routing distribution over `items` (a task's validation prompts)."""
+    return mean_over_prompts(model, items, batch_size, model.routing_weights).tolist()
 
 
 def replay_count(n_train: int, ratio: float, maximum: int) -> int:

@@ -42,7 +42,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sapt import io
-from sapt.batching import collate_prompts, collate_train, encode, length_sorted_batches
+from sapt.batching import collate_train, encode
 from sapt.config import ConfigError, RunConfig, differences, to_dict
 from sapt.data import Example, Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
@@ -57,7 +57,8 @@ from sapt.modules.sapt_model import SAPTModel
 from sapt.tracking import Trackers, check_trackers
 from sapt.recovery import CHECKPOINT, CheckpointError, as_random_state, kill_point, load_checkpoint, save_checkpoint, trim_log
 from sapt.reflection import (
-    Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count, routing_target,
+    Reflection, ReplaySet, default_kl_ratio, encode_replay, mean_over_prompts, real_replay_inputs, replay_count,
+    routing_target,
 )
 
 
@@ -352,11 +353,7 @@ def update_centre(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> None:
     apart. The centre moves at each new stage (the old tasks' queries with it); the reflection KL, which
     replays every old task at every step, is what re-fits their routing, as it does for any router change."""
     items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length)
-    total = torch.zeros_like(model.router.centre)
-    for idx in length_sorted_batches(items, cfg.eval_batch_size):
-        batch = collate_prompts([items[i] for i in idx], model.family, model.tokenizer.pad_token_id)
-        total += model.pooled_prompt(batch["input_ids"], batch["prompt_mask"]).sum(0)
-    mean = total / len(items)
+    mean = mean_over_prompts(model, items, cfg.eval_batch_size, model.pooled_prompt).to(model.router.centre)
     model.router.centre.copy_((t * model.router.centre + mean) / (t + 1))
 
 
