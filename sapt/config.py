@@ -17,6 +17,7 @@ class ConfigError(ValueError):
 
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
+TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 
 
 @dataclass
@@ -94,9 +95,9 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
-        unknown = sorted(set(self.log_with) - {"jsonl", "tensorboard", "wandb"})
+        unknown = sorted(set(self.log_with) - set(TRACKERS))
         if unknown:
-            raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)} (available: jsonl, tensorboard, wandb)")
+            raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)} (available: {', '.join(TRACKERS)})")
         if self.reflection_source not in ("generated", "real"):
             raise ConfigError(f"reflection_source must be 'generated' or 'real', got {self.reflection_source!r}")
         if self.kl_ratio is not None and self.kl_ratio < 0:

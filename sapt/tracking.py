@@ -19,7 +19,7 @@ from typing import Any
 
 from accelerate.tracking import GeneralTracker
 
-from sapt.config import ConfigError
+from sapt.config import TRACKERS, ConfigError
 
 
 class JSONLTracker(GeneralTracker):
@@ -51,7 +51,7 @@ class JSONLTracker(GeneralTracker):
         self._file.close()
 
 
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # the trackers that need one
 
 
 def check_trackers(names: list[str]) -> None:
@@ -59,8 +59,8 @@ def check_trackers(names: list[str]) -> None:
     import importlib.util
 
     for name in names:
-        if name != "jsonl" and name not in PACKAGES:
-            raise ConfigError(f"unknown tracker {name!r} (available: jsonl, tensorboard, wandb)")
+        if name not in TRACKERS:
+            raise ConfigError(f"unknown tracker {name!r} (available: {', '.join(TRACKERS)})")
         if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None:
             raise ConfigError(f"--log-with {name} needs the {PACKAGES[name]} package: pip install {PACKAGES[name]}")
 
