@@ -121,7 +121,7 @@ def _attach_generator(model: SAPTModel, cfg: PseudoConfig):
 def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.nn.Parameter],
                      cfg: PseudoConfig) -> list[float]:
     """Mean loss per epoch. The SAPT blocks are off: zero routing weights leave the backbone alone."""
-    device = next(model.base.parameters()).device
+    device = model.device
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     pad = model.tokenizer.pad_token_id
     history = []
@@ -133,7 +133,7 @@ def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.
                    leave=False)
         for b in bar:
             batch = collate_train([items[i] for i in perm[b:b + cfg.batch_size]], model.family, pad)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = model.on_device(batch)
             with model.routed(torch.zeros(batch["input_ids"].shape[0], model.n_blocks, device=device)):
                 loss = model.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                   labels=batch["labels"]).loss
@@ -151,7 +151,7 @@ def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.
 @torch.no_grad()
 def _sample(model: SAPTModel, prompt: list[int], k: int, cfg: PseudoConfig) -> list[str]:
     """k sampled continuations of the trigger, decoded and stripped."""
-    device = next(model.base.parameters()).device
+    device = model.device
     tok = model.tokenizer
     batch = collate_prompts([Encoded(prompt, [])], model.family, tok.pad_token_id)
     model.eval()
