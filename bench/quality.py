@@ -6,30 +6,43 @@
 Each protocol fixes model, tasks, order, subset sizes, epochs, lr and seed; every method runs through
 the same loop (`sapt.train.run`) into its own run directory (resumable: rerunning skips finished stages).
 The table gives AP, F.Ra, FWT (from the per-task run when it is among the methods), BWT, final routing
-accuracy (routed methods only) and wall time. Evaluation uses test.json where a task has one, else a
+accuracy (routed methods only) and wall time.
+
+sapt-hard trains exactly as sapt (it differs only in evaluating with the top-1 block; on the built-in
+suite the two runs' adapters, routers and replay inputs are bit-identical). So when the sapt run of the
+protocol is complete, sapt-hard starts from a copy of its trained stages and only evaluates them; its
+time in the table is then the evaluation alone (marked "eval only"). Evaluation uses test.json where a task has one, else a
 held-out part of train.json; the table says which.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sapt import io  # noqa: E402
 from sapt.config import resolve  # noqa: E402
+from sapt.manifest import Manifest  # noqa: E402
 from sapt.train import run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"
 ALL_METHODS = ["sapt", "sapt-hard", "seq-lora", "inc-lora", "o-lora", "replay", "per-task", "mtl"]
+TRAINED_AS = {"sapt-hard": "sapt"}  # methods whose training is another method's, bit for bit
 
 PROTOCOLS = {
     "long-mini": dict(
         model="smollm2", benchmark="Long_Sequence", tasks=["amazon", "mnli", "qqp", "sst2", "agnews", "boolq"],
-        max_train_per_task=128, max_eval_per_task=100, epochs=3, lr=1e-3, lora_r=8, batch_size=8,
-        max_source_length=256, max_new_tokens=8, seed=42, pseudo_ratio=0.05,
+        # one epoch of 32 steps of 4 and 128-token sources: what fits about 20-40 min per method on one
+        # core here (3 epochs of 256 tokens measured 1.5-2 h per method; see BENCHMARKS.md)
+        max_train_per_task=128, max_eval_per_task=100, epochs=1, lr=1e-3, lora_r=8, batch_size=4,
+        max_source_length=128, max_new_tokens=8, seed=42, pseudo_ratio=0.05,
     ),
     "superni-mini": dict(
         model="smollm2", benchmark="SuperNI",
@@ -69,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     reference = None
     for method in methods:
         out = Path(args.out) / args.protocol / method
+        shared = method in TRAINED_AS and seed_from_trained(Path(args.out) / args.protocol / TRAINED_AS[method], out, method)
+        shared = shared or (out / "trained_as.json").exists()
         overrides = {**protocol, "method": method, "output": str(out)}
         if reference is not None and method != "per-task":
             overrides["reference"] = str(reference)
         t0 = time.time()
         metrics = run(resolve(overrides)).metrics
-        seconds = time.time() - t0
+        seconds = _add_wall_time(out, time.time() - t0)
         if method == "per-task":
             reference = out
         routing = metrics.get("routing_accuracy") or []
@@ -82,13 +97,49 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({
             "method": method, "ap": metrics["ap"], "fra": metrics["fra"], "fwt": metrics["fwt"], "bwt": metrics["bwt"],
             "routing": sum(last_routing) / len(last_routing) if last_routing else None,
-            "seconds": round(seconds, 1), "eval_split": metrics["eval_split"], "run": str(out),
+            "seconds": round(seconds, 1), "eval_split": metrics["eval_split"], "run": str(out), "eval_only": shared,
         })
         print(f"[{method}] AP {metrics['ap']:.1f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
     print(format_rows(args.protocol, rows))
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
+
+
+def seed_from_trained(src: Path, dst: Path, method: str) -> bool:
+    """Start `dst` as a copy of the finished run `src`'s trained stages (trained and replay phases; no
+    evaluation), relabelled as `method`, so that running it only evaluates. Nothing happens (False) if
+    `dst` exists or `src` is not finished."""
+    if dst.exists() or not (src / "metrics.json").exists():
+        return False
+    done = io.read_json(src / "metrics.json")
+    if done["stages_done"] < len(done["tasks"]):
+        return False
+    tmp = dst.with_name(dst.name + ".seeding")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(
+        "metrics.json", "trackers", "bench_time.json", ".lock", "predictions", "scores.json", "checkpoint*"))
+    cfg = yaml.safe_load((tmp / "config.yaml").read_text())
+    io.atomic_write_text(tmp / "config.yaml", yaml.safe_dump({**cfg, "method": method, "output": str(dst)}, sort_keys=False))
+    manifest = Manifest(tmp)
+    for sdir in sorted((tmp / "stages").iterdir()):
+        io.write_json(sdir / "stage.json", {**io.read_json(sdir / "stage.json"), "method": method})
+        manifest.record(sdir, "trained", list(manifest.phase(sdir.name, "trained")))
+        manifest.forget(sdir.name, ["evaluated"])
+    io.write_json(tmp / "trained_as.json", {"method": TRAINED_AS[method], "run": str(src)})
+    tmp.rename(dst)
+    return True
+
+
+def _add_wall_time(run_dir: Path, seconds: float) -> float:
+    """Wall time of a run over all the invocations that worked on it (a resumed or re-scored run adds
+    its model load and scoring), kept in RUN_DIR/bench_time.json so the table survives a resume."""
+    path = run_dir / "bench_time.json"
+    total = seconds + (json.loads(path.read_text())["seconds"] if path.exists() else 0.0)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"seconds": round(total, 1)}))
+    tmp.replace(path)
+    return total
 
 
 def _f(x: float | None) -> str:
@@ -100,7 +151,7 @@ def format_rows(protocol: str, rows: list[dict]) -> str:
              f"{'method':10s} {'AP':>6s} {'F.Ra':>6s} {'FWT':>6s} {'BWT':>6s} {'route%':>7s} {'time':>7s}"]
     for r in rows:
         lines.append(f"{r['method']:10s} {_f(r['ap']):>6s} {_f(r['fra']):>6s} {_f(r['fwt']):>6s} {_f(r['bwt']):>6s} "
-                     f"{_f(r['routing']):>7s} {r['seconds']:>6.0f}s")
+                     f"{_f(r['routing']):>7s} {r['seconds']:>6.0f}s" + (" (eval only)" if r.get("eval_only") else ""))
     return "\n".join(lines)
 
 

@@ -145,6 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sapt import io
     from sapt.evaluate import encode_task_split, evaluate_task
     from sapt.methods import make_method
+    from sapt.distributed import get_dist
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
@@ -157,21 +158,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
     if not method.joint:
         tasks = tasks[: len(names)]
+    main = get_dist().is_main  # under accelerate launch every process evaluates its share; one writes
     scores = {}
     out = Path(args.run) / "eval"
     for j, task in enumerate(tasks):
         items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
         score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method)
-        io.write_jsonl(out / "predictions" / f"{task.name}.jsonl", records)
+        if main:
+            io.write_jsonl(out / "predictions" / f"{task.name}.jsonl", records)
         scores[task.name] = {"score": score}
         line = f"{task.name:30s} {score:6.1f}"
         if accuracy is not None:
             scores[task.name]["routing_accuracy"] = accuracy
             line += f"   routing accuracy {accuracy:5.1f}"
-        print(line)
+        if main:
+            print(line)
     ap = sum(s["score"] for s in scores.values()) / len(scores)
-    io.write_json(out / "scores.json", {"scores": scores, "ap": ap, "after_stage": len(names)})
-    print(f"AP {ap:.1f} over {len(scores)} tasks (written to {out / 'scores.json'})")
+    if main:
+        io.write_json(out / "scores.json", {"scores": scores, "ap": ap, "after_stage": len(names)})
+        print(f"AP {ap:.1f} over {len(scores)} tasks (written to {out / 'scores.json'})")
     return 0
 
 
@@ -194,6 +199,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     examples = [Example(input=t, outputs=("",)) for t in args.text]
     items = encode(model.tokenizer, model.family, args.definition, examples, cfg.max_source_length, cfg.max_target_length)
     max_new_tokens = args.max_new_tokens or cfg.max_new_tokens
+    if args.merge and model.sharded:
+        raise ConfigError("--merge needs whole base weights; it cannot be used under FSDP")
     if args.merge:  # one input at a time, its weighted update merged into the base weights while it generates
         import torch
 

@@ -1,4 +1,4 @@
-"""Data parallelism and mixed precision through `accelerate`.
+"""Data parallelism, FSDP and mixed precision through `accelerate`.
 
 `sapt run` under `accelerate launch --num_processes N` trains with N data-parallel processes: every
 process holds the whole model, draws the same shuffled global batch, and works on its own slice of it
@@ -11,8 +11,24 @@ the trainable set changes at every stage (block t and key t join, the previous o
 routing weights and the reflection KL use the router outside the model's forward, and the trainable
 part is a few megabytes. DDP would have to be rebuilt each stage (re-broadcasting the frozen backbone)
 and told about parameters used outside forward; one all-reduce of the flattened trainable gradients
-per optimiser step is exact and has none of that. It is also why FSDP and DeepSpeed (which shard the
-frozen backbone itself) are refused with a clear message instead of silently training something else.
+per optimiser step is exact and has none of that.
+
+FSDP (an accelerate config with `distributed_type: FSDP`, e.g. configs/accelerate/fsdp.yaml) shards the
+*frozen backbone*, which is what does not fit on one GPU (LLaMA-2-13B): `shard_backbone` applies
+PyTorch's FSDP2 `fully_shard` to every transformer block (the model's `_no_split_modules` classes), so
+each process keeps 1/N of the blocks' weights and gathers one block at a time around its forward and
+backward. The embedding table and the LM head stay whole (the router pools prompt embeddings outside the
+forward). The LoRA blocks and the router are left out of FSDP (`ignored_params`, and blocks added at
+later stages are unknown to it): they stay whole on every process and train exactly as in data parallel
+above, so nothing is re-wrapped per stage and saving needs no gathering. The price of sharding is that
+every process must run every backbone forward in step with the others; the loop keeps that promise
+(`lockstep_batches`, a zero-weight forward for a process whose slice of a batch is empty, generation with
+`synced_gpus`, pseudo samples drawn on every process and taken from the main one). Of accelerate's FSDP
+settings, `reshard_after_forward` and `offload_params` are honoured; sapt chooses what to wrap itself.
+
+DeepSpeed is refused with a message: ZeRO-2 shards optimiser state and gradients, a few MB here, and
+ZeRO-3's parameter sharding is what FSDP above gives; DeepSpeed also needs CUDA, which this project's
+test machines lack, so it could not be tested.
 
 With `--batch-size B` the global micro-batch is B whatever the number of processes; the loss is the
 token-level mean over the whole global micro-batch (each process divides its token sum by the global
@@ -25,6 +41,7 @@ import os
 from typing import Any, Sequence, TypeVar
 
 import torch
+from torch import nn
 
 T = TypeVar("T")
 
@@ -49,20 +66,61 @@ class Dist:
         launched = os.environ.get("LOCAL_RANK") is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(cpu=launched and not torch.accelerator.is_available())
         kind = self.accelerator.distributed_type
-        if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        if kind == DistributedType.DEEPSPEED:
             raise DistributedError(
-                f"the accelerate config asks for {kind.value}; sapt trains data-parallel only (the trainable "
-                "part is the LoRA blocks and the router, a few MB): launch with a plain multi-GPU config "
-                "(configs/accelerate/multi-gpu.yaml)")
+                "the accelerate config asks for DeepSpeed, which sapt does not support: to shard the backbone "
+                "use configs/accelerate/fsdp.yaml, else data parallel with configs/accelerate/multi-gpu.yaml")
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.device = self.accelerator.device
+        # On a machine without GPUs accelerate falls back to MULTI_CPU and drops its FSDP plugin; the
+        # launcher's environment still says what was asked for.
+        asked = kind == DistributedType.FSDP or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        self.fsdp = asked and self.world > 1
 
     # ---- data ------------------------------------------------------------------------------------
     def shard(self, items: Sequence[T]) -> list[T]:
         """This process's slice of a global batch (every process draws the same global batch)."""
         return list(items[self.rank::self.world])
+
+    def lockstep_batches(self, batches: Sequence[list[int]]) -> list[tuple[list[int], bool]]:
+        """This process's share of a list of batches, as (batch, real) pairs.
+
+        Data parallel: batches rank::N. Under FSDP every process must make the same number of forward
+        calls, so the shorter shares are topped up with a copy of the first batch marked not real (its
+        result is computed, to keep the processes in step, and then dropped)."""
+        mine = [(list(b), True) for b in batches[self.rank::self.world]]
+        if self.fsdp and batches:
+            mine += [(list(batches[0]), False)] * (-(-len(batches) // self.world) - len(mine))
+        return mine
+
+    def shard_backbone(self, model: nn.Module, keep_whole: set[nn.Parameter]) -> str | None:
+        """FSDP2 `fully_shard` on every transformer block of `model` (see the module docstring); the
+        parameters in `keep_whole` stay whole on every process. Returns a one-line summary, or None when
+        not running under FSDP."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+        kinds = set(getattr(model, "_no_split_modules", None) or ())
+        blocks = [m for m in model.modules() if type(m).__name__ in kinds]
+        if not blocks:
+            raise DistributedError(f"FSDP: found no transformer blocks to shard in {type(model).__name__} "
+                                   "(it names none in _no_split_modules)")
+        reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").upper()
+        offload = os.environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true" and self.device.type != "cpu"
+        mesh = init_device_mesh(self.device.type, (self.world,))
+        kind = type(blocks[0]).__name__  # before fully_shard renames the classes (FSDP<name>)
+        for block in blocks:
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard in ("TRUE", "FULL_SHARD", "HYBRID_SHARD"),
+                        offload_policy=CPUOffloadPolicy() if offload else OffloadPolicy(),
+                        ignored_params={p for p in block.parameters() if p in keep_whole})
+        whole = sum(p.numel() for b in blocks for p in b.parameters() if p not in keep_whole)
+        local = sum(p.to_local().numel() for b in blocks for p in b.parameters() if hasattr(p, "to_local"))
+        return (f"FSDP over {self.world} processes: {len(blocks)} {kind} blocks sharded, "
+                f"this process holds {local} of their {whole} backbone parameters")
 
     # ---- collectives -----------------------------------------------------------------------------
     def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:

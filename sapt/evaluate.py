@@ -24,40 +24,48 @@ WeightsFn = Callable[[dict[str, torch.Tensor]], "torch.Tensor | None"]
 @torch.no_grad()
 def predict(
     model: SAPTModel, items: Sequence[Encoded], batch_size: int, max_new_tokens: int, desc: str | None = None,
-    weights_fn: WeightsFn | None = None,
+    weights_fn: WeightsFn | None = None, batches: Sequence[tuple[list[int], bool]] | None = None,
 ) -> tuple[list[str], torch.Tensor]:
     """Greedy answers in the original order, and each input's mixing weights (n, n_blocks).
 
-    `weights_fn(batch)` gives the mixing weights of a batch for methods that don't route (None: route)."""
+    `weights_fn(batch)` gives the mixing weights of a batch for methods that don't route (None: route).
+    `batches` ((indices, real) pairs, see `Dist.lockstep_batches`) answers only those; the others stay ""."""
     was_training = model.training
     model.eval()
     preds: list[str] = [""] * len(items)
     weights = torch.zeros(len(items), model.n_blocks)
     pad = model.tokenizer.pad_token_id
-    for idx in tqdm(length_sorted_batches(items, batch_size), desc=desc, leave=False, disable=desc is None):
+    if batches is None:
+        batches = [(idx, True) for idx in length_sorted_batches(items, batch_size)]
+    for idx, real in tqdm(batches, desc=desc, leave=False, disable=desc is None):
         batch = collate_prompts([items[i] for i in idx], model.family, pad)
         texts, w = model.generate(batch, max_new_tokens, weights_fn(batch) if weights_fn else None)
-        for k, i in enumerate(idx):
-            preds[i] = texts[k]
-        weights[idx] = w.float().cpu()
+        if real:
+            for k, i in enumerate(idx):
+                preds[i] = texts[k]
+            weights[idx] = w.float().cpu()
     model.train(was_training)
     return preds, weights
 
 
 @torch.no_grad()
 def evaluation_loss(
-    model: SAPTModel, items: Sequence[Encoded], batch_size: int, weights_fn: WeightsFn | None = None
+    model: SAPTModel, items: Sequence[Encoded], batch_size: int, weights_fn: WeightsFn | None = None,
+    batches: Sequence[tuple[list[int], bool]] | None = None,
 ) -> float:
-    """Mean per-batch token cross-entropy (weighted by batch size) with dropout off."""
+    """Mean per-batch token cross-entropy (weighted by batch size) with dropout off. With `batches`
+    ((indices, real) pairs, see `Dist.lockstep_batches`): the *sum* over the real ones, for the caller
+    to add up across processes."""
     was_training = model.training
     model.eval()
     pad = model.tokenizer.pad_token_id
     total = 0.0
-    for idx in length_sorted_batches(items, batch_size):
+    for idx, real in batches if batches is not None else [(b, True) for b in length_sorted_batches(items, batch_size)]:
         batch = collate_train([items[i] for i in idx], model.family, pad)
-        total += float(model(batch, weights_fn(batch) if weights_fn else None)) * len(idx)
+        loss = float(model(batch, weights_fn(batch) if weights_fn else None))
+        total += loss * len(idx) if real else 0.0
     model.train(was_training)
-    return total / len(items)
+    return total if batches is not None else total / len(items)
 
 
 def evaluate_task(
@@ -68,10 +76,16 @@ def evaluate_task(
     task's own block `task_index`; None for methods that don't route) and one record per example:
     input, prediction, references, score, the mixing weights `method` used, and `routed_to_own`."""
     dist = get_dist()
-    mine = list(range(len(items)))[dist.rank::dist.world]  # each process answers its slice
-    preds, weights = predict(model, [items[i] for i in mine], batch_size, max_new_tokens,
-                             desc=f"eval {task.name}" if dist.is_main else None,
-                             weights_fn=lambda batch: method.weights(model, batch, task_index, training=False))
+    weights_fn = lambda batch: method.weights(model, batch, task_index, training=False)  # noqa: E731
+    desc = f"eval {task.name}" if dist.is_main else None
+    if dist.fsdp:  # whole batches per process, as many on each (see Dist.lockstep_batches)
+        batches = dist.lockstep_batches(length_sorted_batches(items, batch_size))
+        preds, weights = predict(model, items, batch_size, max_new_tokens, desc, weights_fn, batches)
+        mine = sorted(i for idx, real in batches if real for i in idx)
+        preds, weights = [preds[i] for i in mine], weights[mine]
+    else:
+        mine = list(range(len(items)))[dist.rank::dist.world]  # each process answers its slice
+        preds, weights = predict(model, [items[i] for i in mine], batch_size, max_new_tokens, desc, weights_fn)
     if dist.world > 1:
         gathered = dist.gather([(i, p, w.tolist()) for i, p, w in zip(mine, preds, weights)])
         preds, rows = [""] * len(items), [None] * len(items)

@@ -37,6 +37,7 @@ from peft.tuners.lora import LoraLayer
 from tqdm.auto import tqdm
 
 from sapt.batching import Encoded, collate_prompts, collate_train, truncate_middle
+from sapt.distributed import get_dist
 
 if TYPE_CHECKING:
     from sapt.data import Task
@@ -130,7 +131,7 @@ def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.
         perm = torch.randperm(len(items)).tolist()
         losses = []
         bar = tqdm(range(0, len(items), cfg.batch_size), desc=f"pseudo-sample generator, epoch {epoch + 1}/{cfg.epochs}",
-                   leave=False)
+                   leave=False, disable=not get_dist().is_main)
         for b in bar:
             batch = collate_train([items[i] for i in perm[b:b + cfg.batch_size]], model.family, pad)
             batch = model.on_device(batch)
@@ -160,11 +161,14 @@ def _sample(model: SAPTModel, prompt: list[int], k: int, cfg: PseudoConfig) -> l
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
             do_sample=True, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty,
             temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, num_return_sequences=k,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, synced_gpus=model.sharded,
         )
     if model.family == "causal":
         out = out[:, len(prompt):]
-    return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+    texts = [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+    # Under FSDP every process samples in step; all keep the main process's draws, so that they agree on
+    # when to stop drawing even if their samples could differ.
+    return get_dist().broadcast(texts) if model.sharded else texts
 
 
 def _collect(sample: Callable[[int], list[str]], n: int, cfg: PseudoConfig) -> tuple[list[str], dict[str, Any]]:
@@ -173,7 +177,7 @@ def _collect(sample: Callable[[int], list[str]], n: int, cfg: PseudoConfig) -> t
     found: list[str] = []
     attempts = well_formed = 0
     preview: list[str] = []
-    bar = tqdm(total=n, desc="pseudo samples", leave=False)
+    bar = tqdm(total=n, desc="pseudo samples", leave=False, disable=not get_dist().is_main)
     while len(found) < n and attempts < cap:
         texts = sample(min(cfg.sample_batch_size, cap - attempts))
         attempts += len(texts)

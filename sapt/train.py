@@ -42,7 +42,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from sapt import io
-from sapt.batching import collate_train, encode
+from sapt.batching import collate_train, encode, length_sorted_batches
 from sapt.config import ConfigError, RunConfig, differences, to_dict
 from sapt.data import Example, Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
@@ -117,6 +117,18 @@ def build_model(cfg: RunConfig) -> SAPTModel:
     loaded = load_model(cfg.model, seed=cfg.seed)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation
     return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden)
+
+
+def place(model: SAPTModel) -> None:
+    """Onto this process's device and, under an FSDP launch, the backbone's blocks sharded (the LoRA
+    blocks and the router stay whole; see sapt.distributed)."""
+    dist = get_dist()
+    model.to(dist.device)
+    lora = {p for layer in model.lora_layers.values() for p in (*layer.lora_A, *layer.lora_B)}
+    summary = dist.shard_backbone(model.base, keep_whole=lora)
+    if summary is not None:
+        model.sharded = True
+        log(f"sapt: {summary}")
 
 
 def stage_dir(run_dir: Path, t: int, task: str) -> Path:
@@ -251,6 +263,11 @@ def train_stage(
                     batch = collate_train(local_items, model.family, pad)
                     with dist.autocast(cfg.mixed_precision):
                         loss = model(batch, train_weights_fn(batch)).float()
+                elif model.sharded:  # nothing left for this process, but FSDP needs its forward and backward
+                    stand_in = collate_train(global_items[:1], model.family, pad)
+                    with dist.autocast(cfg.mixed_precision):
+                        loss = model(stand_in, train_weights_fn(stand_in)).float() * 0.0
+                    batch = None
                 else:  # a last, short global batch leaves this process nothing
                     batch, loss = None, torch.zeros((), device=model.device)
                 if dist.world > 1:  # token sum over the global token count: the 1-process loss
@@ -359,6 +376,10 @@ def update_centre(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> None:
 
 def distributed_loss(dist: Dist, model: SAPTModel, items: list, cfg: RunConfig, weights_fn) -> float:
     """evaluation_loss over `items`, each process scoring its slice; the same value on every process."""
+    if dist.fsdp:  # whole batches per process, as many on each (see Dist.lockstep_batches)
+        batches = dist.lockstep_batches(length_sorted_batches(items, cfg.eval_batch_size))
+        with dist.autocast(cfg.mixed_precision):
+            return dist.sum(evaluation_loss(model, items, cfg.eval_batch_size, weights_fn, batches)) / len(items)
     mine = dist.shard(items)
     with dist.autocast(cfg.mixed_precision):
         local = evaluation_loss(model, mine, cfg.eval_batch_size, weights_fn) if mine else 0.0
@@ -491,7 +512,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     t0 = time.time()
     dist = get_dist()
     model = build_model(cfg)  # a model that cannot be loaded leaves no run directory behind
-    model.to(dist.device)
+    place(model)
     log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted"
         + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
     # The main process holds the lock and writes; the others compute alongside it. A refusal (the
@@ -663,9 +684,11 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
         if reflect:
             if (t, "replay") not in done:
                 # seeded (and the generator is trained under its own forked RNG): redone identically if
-                # interrupted. One process generates; the others wait for its files.
-                if main:
+                # interrupted. One process generates; the others wait for its files. Under FSDP every
+                # process runs the generator in step with the main one, and the main one's samples count.
+                if main or model.sharded:
                     inputs, stats = make_replay_inputs(model, task, t, cfg)
+                if main:
                     io.write_jsonl(sdir / "replay.jsonl", [{"task": task.name, "definition": task.definition, "input": x}
                                                           for x in inputs])
                     kill_point(f"stage{t}:replay")
@@ -846,6 +869,6 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
         model.load_block(method.block_index(t), io.load_tensors(sdir / "adapter.safetensors"))
         model.load_router(method.block_index(t), io.load_tensors(sdir / "router.safetensors"))
         names.append(name)
-    model.to(get_dist().device)
+    place(model)
     model.eval()
     return cfg, model, names

@@ -38,6 +38,7 @@ class SAPTModel(nn.Module):
         )
         self.router = SharedAttentionRouter(self.base.get_input_embeddings().embedding_dim, query_hidden)
         self.task_names: list[str] = []
+        self.sharded = False  # backbone blocks under FSDP: every generate() must run in step (synced_gpus)
 
     # ---- tasks and what trains -------------------------------------------------------------------
     @property
@@ -126,6 +127,7 @@ class SAPTModel(nn.Module):
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
+                synced_gpus=self.sharded,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
             )

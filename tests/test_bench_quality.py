@@ -1,0 +1,43 @@
+"""bench/quality.py: sapt-hard evaluated on a copy of sapt's training equals sapt-hard trained itself."""
+import importlib.util
+import json
+from pathlib import Path
+
+from sapt import io
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quality():
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SMALL = ["--protocol", "builtin", "--model", "tiny-llama", "--epochs", "1", "--max-train-per-task", "8",
+         "--max-eval-per-task", "4"]
+
+
+def test_sapt_hard_on_sapts_training_equals_sapt_hard_trained_alone(tmp_path, capsys):
+    q = quality()
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    assert q.main([*SMALL, "--methods", "sapt,sapt-hard", "--out", str(shared)]) == 0
+    table = capsys.readouterr().out
+    assert q.main([*SMALL, "--methods", "sapt-hard", "--out", str(alone)]) == 0
+    a, b = shared / "builtin" / "sapt-hard", alone / "builtin" / "sapt-hard"
+    assert json.loads((a / "trained_as.json").read_text())["method"] == "sapt"
+    assert not (b / "trained_as.json").exists()
+    assert "(eval only)" in [line for line in table.splitlines() if line.startswith("sapt-hard")][0]
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma["matrix"] == mb["matrix"] and ma["routing_accuracy"] == mb["routing_accuracy"]
+    for stage in sorted((b / "stages").iterdir()):
+        for name in ("adapter.safetensors", "router.safetensors"):
+            ta, tb = io.load_tensors(a / "stages" / stage.name / name), io.load_tensors(stage / name)
+            assert all(ta[k].equal(tb[k]) for k in tb)
+        assert (a / "stages" / stage.name / "predictions").is_dir()  # evaluated anew, as sapt-hard
+        sa = json.loads((a / "stages" / stage.name / "stage.json").read_text())
+        so = json.loads((shared / "builtin" / "sapt" / "stages" / stage.name / "stage.json").read_text())
+        assert sa["method"] == "sapt-hard" and sa["seconds"] == so["seconds"]  # not trained again
+    # sapt's own run is untouched by the copy
+    assert json.loads((shared / "builtin" / "sapt" / "stages" / "00_topic" / "stage.json").read_text())["method"] == "sapt"
