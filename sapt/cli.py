@@ -143,9 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from sapt import io
+    from sapt.distributed import get_dist
     from sapt.evaluate import encode_task_split, evaluate_task
     from sapt.methods import make_method
-    from sapt.distributed import get_dist
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
@@ -184,9 +184,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sapt.batching import encode
     from sapt.data import Example
     from sapt.evaluate import predict
-    from sapt.train import load_trained
-
     from sapt.methods import make_method
+    from sapt.train import load_trained
 
     cfg, model, names = load_trained(args.run)
     method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
