@@ -183,6 +183,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from sapt.batching import encode
     from sapt.data import Example
+    from sapt.distributed import get_dist
     from sapt.evaluate import predict
     from sapt.methods import make_method
     from sapt.train import load_trained
@@ -221,6 +222,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         weights = torch.stack(rows)
     else:
         preds, weights = predict(model, items, cfg.eval_batch_size, max_new_tokens, weights_fn=weights_fn)
+    if not get_dist().is_main:  # under accelerate launch every process answers (in step under FSDP); one prints
+        return 0
     for text, pred, w in zip(args.text, preds, weights):
         if not method.routed:  # fixed mixing weights: nothing to report per input
             print(json.dumps({"input": text, "answer": pred, "routing": None}, ensure_ascii=False) if args.json else pred)

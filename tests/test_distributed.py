@@ -116,6 +116,11 @@ def test_fsdp_shards_the_backbone_and_trains_what_one_process_trains(tmp_path):
     assert r3.stdout.count("AP ") == 1 and "FSDP over 2 processes" in r3.stderr
     last = json.loads((two / "metrics.json").read_text())["matrix"][-1]
     assert [v["score"] for v in json.loads((two / "eval" / "scores.json").read_text())["scores"].values()] == last
+    # `sapt predict`: in step on both processes, printed once, the answers one process gives
+    ask = ["predict", "--run", str(two), "--json", "--definition", "Name the topic.", "A story about a piano.", "Rain again."]
+    sharded, single = sapt_cli(ask, 2, fsdp=True), sapt_cli(ask, 1)
+    assert sharded.returncode == 0 and single.returncode == 0, sharded.stderr[-2000:] + single.stderr[-2000:]
+    assert len(sharded.stdout.splitlines()) == 2 and sharded.stdout == single.stdout
 
 
 def test_fsdp_on_t5_trains_what_data_parallel_trains(tmp_path):
