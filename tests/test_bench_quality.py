@@ -41,3 +41,11 @@ def test_sapt_hard_on_sapts_training_equals_sapt_hard_trained_alone(tmp_path, ca
         assert sa["method"] == "sapt-hard" and sa["seconds"] == so["seconds"]  # not trained again
     # sapt's own run is untouched by the copy
     assert json.loads((shared / "builtin" / "sapt" / "stages" / "00_topic" / "stage.json").read_text())["method"] == "sapt"
+
+
+def test_the_cpu_long_mini_config_is_the_benchmark_protocol():
+    import yaml
+
+    conf = yaml.safe_load((ROOT / "configs" / "cpu-long-mini.yaml").read_text())
+    protocol = quality().PROTOCOLS["long-mini"]
+    assert {k: v for k, v in conf.items() if k != "data_dir"} == protocol
