@@ -101,9 +101,15 @@ class Dist:
         not running under FSDP."""
         if not self.fsdp:
             return None
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+        import inspect
 
+        try:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+        except ImportError:
+            fully_shard = None
+        if fully_shard is None or "ignored_params" not in inspect.signature(fully_shard).parameters:
+            raise DistributedError(f"FSDP needs torch >= 2.7 (fully_shard with ignored_params); this is {torch.__version__}")
         kinds = set(getattr(model, "_no_split_modules", None) or ())
         blocks = [m for m in model.modules() if type(m).__name__ in kinds]
         if not blocks:
