@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-train-per-task", type=int, help="override the protocol's training subset")
     p.add_argument("--max-eval-per-task", type=int, help="override the protocol's evaluation subset")
     p.add_argument("--epochs", type=int, help="override the protocol's epochs")
+    p.add_argument("--seed", type=int, help="override the protocol's seed (use another --out)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = p.parse_args(argv)
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol = dict(PROTOCOLS[args.protocol])
     if args.protocol != "builtin":
         protocol["data_dir"] = args.data_dir
-    for key in ("model", "max_train_per_task", "max_eval_per_task", "epochs"):
+    for key in ("model", "max_train_per_task", "max_eval_per_task", "epochs", "seed"):
         if getattr(args, key) is not None:
             protocol[key] = getattr(args, key)
 
