@@ -6,13 +6,13 @@
 Each protocol fixes model, tasks, order, subset sizes, epochs, lr and seed; every method runs through
 the same loop (`sapt.train.run`) into its own run directory (resumable: rerunning skips finished stages).
 The table gives AP, F.Ra, FWT (from the per-task run when it is among the methods), BWT, final routing
-accuracy (routed methods only) and wall time.
+accuracy (routed methods only) and wall time. Evaluation uses test.json where a task has one, else a
+held-out part of train.json; the table says which.
 
 sapt-hard trains exactly as sapt (it differs only in evaluating with the top-1 block; on the built-in
 suite the two runs' adapters, routers and replay inputs are bit-identical). So when the sapt run of the
 protocol is complete, sapt-hard starts from a copy of its trained stages and only evaluates them; its
-time in the table is then the evaluation alone (marked "eval only"). Evaluation uses test.json where a task has one, else a
-held-out part of train.json; the table says which.
+time in the table is then the evaluation alone (marked "eval only").
 """
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ TRAINED_AS = {"sapt-hard": "sapt"}  # methods whose training is another method's
 PROTOCOLS = {
     "long-mini": dict(
         model="smollm2", benchmark="Long_Sequence", tasks=["amazon", "mnli", "qqp", "sst2", "agnews", "boolq"],
-        # one epoch of 32 steps of 4 and 128-token sources: what fits about 20-40 min per method on one
-        # core here (3 epochs of 256 tokens measured 1.5-2 h per method; see BENCHMARKS.md)
+        # one epoch of 32 steps of 4 and 128-token sources: 16-34 min per method on one core here (3 epochs of 256 tokens measured 1.5-2 h per method; see BENCHMARKS.md)
         max_train_per_task=128, max_eval_per_task=100, epochs=1, lr=1e-3, lora_r=8, batch_size=4,
         max_source_length=128, max_new_tokens=8, seed=42, pseudo_ratio=0.05,
     ),
@@ -83,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     reference = None
     for method in methods:
         out = Path(args.out) / args.protocol / method
-        shared = method in TRAINED_AS and seed_from_trained(Path(args.out) / args.protocol / TRAINED_AS[method], out, method)
-        shared = shared or (out / "trained_as.json").exists()
+        if method in TRAINED_AS:
+            seed_from_trained(Path(args.out) / args.protocol / TRAINED_AS[method], out, method)
+        shared = (out / "trained_as.json").exists()
         overrides = {**protocol, "method": method, "output": str(out)}
         if reference is not None and method != "per-task":
             overrides["reference"] = str(reference)
@@ -136,10 +136,8 @@ def _add_wall_time(run_dir: Path, seconds: float) -> float:
     """Wall time of a run over all the invocations that worked on it (a resumed or re-scored run adds
     its model load and scoring), kept in RUN_DIR/bench_time.json so the table survives a resume."""
     path = run_dir / "bench_time.json"
-    total = seconds + (json.loads(path.read_text())["seconds"] if path.exists() else 0.0)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"seconds": round(total, 1)}))
-    tmp.replace(path)
+    total = seconds + (io.read_json(path)["seconds"] if path.exists() else 0.0)
+    io.write_json(path, {"seconds": round(total, 1)})
     return total
 
 
