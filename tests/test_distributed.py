@@ -72,7 +72,6 @@ def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "2 processes, global batch 3" in r2.stderr  # really two ranks, not two copies of one
     assert r2.stdout.count("AP ") == 1  # only the main process prints the table
-
     assert "FSDP" not in r2.stderr
     assert_same_stages(one, two)  # one run directory, with the same files and parameters
     # the logged loss is the global micro-batch's, not one rank's
@@ -136,7 +135,7 @@ def test_fsdp_on_t5_trains_what_data_parallel_trains(tmp_path):
     assert_same_stages(dp, fsdp)
 
 
-def test_lockstep_batches_give_every_process_as_many_batches(monkeypatch):
+def test_lockstep_batches_give_every_process_as_many_batches():
     from sapt.distributed import Dist
 
     batches = [[0, 1], [2, 3], [4]]
