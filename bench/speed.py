@@ -2,7 +2,7 @@
 
     python bench/speed.py                      # SmolLM2-135M, the table
     python bench/speed.py --model tiny-llama   # a tiny random LLaMA
-    python bench/speed.py --json               # only {"train_ratio_t15", "forward_ratio_t15", "memory_ratio_t15"}
+    python bench/speed.py --json               # only the target ratios, as one JSON object
 
 What is timed, on the same frozen backbone (all models below share its weight tensors):
 - a training step (forward, backward, AdamW step) of SAPT with T = 1, 5, 15 blocks (the last one
@@ -15,8 +15,14 @@ Each repeat runs every variant once, in rotating order, so that a noisy machine 
 ratios are computed per repeat (paired) and reported as median [min-max] over the repeats.
 
 `--json` prints {"train_ratio_t15": T=15 step / LoRA step, "forward_ratio_t15": the larger of the
-forward and the generation ratio (T=15 / base), "memory_ratio_t15": peak training memory T=15 / LoRA}.
-Targets: <= 1.15, <= 1.10, <= 1.10.
+forward and the generation ratio (T=15 / base), "memory_ratio_t15": peak training memory T=15 / LoRA,
+"bf16_train_speedup" and "bf16_generate_speedup": float32 time / bfloat16-backbone time of the T=15
+training step and generation}. Targets: <= 1.15, <= 1.10, <= 1.10, and >= 1.6 for the bf16 train step.
+
+The bf16 comparison builds a second T=15 model as `--backbone-dtype bfloat16` does (frozen weights in
+bfloat16, eager attention on the CPU; blocks, router and optimiser in float32) with the same blocks, and
+times its training step and generation against the float32 T=15 model's, in rotating rounds. Both
+losses use the logits of the answer positions only (sapt.modules.target_logits), the PEFT LoRA's too.
 
 Peak memory: bytes of every live tensor, exact, from the CPU allocator's records (torch.profiler,
 profile_memory): the persistent ones (weights, blocks, router, optimiser state) plus the peak of what
@@ -46,9 +52,12 @@ from sapt.models import LoadedModel, load_model  # noqa: E402
 from sapt.modules.inject import TARGET_PATTERNS, find_targets  # noqa: E402
 from sapt.modules.merge import merged  # noqa: E402
 from sapt.modules.sapt_model import SAPTModel  # noqa: E402
+from sapt.modules.target_logits import causal_lm_loss, contiguous_head_input  # noqa: E402
+from sapt.train import eager_attention_on_cpu  # noqa: E402
 
 BLOCK_COUNTS = (1, 5, 15)
 TARGETS = {"train_ratio_t15": 1.15, "forward_ratio_t15": 1.10, "memory_ratio_t15": 1.10}
+BF16_TARGET = 1.6  # float32 train step / bfloat16 train step
 
 
 def cpu_name() -> str:
@@ -84,6 +93,15 @@ def build_sapt(loaded: LoadedModel, n_blocks: int, r: int, alpha: float, seed: i
                 for p in layer.lora_B:
                     p.normal_(std=0.02)
     return model
+
+
+def bf16_copy(loaded: LoadedModel, max_length: int) -> LoadedModel:
+    """The backbone as `sapt run --backbone-dtype bfloat16` builds it: weights in bfloat16, and on the CPU
+    eager attention (see sapt.train.eager_attention_on_cpu)."""
+    model = copy.deepcopy(loaded.model).to(torch.bfloat16)
+    eager_attention_on_cpu(model, max_length)
+    contiguous_head_input(model)
+    return LoadedModel(model, loaded.tokenizer, loaded.family, loaded.name)
 
 
 def build_peft(loaded: LoadedModel, r: int, alpha: float, seed: int):
@@ -171,6 +189,17 @@ def time_rounds(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
+def time_rounds_modes(fns: dict[str, Callable[[], object]], models: dict[str, torch.nn.Module],
+                      repeats: int) -> dict[str, list[float]]:
+    """time_rounds for variants that need their model in train (a "step") or eval mode."""
+    def in_mode(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+        def run():
+            models[name].train(name.endswith("step"))
+            return fn()
+        return run
+    return time_rounds({k: in_mode(k, f) for k, f in fns.items()}, repeats, warmup=1)
+
+
 def ratio_stats(num: list[float], den: list[float]) -> dict[str, float]:
     ratios = sorted(a / b for a, b in zip(num, den))
     return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1]}
@@ -200,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge-tokens", default="32,128", help="generation lengths of the merge comparison ('' skips it)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default). One "
                     "thread measures the work itself: on a busy machine a second thread mostly waits for its core")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bfloat16-backbone comparison")
     ap.add_argument("--profile", action="store_true", help="also print a torch.profiler op table of the T=15 "
                     "training step and the base/T=15 generation")
     args = ap.parse_args(argv)
@@ -237,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return step
 
     def lora_step(m, opt):
-        def step():
-            m(**fwd_args).loss.backward()
+        def step():  # the loss as SAPTModel computes it (logits of the answer positions only)
+            causal_lm_loss(m, **fwd_args).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return step
@@ -269,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def base_forward():
         with torch.no_grad():
-            return base(**fwd_args).loss
+            return causal_lm_loss(base, **fwd_args)
 
     def sapt_forward():
         with torch.no_grad():
@@ -325,8 +355,30 @@ def main(argv: list[str] | None = None) -> int:
         fns["merge+restore"] = merge_only
         merge_t = time_rounds(fns, max(3, args.repeats - 2), warmup=0)  # the model is warm from above
 
+    # -- bf16 backbone against float32 ---------------------------------------------------------------
+    bf16_t, bf16_loss = {}, {}
+    if not args.no_bf16:
+        log("timing a bfloat16 backbone against float32 (T=15)")
+        half = bf16_copy(loaded, args.prompt_len + args.answer_len)
+        s15_bf16 = build_sapt(half, 15, args.r, args.alpha, seed=15)
+        with torch.no_grad():  # the same blocks and router as the float32 model
+            for name, layer in s15_bf16.lora_layers.items():
+                for i in range(15):
+                    layer.lora_A[i].copy_(s15.lora_layers[name].lora_A[i])
+                    layer.lora_B[i].copy_(s15.lora_layers[name].lora_B[i])
+            s15_bf16.router.load_state_dict(s15.router.state_dict())
+        s15.eval()
+        s15_bf16.eval()
+        with torch.no_grad():
+            bf16_loss = {"float32": float(s15(batch)), "bfloat16": float(s15_bf16(batch))}
+        opts["bf16"] = torch.optim.AdamW(s15_bf16.trainable_parameters(), lr=1e-5)
+        fns = {"float32 train step": train_fns["T=15"], "bfloat16 train step": sapt_step(s15_bf16, opts["bf16"]),
+               "float32 generate": generate(s15, gen_batch), "bfloat16 generate": generate(s15_bf16, gen_batch)}
+        bf16_t = time_rounds_modes(fns, {"float32 train step": s15, "bfloat16 train step": s15_bf16,
+                                         "float32 generate": s15, "bfloat16 generate": s15_bf16}, args.repeats)
+
     # -- results --------------------------------------------------------------------------------------
-    all_t = {**train_t, **fg_t, **merge_t}
+    all_t = {**train_t, **fg_t, **merge_t, **bf16_t}
     ratios = {f"train T={T} / lora": ratio_stats(train_t[f"T={T}"], train_t["lora"]) for T in BLOCK_COUNTS}
     ratios["forward T=15 / base"] = ratio_stats(fg_t["T=15 forward"], fg_t["base forward"])
     ratios["generate T=15 / base"] = ratio_stats(fg_t["T=15 generate"], fg_t["base generate"])
@@ -336,12 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     mem_ratios["forward T=15 / base"] = mem["T=15 forward"] / mem["base forward"]
     mem_ratios["generate T=15 / base"] = mem["T=15 generate"] / mem["base generate"]
 
+    if bf16_t:
+        ratios["bf16 speed-up, train step"] = ratio_stats(bf16_t["float32 train step"], bf16_t["bfloat16 train step"])
+        ratios["bf16 speed-up, generate"] = ratio_stats(bf16_t["float32 generate"], bf16_t["bfloat16 generate"])
+
     summary = {
         "train_ratio_t15": round(ratios["train T=15 / lora"]["median"], 4),
         "forward_ratio_t15": round(max(ratios["forward T=15 / base"]["median"],
                                        ratios["generate T=15 / base"]["median"]), 4),
         "memory_ratio_t15": round(mem_ratios["train T=15 / lora"], 4),
     }
+    if bf16_t:
+        summary["bf16_train_speedup"] = round(ratios["bf16 speed-up, train step"]["median"], 4)
+        summary["bf16_generate_speedup"] = round(ratios["bf16 speed-up, generate"]["median"], 4)
     out(f"# sapt speed: {args.model}, r={args.r}, {n_adapted} adapted projections; {datetime.date.today()}; "
         f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}")
     base_macs = sum(m.in_features * m.out_features for m in base.modules() if isinstance(m, torch.nn.Linear))
@@ -371,9 +430,16 @@ def main(argv: list[str] | None = None) -> int:
         out(f"\nmerge+restore {1000 * cost:.1f} ms; unmerged decoding costs {1000 * per_tok:.2f} ms/token more than "
             f"merged at batch 1, so merging pays from about {cost / per_tok:.0f} new tokens" if per_tok > 0 else
             f"\nmerge+restore {1000 * cost:.1f} ms; merged decoding is not faster per token here: merging does not pay")
-    met = {k: summary[k] <= TARGETS[k] for k in summary}
+    if bf16_loss:
+        out(f"\nbf16: loss of the training batch (eval mode, T=15, same blocks) {bf16_loss['float32']:.4f} in float32, "
+            f"{bf16_loss['bfloat16']:.4f} with the bfloat16 backbone; speed-ups are float32 time / bfloat16 time "
+            f"(target >= {BF16_TARGET} for the train step)")
+    met = {k: summary[k] <= TARGETS[k] for k in TARGETS}
     out("\ntargets: " + ", ".join(f"{k} {summary[k]:.3f} {'met' if ok else 'NOT met'} (<= {TARGETS[k]})"
                                    for k, ok in met.items()))
+    if bf16_t:
+        ok = summary["bf16_train_speedup"] >= BF16_TARGET
+        out(f"bf16_train_speedup {summary['bf16_train_speedup']:.3f} {'met' if ok else 'NOT met'} (>= {BF16_TARGET})")
 
     if args.profile:
         profile_steps({"train lora": train_fns["lora"], "train T=15": train_fns["T=15"],

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from sapt.config import FIELDS, PRECISIONS, ConfigError
+from sapt.config import BACKBONE_DTYPES, FIELDS, PRECISIONS, ConfigError
 
 
 def _csv(value: str) -> list[str]:
@@ -44,18 +44,29 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--lr", dict(type=float, help="learning rate of the LoRA blocks (default 3e-4)")),
     ("--router-lr", dict(type=float, help="learning rate of the query MLP and keys (default: --lr)")),
     ("--router-warmup", dict(type=float, help="share of each later stage's steps with the router frozen while the new block starts (default 0.25; 0 = off)")),
+    ("--no-router-centre", dict(dest="router_centre", action="store_false",
+                                 help="do not centre the router's query on the tasks' mean pooled prompt; with "
+                                      "--router-warmup 0 this is the paper's router")),
+    ("--router-key-init", dict(choices=["random", "task"], help="a new task's router key: random (default, the "
+                                                                 "paper) or task: routed to its block from the start")),
     ("--epochs", dict(type=int, help="epochs per task (default 3)")),
     ("--batch-size", dict(type=int, help="training batch size (default 8)")),
     ("--grad-accum", dict(type=int, help="gradient accumulation steps (default 1)")),
     ("--seed", dict(type=int, help="seed for data splits, initialisation and shuffling (default 42)")),
     ("--mixed-precision", dict(choices=PRECISIONS, help="autocast the forward passes (default no); "
                                                                    "the LoRA weights and optimiser stay float32")),
+    ("--backbone-dtype", dict(choices=BACKBONE_DTYPES, help="dtype of the frozen backbone's weights (default float32; "
+                                                              "bfloat16 on the built-in suite): the LoRA blocks, router and "
+                                                              "optimiser stay float32")),
     ("--log-with", dict(type=_csv, help="trackers, comma-separated: jsonl (default), tensorboard, wandb; through "
                                         "accelerate, into RUN_DIR/trackers (train_log.jsonl is always written)")),
     ("--max-source-length", dict(type=int, help="prompt tokens kept, cut in the middle (default 512)")),
     ("--max-target-length", dict(type=int, help="answer tokens trained on (default 128)")),
     ("--max-new-tokens", dict(type=int, help="generation length at evaluation (default 50)")),
     ("--eval-batch-size", dict(type=int, help="evaluation batch size (default 16)")),
+    ("--no-stop-at-newline", dict(dest="stop_at_newline", action="store_false",
+                                   help="generate up to --max-new-tokens or EOS even for tasks whose answers are one "
+                                        "line (default: such an answer ends at its first line break)")),
     ("--no-reflection", dict(dest="reflection", action="store_false", help="ablate attentive reflection (no KL replay)")),
     ("--reflection-source", dict(choices=["generated", "real"], help="replay inputs: generated pseudo samples (default) or stored real inputs")),
     ("--kl-ratio", dict(type=float, help="weight of the reflection KL (default: 1 for LLaMA-family, 0.5 SuperNI / 0.1 Long_Sequence for T5)")),
@@ -63,6 +74,8 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--pseudo-ratio", dict(type=float, help="replay inputs per task as a fraction of its training size (default 0.02, at least 1)")),
     ("--pseudo-max", dict(type=int, help="at most this many replay inputs per task (default 50)")),
     ("--pseudo-epochs", dict(type=int, help="epochs of the pseudo-sample generator LoRA (default 1)")),
+    ("--pseudo-steps", dict(type=int, help="optimiser steps of the generator LoRA, a budget of its own "
+                                           "(default: --pseudo-epochs passes over the task's inputs)")),
     ("--pseudo-lr", dict(type=float, help="learning rate of the generator LoRA (default 1e-3)")),
     ("--pseudo-r", dict(type=int, help="rank of the generator LoRA (default 8)")),
     ("--pseudo-top-k", dict(type=int, help="top-k sampling of pseudo inputs (default 20)")),
@@ -163,7 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.run) / "eval"
     for j, task in enumerate(tasks):
         items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
-        score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method)
+        score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method,
+                                                 cfg.stop_at_newline)
         if main:
             io.write_jsonl(out / "predictions" / f"{task.name}.jsonl", records)
         scores[task.name] = {"score": score}

@@ -17,6 +17,7 @@ class ConfigError(ValueError):
 
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
+BACKBONE_DTYPES = ("float32", "bfloat16", "float16")  # --backbone-dtype (sapt.models)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 
 
@@ -49,17 +50,27 @@ class RunConfig:
     # Share of a stage's optimiser steps (stages 2..T) during which the router stays frozen while the new,
     # zero-initialised block learns; see train_stage. 0 = the paper's schedule.
     router_warmup: float = 0.25
+    # Subtract the mean pooled prompt of the tasks seen so far before the query MLP (sapt.train.update_centre);
+    # false with router_warmup 0 is the paper's router.
+    router_centre: bool = True
+    # A new task's key: "random" (the paper) or "task" (sapt.train.init_key_from_task)
+    router_key_init: str = "random"
     epochs: int = 3
     batch_size: int = 8
     grad_accum: int = 1
     seed: int = 42
     mixed_precision: str = "no"  # or bf16 / fp16: autocast around forward passes; the LoRA weights stay float32
+    # The frozen backbone's weights in this dtype (LoRA blocks, router and optimiser stay float32): bfloat16
+    # is what makes a CPU with bf16 instructions fast (BENCHMARKS.md "bf16 on CPU").
+    backbone_dtype: str = "float32"
     log_with: list[str] = field(default_factory=lambda: ["jsonl"])  # trackers (sapt.tracking): jsonl, tensorboard, wandb
     # lengths and decoding
     max_source_length: int = 512
     max_target_length: int = 128
     max_new_tokens: int = 50
     eval_batch_size: int = 16
+    # An answer ends at its first line break where no answer of the task has one (sapt.evaluate)
+    stop_at_newline: bool = True
     # attentive reflection (ARM)
     reflection: bool = True
     reflection_source: str = "generated"  # or "real": a few stored training inputs
@@ -68,6 +79,7 @@ class RunConfig:
     pseudo_ratio: float = 0.02  # replay inputs kept per task, as a fraction of its training size
     pseudo_max: int = 50
     pseudo_epochs: int = 1  # generator LoRA training
+    pseudo_steps: int | None = None  # the generator's optimiser steps (a budget of its own); None: pseudo_epochs passes
     pseudo_lr: float = 1e-3
     pseudo_r: int = 8
     pseudo_top_k: int = 20
@@ -93,6 +105,12 @@ class RunConfig:
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.router_key_init not in ("random", "task"):
+            raise ConfigError(f"router_key_init must be 'random' or 'task', got {self.router_key_init!r}")
+        if self.backbone_dtype not in BACKBONE_DTYPES:
+            raise ConfigError(f"backbone_dtype must be one of {', '.join(BACKBONE_DTYPES)}, got {self.backbone_dtype!r}")
+        if self.pseudo_steps is not None and self.pseudo_steps < 1:
+            raise ConfigError(f"pseudo_steps must be >= 1, got {self.pseudo_steps}")
         if self.mixed_precision not in PRECISIONS:
             raise ConfigError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}")
         unknown = sorted(set(self.log_with) - set(TRACKERS))
@@ -123,8 +141,11 @@ class RunConfig:
 
 # The built-in suite is a few hundred short examples for a CPU demo: larger steps than the paper's
 # 3e-4 x 100 epochs so that a 135M model learns each task in two or three epochs.
+# A real backbone in bfloat16: about 2x faster on a CPU with bf16 instructions, same scores (BENCHMARKS.md
+# "bf16 on CPU"); the tiny random test models stay float32, where runs are compared to 1e-4.
 BUILTIN_PRESET: dict[str, Any] = {
     "lr": 2e-3, "lora_r": 8, "epochs": 3, "batch_size": 8, "pseudo_ratio": 0.1, "pseudo_max_new_tokens": 64,
+    "backbone_dtype": "bfloat16",
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -142,7 +163,10 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
     if values.get("data_dir") is None:
-        values = {**BUILTIN_PRESET, **values}
+        preset = dict(BUILTIN_PRESET)
+        if str(values.get("model", RunConfig.model)).startswith("tiny-"):
+            del preset["backbone_dtype"]
+        values = {**preset, **values}
     cfg = RunConfig(**values)
     cfg.validate()
     return cfg
@@ -171,11 +195,11 @@ def differences(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     now = to_dict(cfg)
     keys = (set(saved) | set(now)) - RESUMABLE_KEYS
     # a key the saved config lacks (written by an older sapt) had its default then
-    old = {k: saved[k] if k in saved else _default(k) for k in keys}
+    old = {k: saved[k] if k in saved else default_value(k) for k in keys}
     return sorted(k for k in keys if old[k] != now.get(k))
 
 
-def _default(key: str) -> Any:
+def default_value(key: str) -> Any:
     f = FIELDS.get(key)
     if f is None:
         return None

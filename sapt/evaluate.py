@@ -25,8 +25,10 @@ WeightsFn = Callable[[dict[str, torch.Tensor]], "torch.Tensor | None"]
 def predict(
     model: SAPTModel, items: Sequence[Encoded], batch_size: int, max_new_tokens: int, desc: str | None = None,
     weights_fn: WeightsFn | None = None, batches: Sequence[tuple[list[int], bool]] | None = None,
+    stop_at_newline: bool = False,
 ) -> tuple[list[str], torch.Tensor]:
     """Greedy answers in the original order, and each input's mixing weights (n, n_blocks).
+    `stop_at_newline`: see `SAPTModel.generate`.
 
     `weights_fn(batch)` gives the mixing weights of a batch for methods that don't route (None: route).
     `batches` ((indices, real) pairs, see `Dist.lockstep_batches`) answers only those; the others stay ""."""
@@ -39,7 +41,7 @@ def predict(
         batches = [(idx, True) for idx in length_sorted_batches(items, batch_size)]
     for idx, real in tqdm(batches, desc=desc, leave=False, disable=desc is None):
         batch = collate_prompts([items[i] for i in idx], model.family, pad)
-        texts, w = model.generate(batch, max_new_tokens, weights_fn(batch) if weights_fn else None)
+        texts, w = model.generate(batch, max_new_tokens, weights_fn(batch) if weights_fn else None, stop_at_newline)
         if real:
             for k, i in enumerate(idx):
                 preds[i] = texts[k]
@@ -68,24 +70,34 @@ def evaluation_loss(
     return total if batches is not None else total / len(items)
 
 
+def one_line_answers(task: Task) -> bool:
+    """True if no answer of the task (training or evaluation reference) holds a line break."""
+    return not any("\n" in out for split in (task.train, task.val, task.eval) for ex in split for out in ex.outputs)
+
+
 def evaluate_task(
     model: SAPTModel, task: Task, items: Sequence[Encoded], batch_size: int, max_new_tokens: int,
-    task_index: int, method: Method,
+    task_index: int, method: Method, stop_at_newline: bool = False,
 ) -> tuple[float, float | None, list[dict]]:
     """The task's score (0-100), its routing accuracy (% of inputs whose largest routing weight is on the
     task's own block `task_index`; None for methods that don't route) and one record per example:
-    input, prediction, references, score, the mixing weights `method` used, and `routed_to_own`."""
+    input, prediction, references, score, the mixing weights `method` used, and `routed_to_own`.
+
+    `stop_at_newline` (and the task's answers are all one line, `one_line_answers`): each answer ends at
+    its first line break, as the answers the model was trained on do."""
+    stop_at_newline = stop_at_newline and one_line_answers(task)
     dist = get_dist()
     weights_fn = lambda batch: method.weights(model, batch, task_index, training=False)  # noqa: E731
     desc = f"eval {task.name}" if dist.is_main else None
     if dist.fsdp:  # whole batches per process, as many on each (see Dist.lockstep_batches)
         batches = dist.lockstep_batches(length_sorted_batches(items, batch_size))
-        preds, weights = predict(model, items, batch_size, max_new_tokens, desc, weights_fn, batches)
+        preds, weights = predict(model, items, batch_size, max_new_tokens, desc, weights_fn, batches, stop_at_newline)
         mine = sorted(i for idx, real in batches if real for i in idx)
         preds, weights = [preds[i] for i in mine], weights[mine]
     else:
         mine = list(range(len(items)))[dist.rank::dist.world]  # each process answers its slice
-        preds, weights = predict(model, [items[i] for i in mine], batch_size, max_new_tokens, desc, weights_fn)
+        preds, weights = predict(model, [items[i] for i in mine], batch_size, max_new_tokens, desc, weights_fn,
+                                 stop_at_newline=stop_at_newline)
     if dist.world > 1:
         gathered = dist.gather([(i, p, w.tolist()) for i, p, w in zip(mine, preds, weights)])
         preds, rows = [""] * len(items), [None] * len(items)

@@ -37,7 +37,9 @@ def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> Lo
     if name == "smollm2":
         return _load_smollm2(dtype)
     if name in ("tiny-t5", "tiny-llama"):
-        return _tiny_model(name, seed)
+        loaded = _tiny_model(name, seed)
+        loaded.model.to(dtype or torch.float32)
+        return loaded
     return _load_pretrained(name, dtype)
 
 
@@ -60,7 +62,10 @@ def _load_smollm2(dtype: torch.dtype | None) -> LoadedModel:
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=dtype or torch.float32)
+        # Dequantised to float32, then cast: asked for another dtype directly, transformers warns about
+        # packed GGUF kernels that are not used here (the weights are dequantised either way).
+        model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        model.to(dtype or torch.float32)
     finally:
         hf_logging.enable_progress_bar()
     return LoadedModel(model, _ready_tokenizer(tokenizer), "causal", "smollm2")

@@ -26,6 +26,7 @@ possibly none: the caller decides what to do (e.g. skip reflection on that task)
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -55,6 +56,7 @@ class PseudoConfig:
     alpha: float = 32.0
     lr: float = 1e-3
     epochs: int = 1
+    steps: int | None = None  # optimiser steps of the generator; None: `epochs` passes over the inputs
     batch_size: int = 8  # generator training batch
     top_k: int = 20
     repetition_penalty: float = 2.5
@@ -65,7 +67,8 @@ class PseudoConfig:
     sample_batch_size: int = 16  # sequences drawn per generate() call
 
     def __post_init__(self) -> None:
-        if self.ratio <= 0 or self.max_samples < 1 or self.oversample < 1 or self.epochs < 0:
+        if self.ratio <= 0 or self.max_samples < 1 or self.oversample < 1 or self.epochs < 0 or \
+                (self.steps is not None and self.steps < 1):
             raise ValueError(f"bad pseudo-sample settings: {self}")
 
 
@@ -119,34 +122,45 @@ def _attach_generator(model: SAPTModel, cfg: PseudoConfig):
     return peft_model, params
 
 
+def generator_batches(n_items: int, cfg: PseudoConfig) -> list[list[int]]:
+    """The generator's training batches: `cfg.steps` batches when set (reshuffled passes over the items,
+    the last pass cut short), else `cfg.epochs` passes."""
+    per_pass = -(-n_items // cfg.batch_size)
+    steps = cfg.steps if cfg.steps is not None else cfg.epochs * per_pass
+    batches: list[list[int]] = []
+    while len(batches) < steps:
+        perm = torch.randperm(n_items).tolist()
+        batches += [perm[b:b + cfg.batch_size] for b in range(0, n_items, cfg.batch_size)]
+    return batches[:steps]
+
+
+def pass_means(losses: list[float], per_pass: int) -> list[float]:
+    """Mean loss of each pass over the inputs (the last one may be partial)."""
+    chunks = [losses[i:i + per_pass] for i in range(0, len(losses), per_pass)]
+    return [sum(c) / len(c) for c in chunks]
+
+
 def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.nn.Parameter],
                      cfg: PseudoConfig) -> list[float]:
-    """Mean loss per epoch. The SAPT blocks are off: zero routing weights leave the backbone alone."""
+    """The loss of every step. The SAPT blocks are off: zero routing weights leave the backbone alone."""
     device = model.device
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     pad = model.tokenizer.pad_token_id
-    history = []
+    losses: list[float] = []
     model.train()
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(items)).tolist()
-        losses = []
-        bar = tqdm(range(0, len(items), cfg.batch_size), desc=f"pseudo-sample generator, epoch {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not get_dist().is_main)
-        for b in bar:
-            batch = collate_train([items[i] for i in perm[b:b + cfg.batch_size]], model.family, pad)
-            batch = model.on_device(batch)
-            with model.routed(torch.zeros(batch["input_ids"].shape[0], model.n_blocks, device=device)):
-                loss = model.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  labels=batch["labels"]).loss
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"pseudo-sample generator: non-finite loss ({float(loss)}); lower its lr")
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        history.append(sum(losses) / len(losses))
-    return history
+    bar = tqdm(generator_batches(len(items), cfg), desc="pseudo-sample generator", leave=False,
+               disable=not get_dist().is_main)
+    for idx in bar:
+        batch = collate_train([items[i] for i in idx], model.family, pad)
+        loss = model(batch, torch.zeros(len(idx), model.n_blocks, device=device))
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"pseudo-sample generator: non-finite loss ({float(loss)}); lower its lr")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
 
 
 @torch.no_grad()
@@ -172,14 +186,16 @@ def _sample(model: SAPTModel, prompt: list[int], k: int, cfg: PseudoConfig) -> l
 
 
 def _collect(sample: Callable[[int], list[str]], n: int, cfg: PseudoConfig) -> tuple[list[str], dict[str, Any]]:
-    """Draw batches until n distinct well-formed inputs are found or oversample * n samples were drawn."""
+    """Draw batches until n distinct well-formed inputs are found or oversample * n samples were drawn.
+    Each batch asks for a quarter more than are still missing (not a whole `sample_batch_size`): on a CPU
+    the cost of a sampling call grows with its batch, and most samples come out usable."""
     cap = cfg.oversample * n
     found: list[str] = []
     attempts = well_formed = 0
     preview: list[str] = []
     bar = tqdm(total=n, desc="pseudo samples", leave=False, disable=not get_dist().is_main)
     while len(found) < n and attempts < cap:
-        texts = sample(min(cfg.sample_batch_size, cap - attempts))
+        texts = sample(min(cfg.sample_batch_size, cap - attempts, math.ceil(1.25 * (n - len(found)))))
         attempts += len(texts)
         preview += texts[: max(0, 3 - len(preview))]
         for text in texts:
@@ -209,14 +225,15 @@ def generate_pseudo_inputs(
 
     Returns the inputs (the task's input part only, to be formatted with the task definition by the
     caller) and stats: wanted, count, attempts, well_formed_fraction, distinct_fraction (distinct among
-    the well-formed), novel_fraction (returned inputs equal to no training input), loss (per epoch),
+    the well-formed), novel_fraction (returned inputs equal to no training input), steps, loss (mean per pass over the inputs),
     preview, seconds, settings. The list may be shorter than `wanted`, or empty.
     """
     if not task.train:
         raise ValueError(f"task {task.name!r} has no training examples to learn pseudo inputs from")
     t0 = time.time()
     n = wanted_count(len(task.train), cfg)
-    items, prompt = _encode(model, task, max_source, max_target)
+    # Trained on inputs no longer than it may write: its samples end with EOS instead of being cut.
+    items, prompt = _encode(model, task, max_source, min(max_target, cfg.max_new_tokens))
     was_training = model.training
     peft_model = None
     try:
@@ -240,7 +257,8 @@ def generate_pseudo_inputs(
         "count": len(inputs),
         **stats,
         "novel_fraction": novel / len(inputs) if inputs else 0.0,
-        "loss": losses,
+        "steps": len(losses),
+        "loss": pass_means(losses, -(-len(items) // cfg.batch_size)),
         "seconds": round(time.time() - t0, 2),
         "settings": asdict(cfg),
     }

@@ -13,6 +13,7 @@ Run directory:
     stages/NN_<task>/scores.json     scores on tasks 0..NN
     stages/NN_<task>/predictions/<task>.jsonl
     metrics.json                     tasks, matrix, AP, F.Ra, FWT, BWT, routing accuracy, eval split
+    timing.json                      seconds of training, reflection and evaluation so far, and their total
 
 Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.manifest`)
 is skipped only if manifest.json records it and its files pass their checksums; a stage that was
@@ -26,6 +27,7 @@ named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) when it reaches a named point; see
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -43,7 +45,7 @@ from tqdm.auto import tqdm
 
 from sapt import io
 from sapt.batching import collate_train, encode, length_sorted_batches
-from sapt.config import ConfigError, RunConfig, differences, to_dict
+from sapt.config import ConfigError, RunConfig, default_value, differences, to_dict
 from sapt.data import Example, Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
 from sapt.distributed import Dist, get_dist
@@ -114,9 +116,26 @@ def _base_tasks(cfg: RunConfig) -> list[Task]:
 
 
 def build_model(cfg: RunConfig) -> SAPTModel:
-    loaded = load_model(cfg.model, seed=cfg.seed)
+    loaded = load_model(cfg.model, seed=cfg.seed, dtype=getattr(torch, cfg.backbone_dtype))
+    if cfg.backbone_dtype != "float32" and get_dist().device.type == "cpu":
+        eager_attention_on_cpu(loaded.model, cfg.max_source_length + cfg.max_target_length)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation
     return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden)
+
+
+def eager_attention_on_cpu(model: torch.nn.Module, max_length: int) -> None:
+    """A half-precision backbone on the CPU uses eager attention for sequences up to 1024 tokens.
+
+    PyTorch's CPU flash attention (what `sdpa` runs) has a bfloat16 backward about 3x slower than its
+    float32 one: on SmolLM2 (4 x 160 tokens, one core) it took 16 ms of a layer's backward against 5 for
+    float32, and the training step in bf16 took 2.55 s with it against 2.05 s with eager attention
+    (float32 with sdpa: 3.55 s). Eager attention keeps each layer's (batch, heads, length, length)
+    probabilities for the backward pass; past 1024 tokens that memory outgrows the gain, so sdpa stays."""
+    if max_length <= 1024 and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, NotImplementedError):  # a model without an eager path keeps its own
+            pass
 
 
 def place(model: SAPTModel) -> None:
@@ -352,6 +371,8 @@ def train_stage(
             p.copy_(saved)
     return {"task": task.name, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "history": history,
             "n_train": len(items), "n_val": len(val), "steps": steps,
+            # which examples the epoch was chosen on: their encoded prompts and answers, hashed
+            "val_sha256": hashlib.sha256(json.dumps([[e.prompt, e.target] for e in val]).encode()).hexdigest(),
             # one process computes it, so that every process replays towards exactly the same target
             "routing_target": dist.broadcast(routing_target(model, val, cfg.eval_batch_size) if dist.is_main else None)
             if method.routed else None,
@@ -372,6 +393,45 @@ def update_centre(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> None:
     items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length)
     mean = mean_over_prompts(model, items, cfg.eval_batch_size, model.pooled_prompt).to(model.router.centre)
     model.router.centre.copy_((t * model.router.centre + mean) / (t + 1))
+
+
+@torch.no_grad()
+def init_key_from_task(model: SAPTModel, task: Task, t: int, cfg: RunConfig, old_prompts: list[list] = (),
+                       share: float = 0.9) -> None:
+    """Key t, for stage t > 0: the smallest key that routes task t's mean prompt to block t and every old
+    task's mean replay prompt away from it.
+
+    Why (`router_key_init: task`; measured in BENCHMARKS.md). A new key is drawn at random. During the
+    router warm-up the new block learns its task alone; when the router starts, the random key decides
+    where the task's inputs go, and with 576-wide queries and keys the logits are large: on the built-in
+    suite at seed 43 the router sent addition 99.995% to topic's block at the first routed step, the new
+    block's weight (and so its gradient) was 4e-5, the training loss went from 0.02 back to 4 and stayed.
+
+    With q the mean query of task t's training prompts, q_i the mean query of old task i's replay prompts
+    (`old_prompts`: what reflection keeps, so no old data is needed) and l_j(x) = x . k_j / sqrt(d) the old
+    logits, key t is the minimum-norm solution of
+        q   . k_t / sqrt(d) = max_j l_j(q)   + m     (block t gets `share` of task t's mean prompt)
+        q_i . k_t / sqrt(d) = min_j l_j(q_i) - m     (and less than any old block of old task i's)
+    with m = log(share / (1 - share)) + log t. Moving an old key instead would change old tasks' routing;
+    pointing the key at q alone (a first version) also pulled old tasks whose queries resemble q."""
+    router = model.router
+    scale = math.sqrt(router.d_model)
+
+    def mean_query(items: list) -> torch.Tensor:
+        return mean_over_prompts(model, items, cfg.eval_batch_size,
+                                 lambda ids, mask: router.query(model.pooled_prompt(ids, mask))).to(router.keys[t])
+
+    old_keys = torch.stack([router.keys[j] for j in range(t)])
+    margin = math.log(share / (1 - share)) + math.log(t)
+    q = mean_query(encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length))
+    rows, targets = [q], [float((old_keys @ q).max()) / scale + margin]
+    for items in old_prompts:
+        if items:
+            q_old = mean_query(items)
+            rows.append(q_old)
+            targets.append(float((old_keys @ q_old).min()) / scale - margin)
+    key = torch.linalg.pinv(torch.stack(rows)) @ torch.tensor(targets, dtype=q.dtype) * scale
+    router.keys[t].copy_(key)
 
 
 def distributed_loss(dist: Dist, model: SAPTModel, items: list, cfg: RunConfig, weights_fn) -> float:
@@ -410,7 +470,7 @@ def make_replay_inputs(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> 
 
     pcfg = PseudoConfig(
         ratio=cfg.pseudo_ratio, max_samples=cfg.pseudo_max, r=cfg.pseudo_r, lr=cfg.pseudo_lr,
-        epochs=cfg.pseudo_epochs, batch_size=cfg.batch_size, top_k=cfg.pseudo_top_k,
+        epochs=cfg.pseudo_epochs, steps=cfg.pseudo_steps, batch_size=cfg.batch_size, top_k=cfg.pseudo_top_k,
         repetition_penalty=cfg.pseudo_repetition_penalty, max_new_tokens=cfg.pseudo_max_new_tokens,
         seed=stage_seed(cfg, t),
     )
@@ -506,6 +566,8 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     # Everything that can be refused is checked before the run directory is touched.
     tasks = load_run_tasks(cfg)
     check_trackers(cfg.log_with)
+    if cfg.reference:
+        check_reference(cfg, tasks)
     run_dir, changes = plan_run_dir(cfg, force_new, allow_changes)
     if str(run_dir) != cfg.output:
         cfg = dataclasses.replace(cfg, output=str(run_dir))
@@ -653,9 +715,12 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
                     model, other, split, cfg.max_source_length, cfg.max_target_length)] for split in ("train", "val"))
             elif memory:
                 items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length) + memory
-            if method.routed:
+            if method.routed and cfg.router_centre:
                 update_centre(model, task, t, cfg)
                 dist.broadcast_parameters([model.router.centre])  # bit-identical on every process
+            if method.routed and cfg.router_key_init == "task" and t > 0:
+                # train_stage broadcasts the trainable parameters, the key with them
+                init_key_from_task(model, task, t, cfg, [rs.items for rs in replay_sets])
             summary = train_stage(model, task, t, cfg, log_path, reflection, checkpoint=sdir / CHECKPOINT,
                                   method=method, items=items, val_items=val_items, trackers=trackers,
                                   step_offset=step_offset)
@@ -701,12 +766,14 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
                                          encode_replay(model, task.definition, [r["input"] for r in rows], cfg.max_source_length)))
         if (t, "evaluated") not in done:
             scores, routing, files = {}, {}, []
+            eval_t0 = time.time()
             for j, other in enumerate(tasks if method.joint else tasks[: t + 1]):
                 if other.name not in eval_items:
                     eval_items[other.name] = encode_task_split(model, other, "eval", cfg.max_source_length, cfg.max_target_length)
                 with dist.autocast(cfg.mixed_precision):
                     score, accuracy, records = evaluate_task(
-                        model, other, eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j, method)
+                        model, other, eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j, method,
+                        cfg.stop_at_newline)
                 files.append(f"predictions/{other.name}.jsonl")
                 if main:
                     io.write_jsonl(sdir / files[-1], records)
@@ -717,7 +784,8 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
             trackers.log({**{f"eval/{k}": v for k, v in scores.items()}, "eval/ap": sum(scores.values()) / len(scores),
                           "stage": t + 1}, step=step_offset)
             if main:
-                io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing})
+                io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing,
+                                                     "seconds": round(time.time() - eval_t0, 1)})
                 manifest.record(sdir, "evaluated", ["scores.json", *files])
                 kill_point(f"stage{t}:metrics")
         if main:
@@ -725,7 +793,8 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
         dist.barrier()
         if not main:  # the same numbers, read back from what the main process wrote
             result = RunResult(io.read_json(run_dir / "metrics.json"), "")
-        log(f"sapt: stage {t + 1}/{len(stages)} done ({time.time() - t0:.0f}s); AP so far {result.metrics['ap']:.1f}")
+        log(f"sapt: stage {t + 1}/{len(stages)} done ({time.time() - t0:.0f}s); AP so far {result.metrics['ap']:.1f}"
+            + (timing_note(io.read_json(run_dir / "timing.json")) if main else ""))
     return result
 
 
@@ -741,6 +810,39 @@ def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None
         matrix.append([data["scores"].get(t.name) for t in tasks])
         routing.append([data["routing_accuracy"].get(t.name) for t in tasks])
     return matrix, routing
+
+
+# What a per-task reference run must share with the run it serves, for its diagonal to be the single-task
+# scores of *these* tasks as this run learns them: the same model, data, subsets, seed and optimisation.
+REFERENCE_KEYS = ("model", "data_dir", "benchmark", "val_size", "max_train_per_task", "max_eval_per_task", "seed",
+                  "lr", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_source_length",
+                  "max_target_length", "max_new_tokens", "backbone_dtype", "stop_at_newline")
+
+
+def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
+    """Refuse a `--reference` that is not a finished per-task run of the same tasks under the same settings
+    (REFERENCE_KEYS), before anything is trained: FWT would otherwise compare unlike runs."""
+    ref = Path(cfg.reference)
+    reference_scores(cfg.reference, tasks)  # a finished per-task run of these tasks, in this order
+    try:
+        saved = yaml.safe_load((ref / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--reference {cfg.reference}: its config.yaml cannot be read")
+    now = to_dict(cfg)
+    old = {k: saved[k] if k in saved else default_value(k) for k in REFERENCE_KEYS}
+
+    def same(key: str) -> bool:
+        if key == "data_dir" and old[key] is not None and now[key] is not None:  # one folder, however written
+            return Path(old[key]).resolve() == Path(now[key]).resolve()
+        return old[key] == now[key]
+
+    differ = [k for k in REFERENCE_KEYS if not same(k)]
+    if differ:
+        shown = ", ".join(f"{k} {old[k]!r} there, {now[k]!r} here" for k in differ)
+        raise ConfigError(f"--reference {cfg.reference}: a per-task run with other settings ({shown}); "
+                          "FWT needs the same model, data, subsets, seed and optimisation")
 
 
 def reference_scores(reference: str, tasks: list[Task]) -> list[float]:
@@ -785,7 +887,34 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
     if changes:  # resumed with --allow-config-change: say so where the results are
         metrics["config_changes"] = changes
     io.write_json(run_dir / "metrics.json", metrics)
+    # Wall-clock seconds apart from the results: metrics.json stays byte-identical across resumes.
+    io.write_json(run_dir / "timing.json", run_timing(run_dir, stage_tasks(tasks, method)))
     return RunResult(metrics, render(metrics))
+
+
+def run_timing(run_dir: Path, stages: list[Task]) -> dict[str, float]:
+    """Seconds spent so far training the blocks, making the reflection inputs and evaluating, summed over
+    the stages from their files (a resumed run counts what each phase took when it ran), and their total."""
+    parts = {"train_s": ("stage.json", "seconds"), "reflection_s": ("replay_stats.json", "seconds"),
+             "eval_s": ("scores.json", "seconds")}
+    timing = {key: 0.0 for key in parts}
+    for i, stage in enumerate(stages):
+        sdir = stage_dir(run_dir, i, stage.name)
+        for key, (name, field) in parts.items():
+            if (sdir / name).exists():
+                timing[key] += float(io.read_json(sdir / name).get(field) or 0.0)
+    timing = {k: round(v, 1) for k, v in timing.items()}
+    timing["total_s"] = round(sum(timing.values()), 1)
+    return timing
+
+
+def timing_note(timing: dict[str, float] | None) -> str:
+    """"; time so far: training 61%, reflection 9%, evaluation 30%" from `run_timing`'s numbers."""
+    if not timing or not timing.get("total_s"):
+        return ""
+    parts = {"training": "train_s", "reflection": "reflection_s", "evaluation": "eval_s"}
+    return "; time so far: " + ", ".join(f"{name} {100 * timing[key] / timing['total_s']:.0f}%"
+                                         for name, key in parts.items())
 
 
 def replay_stats(run_dir: Path, tasks: list[Task]) -> dict[str, Any]:

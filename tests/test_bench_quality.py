@@ -49,3 +49,31 @@ def test_the_cpu_long_mini_config_is_the_benchmark_protocol():
     conf = yaml.safe_load((ROOT / "configs" / "cpu-long-mini.yaml").read_text())
     protocol = quality().PROTOCOLS["long-mini"]
     assert {k: v for k, v in conf.items() if k != "data_dir"} == protocol
+
+
+def test_seeds_give_one_run_directory_per_seed_and_a_paired_summary(tmp_path, capsys):
+    q = quality()
+    assert q.main([*SMALL, "--methods", "seq-lora,sapt", "--seeds", "1,2", "--out", str(tmp_path),
+                   "--set", "tasks=[topic, sentiment]", "--set", "reflection_source=real"]) == 0
+    out = capsys.readouterr().out
+    aps = {}
+    for seed in (1, 2):
+        for method in ("seq-lora", "sapt"):
+            run_dir = tmp_path / "builtin" / f"seed{seed}" / method
+            m = json.loads((run_dir / "metrics.json").read_text())
+            assert m["tasks"] == ["topic", "sentiment"]
+            assert yaml_seed(run_dir) == seed
+            aps[seed, method] = m["ap"]
+    summary = out[out.index("seeds 1, 2"):]
+    mean = (aps[1, "sapt"] + aps[2, "sapt"]) / 2
+    assert f"{mean:.1f} +- " in [line for line in summary.splitlines() if line.startswith("sapt ")][0]
+    paired = (aps[1, "sapt"] - aps[1, "seq-lora"] + aps[2, "sapt"] - aps[2, "seq-lora"]) / 2
+    row = [line for line in summary.splitlines()[summary.splitlines().index("sapt minus each method, paired by seed"):]
+           if line.startswith("seq-lora")][0]
+    assert row.split()[1] == f"{paired:.1f}"
+
+
+def yaml_seed(run_dir: Path) -> int:
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]

@@ -9,6 +9,9 @@ from sapt.config import BUILTIN_PRESET, ConfigError, RunConfig, resolve
 
 def test_config_resolution_defaults_preset_file_then_command_line(tmp_path):
     assert resolve({}).lr == BUILTIN_PRESET["lr"]  # no data: the built-in suite's preset
+    assert resolve({}).backbone_dtype == "bfloat16"  # the demo's real model in bf16 ...
+    assert resolve({"model": "tiny-llama"}).backbone_dtype == "float32"  # ... the random test models not
+    assert resolve({"backbone_dtype": "float32"}).backbone_dtype == "float32"
     on_data = resolve({"data_dir": "x", "benchmark": "Long_Sequence"})
     assert on_data.lr == RunConfig.lr and on_data.lora_r == RunConfig.lora_r  # the paper's defaults on real data
     f = tmp_path / "run.yaml"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sapt import io
-from sapt.config import resolve
+from sapt.config import ConfigError, resolve
 from sapt.methods import METHODS, make_method, orthogonality_loss
 from sapt.models import load_model
 from sapt.modules.sapt_model import SAPTModel
@@ -100,6 +100,25 @@ def test_fwt_is_filled_from_a_per_task_reference_run(runs, tmp_path):
     expected = ((m["matrix"][0][0] - s[0]) + (m["matrix"][1][1] - s[1])) / 2
     assert m["fwt"] == pytest.approx(expected)
     assert m["fwt_reference"] == str(ref_out)
+
+
+@pytest.mark.parametrize("change", [{"lr": 5e-3}, {"seed": 7}, {"max_train_per_task": 6}, {"epochs": 2},
+                                    {"tasks": list(reversed(TWO_TASKS))}, {"model": "tiny-t5"}])
+def test_a_reference_run_with_other_settings_is_refused_before_training(runs, tmp_path, capsys, change):
+    from sapt.cli import main
+
+    ref_out, _ = runs["per-task"]
+    out = tmp_path / "sapt_with_ref"
+    with pytest.raises(ConfigError, match="--reference"):
+        run(cfg2(out, "sapt", reference=str(ref_out), **change))
+    assert not out.exists()  # refused before the run directory was touched
+    args = ["run", "--output", str(out), "--model", "tiny-llama", "--epochs", "1", "--max-train-per-task", "8",
+            "--max-eval-per-task", "4", "--max-new-tokens", "2", "--lr", "0.05", "--tasks", ",".join(TWO_TASKS),
+            "--reference", str(ref_out)]
+    if change == {"lr": 5e-3}:  # the same through the command line: one line, exit 2
+        assert main(args) == 2
+        assert "lr 0.01 there, 0.05 here" in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_predict_follows_the_method(runs, capsys):

@@ -79,6 +79,11 @@ def test_collect_stops_at_wanted_keeps_distinct_and_caps_attempts():
     assert stats["well_formed_fraction"] == pytest.approx(4 / 6)
     assert stats["distinct_fraction"] == pytest.approx(3 / 4)
 
+    calls.clear()
+    stream = iter(["p", "q", "r", "s"])
+    found, _ = pseudo._collect(fake, 2, PseudoConfig(oversample=4, sample_batch_size=16))
+    assert found == ["p", "q"] and calls == [3]  # a quarter more than wanted, not a whole batch of 16
+
     found, stats = pseudo._collect(lambda k: [""] * k, 5, PseudoConfig(oversample=4, sample_batch_size=8))
     assert found == [] and stats["attempts"] == 20  # the cap: oversample * wanted, last batch cut to fit
     assert stats["well_formed_fraction"] == 0.0 and stats["distinct_fraction"] == 0.0
@@ -154,7 +159,7 @@ def test_same_seed_same_samples_and_task_blocks_are_off(tasks):
                 p.normal_(0, 1.0)
     inputs_b, b = generate_pseudo_inputs(live_blocks, task, cfg, max_target=MAX_TARGET)
     assert inputs_a == inputs_b and a["preview"] == b["preview"] and a["loss"] == b["loss"]
-    assert len(a["preview"]) == 3
+    assert len(a["preview"]) == min(3, a["attempts"])
 
     _, c = generate_pseudo_inputs(zero_blocks, task, dataclasses.replace(cfg, seed=1), max_target=MAX_TARGET)
     assert c["preview"] != a["preview"]
@@ -169,14 +174,34 @@ def test_generator_learns_and_returned_inputs_match_stats(tasks, monkeypatch):
     assert len(loss) == 4
     assert loss[-1] < 0.9 * loss[0], loss
 
-    # with a sampler that writes a training input, a copy and a new one: the list and stats agree
+    # with a sampler that writes a training input, a copy, a blank, then new ones: the list and stats agree
     train_input = task.train[0].input
-    texts = [train_input, train_input, "brand new words", "  "]
-    monkeypatch.setattr(pseudo, "_sample", lambda m, prompt, k, cfg: texts[:k])
+    stream = iter([train_input, train_input, "  ", "brand new words", "spare"])
+    monkeypatch.setattr(pseudo, "_sample", lambda m, prompt, k, cfg: [next(stream) for _ in range(k)])
     inputs, stats = generate_pseudo_inputs(model, task, dataclasses.replace(cfg, ratio=2 / 16, epochs=0),
                                            max_target=MAX_TARGET)
-    assert inputs == [train_input, "brand new words"]
-    assert stats["wanted"] == 2 and stats["count"] == 2 and stats["attempts"] == 4
-    assert stats["well_formed_fraction"] == 0.75
-    assert stats["distinct_fraction"] == pytest.approx(2 / 3)
+    assert inputs == [train_input, "brand new words"]  # 3 drawn (2 wanted + a quarter), then 2 for the 1 missing
+    assert stats["wanted"] == 2 and stats["count"] == 2 and stats["attempts"] == 5
+    assert stats["well_formed_fraction"] == pytest.approx(4 / 5)
+    assert stats["distinct_fraction"] == pytest.approx(3 / 4)
     assert stats["novel_fraction"] == 0.5
+
+
+def test_the_generator_budget_is_steps_when_set_else_epochs():
+    cfg = PseudoConfig(**{**FAST, "batch_size": 4, "epochs": 2})
+    assert len(pseudo.generator_batches(10, cfg)) == 2 * 3  # two passes of ceil(10 / 4) batches
+    batches = pseudo.generator_batches(10, dataclasses.replace(cfg, steps=7))
+    assert len(batches) == 7
+    # each pass covers every item once before the next one starts
+    assert sorted(i for b in batches[:3] for i in b) == list(range(10))
+    assert pseudo.pass_means([1.0, 3.0, 5.0, 2.0], 3) == [3.0, 2.0]
+    with pytest.raises(ValueError):
+        PseudoConfig(steps=0)
+
+
+def test_a_step_budget_trains_that_many_steps(tasks):
+    task = dataclasses.replace(tasks[2], definition="Rev.")
+    model = sapt_model("tiny-t5", n_tasks=1)
+    _, stats = generate_pseudo_inputs(model, task, PseudoConfig(**{**FAST, "steps": 3, "batch_size": 4}),
+                                      max_target=MAX_TARGET)
+    assert stats["steps"] == 3 and len(stats["loss"]) == 1  # 3 steps: part of one pass of 16 / 4

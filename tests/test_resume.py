@@ -70,7 +70,9 @@ def comparable(run_dir: Path) -> dict[str, object]:
     for rel, data in files(run_dir).items():
         if rel in ("config.yaml", "manifest.json") or rel.startswith("trackers/"):
             continue
-        if rel.endswith("stage.json") or rel.endswith("replay_stats.json"):
+        if rel == "timing.json":
+            continue
+        if rel.endswith(("stage.json", "replay_stats.json", "scores.json")):
             obj = json.loads(data)
             obj.pop("seconds", None)
             out[rel] = obj

@@ -1,5 +1,6 @@
 """The continual recipe on tiny models: what trains, what stays frozen, the run directory, resume."""
 import json
+import math
 
 import pytest
 import torch
@@ -62,6 +63,16 @@ def test_end_to_end_tiny_run_writes_a_complete_run_directory_and_resumes_by_stag
     assert m["bwt"] == pytest.approx(((final[0] - m["matrix"][0][0]) + (final[1] - m["matrix"][1][1])) / 2)
     assert "AP" in result.table and "routing accuracy" in result.table
     assert (out / "config.yaml").exists()
+    # where the time went: each phase's seconds from the stage files, summed
+    timing = json.loads((out / "timing.json").read_text())
+    stage_dirs = sorted((out / "stages").iterdir())
+    assert timing["eval_s"] == pytest.approx(sum(io.read_json(d / "scores.json")["seconds"] for d in stage_dirs), abs=0.2)
+    assert timing["train_s"] == pytest.approx(sum(io.read_json(d / "stage.json")["seconds"] for d in stage_dirs), abs=0.2)
+    assert timing["eval_s"] > 0 and timing["train_s"] > 0
+    # the validation examples each stage chose its epoch on are identified
+    hashes = [io.read_json(d / "stage.json")["val_sha256"] for d in stage_dirs]
+    assert len(set(hashes)) == 3 and all(len(h) == 64 for h in hashes)
+    assert timing["total_s"] == pytest.approx(timing["train_s"] + timing["reflection_s"] + timing["eval_s"], abs=0.2)
     for i, name in enumerate(m["tasks"]):
         sdir = out / "stages" / f"{i:02d}_{name}"
         adapter = io.load_tensors(sdir / "adapter.safetensors")
@@ -189,3 +200,61 @@ def test_a_run_directory_of_an_older_sapt_without_the_newer_keys_resumes(tmp_pat
     del saved["mixed_precision"], saved["log_with"]
     assert differences(saved, cfg) == []
     assert differences(saved, tiny_cfg(tmp_path / "run", mixed_precision="bf16")) == ["mixed_precision"]
+
+
+@pytest.mark.parametrize("key,value", [("backbone_dtype", "int8"), ("pseudo_steps", 0)])
+def test_bad_backbone_dtype_or_generator_budget_is_refused(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        tiny_cfg(tmp_path / "run", **{key: value})
+
+
+def test_a_bfloat16_backbone_run_trains_and_loads_back_in_bfloat16(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_cfg(out, backbone_dtype="bfloat16", tasks=["topic", "sentiment"]))
+    cfg, model, names = load_trained(out)
+    assert cfg.backbone_dtype == "bfloat16" and names == ["topic", "sentiment"]
+    assert model.base.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for layer in model.lora_layers.values() for p in layer.lora_A)
+    assert model.base.config._attn_implementation == "eager"  # on the CPU (sapt.train.eager_attention_on_cpu)
+
+
+def test_without_the_centre_the_router_centre_stays_zero(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_cfg(out, tasks=["topic", "sentiment"], reflection_source="real", router_centre=False))
+    for stage in ("00_topic", "01_sentiment"):
+        assert not io.load_tensors(out / "stages" / stage / "router.safetensors")["centre"].any()
+
+
+@pytest.mark.parametrize("share", [0.9, 0.99])
+def test_a_task_initialised_key_routes_the_new_task_to_its_block_and_old_tasks_away(share):
+    from sapt.batching import collate_prompts
+    from sapt.evaluate import encode_task_split
+    from sapt.reflection import encode_replay
+    from sapt.train import init_key_from_task
+
+    cfg = tiny_cfg("unused", tasks=["topic", "sentiment", "addition"])
+    tasks = load_run_tasks(cfg)
+    torch.manual_seed(0)
+    model = SAPTModel(load_model("tiny-llama"), r=2)
+    for task in tasks:
+        model.add_task(task.name)
+    t = 2
+    replay = [encode_replay(model, task.definition, [ex.input for ex in task.train[:4]], cfg.max_source_length)
+              for task in tasks[:t]]
+
+    def mean_query(items):
+        batch = collate_prompts(items, model.family, model.tokenizer.pad_token_id)
+        return model.router.query(model.pooled_prompt(batch["input_ids"], batch["prompt_mask"])).mean(0)
+
+    new = mean_query(encode_task_split(model, tasks[t], "train", cfg.max_source_length, cfg.max_target_length))
+    old = [mean_query(items) for items in replay]
+    old_keys = [model.router.keys[j].detach().clone() for j in range(t)]
+    init_key_from_task(model, tasks[t], t, cfg, replay, share=share)
+    keys = torch.stack(list(model.router.keys))
+    logits = lambda q: keys @ q / model.router.d_model ** 0.5  # noqa: E731
+    margin = math.log(share / (1 - share) * t)
+    assert float(logits(new)[t] - logits(new)[:t].max()) == pytest.approx(margin, abs=1e-3)
+    assert torch.softmax(logits(new), 0)[t] >= share - 1e-3
+    for q in old:  # each old task's mean replay prompt prefers every old block to the new one
+        assert float(logits(q)[:t].min() - logits(q)[t]) == pytest.approx(margin, abs=1e-3)
+    assert all(torch.equal(model.router.keys[j], old_keys[j]) for j in range(t))  # old keys untouched

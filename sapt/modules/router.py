@@ -42,11 +42,14 @@ class SharedAttentionRouter(nn.Module):
         device = self.query_mlp[0].weight.device
         self.keys.append(nn.Parameter(torch.empty(self.d_model, device=device).uniform_(-1.0, 1.0)))
 
+    def query(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Queries (B, d) for pooled prompt embeddings (B, d)."""
+        return self.query_mlp((pooled - self.centre).to(self.query_mlp[0].weight.dtype))
+
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Attention logits (B, n_tasks) for pooled prompt embeddings (B, d)."""
-        query = self.query_mlp((pooled - self.centre).to(self.query_mlp[0].weight.dtype))
         keys = torch.stack(list(self.keys))  # (T, d)
-        return query @ keys.t() / math.sqrt(self.d_model)
+        return self.query(pooled) @ keys.t() / math.sqrt(self.d_model)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(pooled), dim=-1)

@@ -10,11 +10,26 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sapt.models import LoadedModel
 from sapt.modules.inject import TARGET_PATTERNS, inject_mixture_lora
 from sapt.modules.mixture_lora import RoutingState
 from sapt.modules.router import SharedAttentionRouter, masked_max_pool
+from sapt.modules.target_logits import causal_lm_loss, contiguous_head_input
+
+
+class _StopAt(StoppingCriteria):
+    """Done, per sequence, once its last token is one of `tokens` ((vocab,) bool). generate() keeps a
+    finished sequence finished (it pads it from then on), so looking at the last token is enough."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.tokens = tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        last, n = input_ids[:, -1].cpu(), len(self.tokens)
+        hit = self.tokens[last.clamp(max=n - 1)] & (last < n)  # ids past the tokenizer's (padded vocab): no
+        return hit.to(input_ids.device)
 
 
 class SAPTModel(nn.Module):
@@ -32,12 +47,14 @@ class SAPTModel(nn.Module):
         self.family = loaded.family
         self.tokenizer = loaded.tokenizer
         self.base.requires_grad_(False)
+        contiguous_head_input(self.base)
         self.state = RoutingState()
         self.lora_layers = inject_mixture_lora(
             self.base, target_pattern or TARGET_PATTERNS[self.family], self.state, r, alpha, dropout
         )
         self.router = SharedAttentionRouter(self.base.get_input_embeddings().embedding_dim, query_hidden)
         self.task_names: list[str] = []
+        self._newline_tokens: torch.Tensor | None = None
         self.sharded = False  # backbone blocks under FSDP: every generate() must run in step (synced_gpus)
 
     # ---- tasks and what trains -------------------------------------------------------------------
@@ -101,21 +118,37 @@ class SAPTModel(nn.Module):
 
     # ---- training and generation -----------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean token cross-entropy of the batch's targets under the mixture (routed unless `weights`)."""
+        """Mean token cross-entropy of the batch's targets under the mixture (routed unless `weights`).
+        A causal LM computes the logits of the answer positions only (`sapt.modules.target_logits`)."""
         batch = self.on_device(batch)
         if weights is None:
             weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
         with self.routed(weights.to(self.device)):
+            if self.family == "causal":
+                return causal_lm_loss(self.base, batch["input_ids"], batch["attention_mask"], batch["labels"])
             out = self.base(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
             )
         return out.loss
 
+    def newline_tokens(self) -> torch.Tensor:
+        """(vocab,) bool: the tokens whose text holds a line break. Computed once per model."""
+        if self._newline_tokens is None:
+            tok = self.tokenizer
+            texts = tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=False)
+            self._newline_tokens = torch.tensor(["\n" in t for t in texts], dtype=torch.bool)
+        return self._newline_tokens
+
     @torch.no_grad()
     def generate(
-        self, batch: dict[str, torch.Tensor], max_new_tokens: int, weights: torch.Tensor | None = None
+        self, batch: dict[str, torch.Tensor], max_new_tokens: int, weights: torch.Tensor | None = None,
+        stop_at_newline: bool = False,
     ) -> tuple[list[str], torch.Tensor]:
-        """Greedy answers for a batch of prompts and the mixing weights each one used (routed unless given)."""
+        """Greedy answers for a batch of prompts and the mixing weights each one used (routed unless given).
+
+        Each sequence stops at EOS; with `stop_at_newline` also at its first token holding a line break,
+        and its answer is the text before that break (for tasks whose answers are one line: the batch
+        stops as soon as every answer is complete, instead of running to `max_new_tokens`)."""
         batch = self.on_device(batch)
         if weights is None:
             weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
@@ -130,10 +163,13 @@ class SAPTModel(nn.Module):
                 synced_gpus=self.sharded,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([_StopAt(self.newline_tokens())]) if stop_at_newline else None,
             )
         if self.family == "causal":
             out = out[:, batch["input_ids"].shape[1]:]
         texts = tok.batch_decode(out, skip_special_tokens=True)
+        if stop_at_newline:
+            texts = [t.split("\n", 1)[0] for t in texts]
         return [t.strip() for t in texts], weights
 
     # ---- per-stage state -------------------------------------------------------------------------
