@@ -39,16 +39,16 @@ TRAINED_AS = {"sapt-hard": "sapt"}  # methods whose training is another method's
 
 LONG_SEQUENCE_6 = ["amazon", "mnli", "qqp", "sst2", "agnews", "boolq"]
 PROTOCOLS = {
-    # Sized so that tasks are learned (issue 12): two epochs of 16 steps of 8, the setting in which a plain
-    # PEFT LoRA reached a mean of 62.7 on these tasks' test sets; bf16 backbone, generator on a budget.
+    # One epoch of 32 steps of 4 and 128-token sources; the backbone in bf16 and the pseudo-sample generator
+    # on a budget of 8 steps: 10-13 min per method on one core here (BENCHMARKS.md, "Speed, second round").
     "long-mini": dict(
         model="smollm2", benchmark="Long_Sequence", tasks=LONG_SEQUENCE_6,
-        max_train_per_task=128, max_eval_per_task=100, epochs=2, lr=5e-4, lora_r=8, batch_size=8,
+        max_train_per_task=128, max_eval_per_task=100, epochs=1, lr=1e-3, lora_r=8, batch_size=4,
         max_source_length=128, max_new_tokens=8, seed=42, pseudo_ratio=0.05,
         backbone_dtype="bfloat16", pseudo_steps=8, pseudo_max_new_tokens=64,
     ),
-    # The first long-mini (issue 4): one epoch of 32 steps of 4, float32. Tasks were barely learned (scores
-    # near majority-label shares); kept to reproduce the tables measured on it in BENCHMARKS.md.
+    # The same in float32 with the generator trained for a whole epoch (issue 4's long-mini, 16-44 min
+    # per method): kept to reproduce the tables measured on it in BENCHMARKS.md.
     "long-mini-v1": dict(
         model="smollm2", benchmark="Long_Sequence", tasks=LONG_SEQUENCE_6,
         max_train_per_task=128, max_eval_per_task=100, epochs=1, lr=1e-3, lora_r=8, batch_size=4,

@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import yaml
@@ -396,7 +396,7 @@ def update_centre(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> None:
 
 
 @torch.no_grad()
-def init_key_from_task(model: SAPTModel, task: Task, t: int, cfg: RunConfig, old_prompts: list[list] = (),
+def init_key_from_task(model: SAPTModel, task: Task, t: int, cfg: RunConfig, old_prompts: Sequence[list] = (),
                        share: float = 0.9) -> None:
     """Key t, for stage t > 0: the smallest key that routes task t's mean prompt to block t and every old
     task's mean replay prompt away from it.
@@ -785,7 +785,7 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
                           "stage": t + 1}, step=step_offset)
             if main:
                 io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing,
-                                                     "seconds": round(time.time() - eval_t0, 1)})
+                                                     "seconds": round(time.time() - eval_t0, 2)})
                 manifest.record(sdir, "evaluated", ["scores.json", *files])
                 kill_point(f"stage{t}:metrics")
         if main:
