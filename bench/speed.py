@@ -48,12 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from sapt.models import LoadedModel, load_model  # noqa: E402
+from sapt.models import LoadedModel, eager_attention_on_cpu, load_model  # noqa: E402
 from sapt.modules.inject import TARGET_PATTERNS, find_targets  # noqa: E402
 from sapt.modules.merge import merged  # noqa: E402
 from sapt.modules.sapt_model import SAPTModel  # noqa: E402
-from sapt.modules.target_logits import causal_lm_loss, contiguous_head_input  # noqa: E402
-from sapt.train import eager_attention_on_cpu  # noqa: E402
+from sapt.modules.target_logits import causal_lm_loss  # noqa: E402
 
 BLOCK_COUNTS = (1, 5, 15)
 TARGETS = {"train_ratio_t15": 1.15, "forward_ratio_t15": 1.10, "memory_ratio_t15": 1.10}
@@ -97,10 +96,9 @@ def build_sapt(loaded: LoadedModel, n_blocks: int, r: int, alpha: float, seed: i
 
 def bf16_copy(loaded: LoadedModel, max_length: int) -> LoadedModel:
     """The backbone as `sapt run --backbone-dtype bfloat16` builds it: weights in bfloat16, and on the CPU
-    eager attention (see sapt.train.eager_attention_on_cpu)."""
+    eager attention (see sapt.models.eager_attention_on_cpu). SAPTModel adds the LM-head hook itself."""
     model = copy.deepcopy(loaded.model).to(torch.bfloat16)
     eager_attention_on_cpu(model, max_length)
-    contiguous_head_input(model)
     return LoadedModel(model, loaded.tokenizer, loaded.family, loaded.name)
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from sapt.config import BACKBONE_DTYPES, FIELDS, PRECISIONS, ConfigError
+from sapt.config import BACKBONE_DTYPES, FIELDS, PRECISIONS, ROUTER_KEY_INITS, ConfigError
 
 
 def _csv(value: str) -> list[str]:
@@ -47,7 +47,7 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--no-router-centre", dict(dest="router_centre", action="store_false",
                                  help="do not centre the router's query on the tasks' mean pooled prompt; with "
                                       "--router-warmup 0 this is the paper's router")),
-    ("--router-key-init", dict(choices=["random", "task"], help="a new task's router key: random (default, the "
+    ("--router-key-init", dict(choices=ROUTER_KEY_INITS, help="a new task's router key: random (default, the "
                                                                  "paper) or task: routed to its block from the start")),
     ("--epochs", dict(type=int, help="epochs per task (default 3)")),
     ("--batch-size", dict(type=int, help="training batch size (default 8)")),

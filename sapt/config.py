@@ -18,6 +18,7 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")  # --backbone-dtype (sapt.models)
+ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.train.init_key_from_task)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 
 
@@ -105,8 +106,8 @@ class RunConfig:
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.router_key_init not in ("random", "task"):
-            raise ConfigError(f"router_key_init must be 'random' or 'task', got {self.router_key_init!r}")
+        if self.router_key_init not in ROUTER_KEY_INITS:
+            raise ConfigError(f"router_key_init must be one of {', '.join(ROUTER_KEY_INITS)}, got {self.router_key_init!r}")
         if self.backbone_dtype not in BACKBONE_DTYPES:
             raise ConfigError(f"backbone_dtype must be one of {', '.join(BACKBONE_DTYPES)}, got {self.backbone_dtype!r}")
         if self.pseudo_steps is not None and self.pseudo_steps < 1:

@@ -122,11 +122,14 @@ def _attach_generator(model: SAPTModel, cfg: PseudoConfig):
     return peft_model, params
 
 
+def batches_per_pass(n_items: int, cfg: PseudoConfig) -> int:
+    return -(-n_items // cfg.batch_size)
+
+
 def generator_batches(n_items: int, cfg: PseudoConfig) -> list[list[int]]:
     """The generator's training batches: `cfg.steps` batches when set (reshuffled passes over the items,
     the last pass cut short), else `cfg.epochs` passes."""
-    per_pass = -(-n_items // cfg.batch_size)
-    steps = cfg.steps if cfg.steps is not None else cfg.epochs * per_pass
+    steps = cfg.steps if cfg.steps is not None else cfg.epochs * batches_per_pass(n_items, cfg)
     batches: list[list[int]] = []
     while len(batches) < steps:
         perm = torch.randperm(n_items).tolist()
@@ -258,7 +261,7 @@ def generate_pseudo_inputs(
         **stats,
         "novel_fraction": novel / len(inputs) if inputs else 0.0,
         "steps": len(losses),
-        "loss": pass_means(losses, -(-len(items) // cfg.batch_size)),
+        "loss": pass_means(losses, batches_per_pass(len(items), cfg)),
         "seconds": round(time.time() - t0, 2),
         "settings": asdict(cfg),
     }

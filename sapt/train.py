@@ -53,7 +53,7 @@ from sapt.lock import RunLock
 from sapt.manifest import PHASES, Manifest
 from sapt.evaluate import encode_task_split, evaluate_task, evaluation_loss
 from sapt.metrics import cl_metrics, format_table
-from sapt.models import load_model
+from sapt.models import eager_attention_on_cpu, load_model
 from sapt.methods import Method, make_method
 from sapt.modules.sapt_model import SAPTModel
 from sapt.tracking import Trackers, check_trackers
@@ -121,21 +121,6 @@ def build_model(cfg: RunConfig) -> SAPTModel:
         eager_attention_on_cpu(loaded.model, cfg.max_source_length + cfg.max_target_length)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation
     return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden)
-
-
-def eager_attention_on_cpu(model: torch.nn.Module, max_length: int) -> None:
-    """A half-precision backbone on the CPU uses eager attention for sequences up to 1024 tokens.
-
-    PyTorch's CPU flash attention (what `sdpa` runs) has a bfloat16 backward about 3x slower than its
-    float32 one: on SmolLM2 (4 x 160 tokens, one core) it took 16 ms of a layer's backward against 5 for
-    float32, and the training step in bf16 took 2.55 s with it against 2.05 s with eager attention
-    (float32 with sdpa: 3.55 s). Eager attention keeps each layer's (batch, heads, length, length)
-    probabilities for the backward pass; past 1024 tokens that memory outgrows the gain, so sdpa stays."""
-    if max_length <= 1024 and hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation("eager")
-        except (ValueError, NotImplementedError):  # a model without an eager path keeps its own
-            pass
 
 
 def place(model: SAPTModel) -> None:
@@ -483,6 +468,7 @@ def make_replay_inputs(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> 
 class RunResult:
     metrics: dict[str, Any]
     table: str
+    timing: dict[str, float] | None = None  # run_timing's numbers (main process only)
 
 
 # Keys that may differ from the saved config when a run is resumed with --allow-config-change (to get past
@@ -794,7 +780,7 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
         if not main:  # the same numbers, read back from what the main process wrote
             result = RunResult(io.read_json(run_dir / "metrics.json"), "")
         log(f"sapt: stage {t + 1}/{len(stages)} done ({time.time() - t0:.0f}s); AP so far {result.metrics['ap']:.1f}"
-            + (timing_note(io.read_json(run_dir / "timing.json")) if main else ""))
+            + timing_note(result.timing))
     return result
 
 
@@ -888,8 +874,9 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
         metrics["config_changes"] = changes
     io.write_json(run_dir / "metrics.json", metrics)
     # Wall-clock seconds apart from the results: metrics.json stays byte-identical across resumes.
-    io.write_json(run_dir / "timing.json", run_timing(run_dir, stage_tasks(tasks, method)))
-    return RunResult(metrics, render(metrics))
+    timing = run_timing(run_dir, stage_tasks(tasks, method))
+    io.write_json(run_dir / "timing.json", timing)
+    return RunResult(metrics, render(metrics), timing)
 
 
 def run_timing(run_dir: Path, stages: list[Task]) -> dict[str, float]:

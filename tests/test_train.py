@@ -215,7 +215,7 @@ def test_a_bfloat16_backbone_run_trains_and_loads_back_in_bfloat16(tmp_path):
     assert cfg.backbone_dtype == "bfloat16" and names == ["topic", "sentiment"]
     assert model.base.get_input_embeddings().weight.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for layer in model.lora_layers.values() for p in layer.lora_A)
-    assert model.base.config._attn_implementation == "eager"  # on the CPU (sapt.train.eager_attention_on_cpu)
+    assert model.base.config._attn_implementation == "eager"  # on the CPU (sapt.models.eager_attention_on_cpu)
 
 
 def test_without_the_centre_the_router_centre_stays_zero(tmp_path):
