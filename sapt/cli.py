@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +22,7 @@ def _csv(value: str) -> list[str]:
 
 def _num(value: str) -> float:
     x = float(value)
-    return int(x) if x >= 1 and x == int(x) else x
+    return int(x) if math.isfinite(x) and x >= 1 and x == int(x) else x  # the config refuses inf and nan
 
 
 RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
@@ -92,8 +95,15 @@ RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block): `sapt run: error: argument --lr: ...`."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sapt", description="Continual learning of language models with SAPT.")
+    p = OneLineParser(prog="sapt", description="Continual learning of language models with SAPT.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="learn a sequence of tasks; with no options, the built-in demo on smollm2")
@@ -139,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--url", help="zip archive holding a CL_Benchmark/ folder, http(s):// or file:// "
                                   "(default: the GitHub zip of circle-hit/SAPT at main)")
     fb.add_argument("--force", action="store_true", help="replace a non-empty DEST")
+    fb.add_argument("--max-bytes", type=int, help="refuse an archive whose CL_Benchmark/ unpacks to more than "
+                                                  "N bytes (default 2 GiB)")
     return p
 
 
@@ -162,9 +174,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
-    if args.data_dir:
+    if args.data_dir is not None:
         cfg.data_dir = args.data_dir
-    if args.max_eval_per_task:
+    if args.max_eval_per_task is not None:
+        if args.max_eval_per_task < 1:
+            raise ConfigError(f"--max-eval-per-task must be >= 1, got {args.max_eval_per_task}")
         cfg.max_eval_per_task = args.max_eval_per_task
     tasks = load_run_tasks(cfg)
     cfg, model, names = load_trained(args.run, cfg)
@@ -202,6 +216,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sapt.methods import make_method
     from sapt.train import load_trained
 
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     cfg, model, names = load_trained(args.run)
     method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
     if method.name == "per-task":
@@ -260,17 +276,26 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from sapt import io
+    from sapt.metrics import metrics_problems
     from sapt.train import render
 
     path = Path(args.run) / "metrics.json"
     if not path.exists():
         raise ConfigError(f"{args.run}: no metrics.json (not a sapt run, or no stage evaluated yet)")
     metrics = io.read_json(path)
+    problems = metrics_problems(metrics)
+    if problems:
+        raise ConfigError(f"{path}: not a sapt metrics file ({'; '.join(problems)})")
     print(json.dumps(metrics, indent=2) if args.json else render(metrics))
     if not args.no_plots:
         from sapt.plots import plot_run
 
-        plots = plot_run(args.run)  # messages on stderr: stdout stays the table (or JSON)
+        try:
+            plots = plot_run(args.run)  # messages on stderr: stdout stays the table (or JSON)
+        except OSError as e:  # e.g. a read-only run directory: the table is what was asked for
+            print(f"sapt: plots not written ({e.filename or args.run}: {e.strerror or e}); "
+                  "--no-plots skips them", file=sys.stderr)
+            return 0
         print(f"sapt: plots written to {Path(args.run) / 'plots'}: " + ", ".join(p.name for p in plots.files.values()),
               file=sys.stderr)
         for name, why in plots.skipped.items():
@@ -281,6 +306,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from sapt.plots import format_comparison, plot_compare
 
+    parent = Path(args.out).absolute().parent
+    if not parent.is_dir():  # a typo in --out should not scatter new folders around
+        why = "is not a folder" if parent.exists() else "does not exist"
+        raise ConfigError(f"--out {args.out}: folder {parent} {why}")
     comparison = plot_compare(args.runs, args.out)
     print(format_comparison(comparison))
     print(f"sapt: chart written to {args.out}", file=sys.stderr)
@@ -301,9 +330,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_benchmark(args: argparse.Namespace) -> int:
-    from sapt.fetch import DEFAULT_URL, fetch_benchmark
+    from sapt.fetch import DEFAULT_MAX_BYTES, DEFAULT_URL, fetch_benchmark
 
-    summary = fetch_benchmark(args.dest, args.url or DEFAULT_URL, force=args.force)
+    summary = fetch_benchmark(args.dest, args.url or DEFAULT_URL, force=args.force,
+                              max_bytes=DEFAULT_MAX_BYTES if args.max_bytes is None else args.max_bytes)
     print(summary.render())
     return 0
 
@@ -317,7 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["run"]  # `sapt` alone runs the demo, like `make demo`
-    args = parser.parse_args(argv)
+    undecodable = next((a for a in argv if not _is_utf8(a)), None)
+    if undecodable is not None:  # bytes the locale could not decode: tokenizers and files want text
+        print(f"sapt: error: argument {argv.index(undecodable) + 1} is not valid UTF-8 "
+              f"({undecodable.encode('utf-8', 'backslashreplace').decode()})", file=sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed on one line (2)
+        return e.code if isinstance(e.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2
@@ -329,11 +367,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, DistributedError, ModelLoadError, TrainingError, ValueError) as e:
-        print(f"sapt: error: {e}", file=sys.stderr)
+        print(f"sapt: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (a full disk, a read-only folder, a folder for a file)
+        print(f"sapt: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sapt: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+def _is_utf8(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:  # surrogate escapes: the bytes were not UTF-8
+        return False
+    return True
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _os_error(e: OSError) -> str:
+    from sapt.io import DiskFullError
+
+    if isinstance(e, DiskFullError) or not (e.filename or e.strerror):
+        return _one_line(e)
+    where = f"{e.filename}: " if e.filename else ""
+    hint = "; free some space and run the same command again to resume" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{where}{e.strerror or e}{hint}"
 
 
 if __name__ == "__main__":

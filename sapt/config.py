@@ -5,6 +5,8 @@ The resolved config is saved as `config.yaml` in the run directory; resuming che
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,15 +96,20 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "lora_alpha"):
+        for name in ("lr", "lora_alpha", "pseudo_lr", "pseudo_repetition_penalty"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.router_lr is not None and not self.router_lr > 0:
             raise ConfigError(f"router_lr must be > 0, got {self.router_lr}")
         if not 0 <= self.router_warmup < 1:
             raise ConfigError(f"router_warmup must be in [0, 1), got {self.router_warmup}")
-        if not self.val_size > 0:
-            raise ConfigError(f"val_size must be > 0, got {self.val_size}")
+        if not self.val_size > 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):
+            raise ConfigError(f"val_size must be a fraction in (0, 1) or a whole count >= 1, got {self.val_size}")
+        if not 0 <= self.seed < 2**32:  # what numpy and torch accept as a seed
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+        for name in ("olora_lambda1", "olora_lambda2"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -158,11 +165,8 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
     """Defaults, then the built-in preset when no data is given, then the YAML file, then `overrides`."""
     values: dict[str, Any] = {}
     if config_file is not None:
-        values.update(load_yaml(config_file))
-    values.update(overrides)
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        values.update(coerce_all(load_yaml(config_file), source=str(config_file)))
+    values.update(coerce_all(overrides))
     if values.get("data_dir") is None:
         preset = dict(BUILTIN_PRESET)
         if str(values.get("model", RunConfig.model)).startswith("tiny-"):
@@ -173,18 +177,110 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
     return cfg
 
 
+def from_saved(run_dir: str | Path) -> RunConfig:
+    """The config a run directory was made with (RUN_DIR/config.yaml), checked as a --config file is."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a sapt run directory (no config.yaml)")
+    cfg = RunConfig(**coerce_all(load_yaml(path), source=str(path)))
+    try:
+        cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
         return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+# ---- types: every value is checked against its field's annotation before RunConfig sees it ------------
+_TYPES = typing.get_type_hints(RunConfig)
+
+
+def coerce_all(values: dict[str, Any], source: str = "") -> dict[str, Any]:
+    """`values` with each one coerced to its field's type (`coerce`); unknown keys are refused.
+    `source` (a file) is named in the error."""
+    where = f"{source}: " if source else ""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}unknown config key(s): {', '.join(unknown)}")
+    try:
+        return {k: coerce(k, v) for k, v in values.items()}
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+
+
+def coerce(key: str, value: Any) -> Any:
+    """`value` as the type of config field `key`, or a ConfigError naming the key.
+
+    YAML 1.1 (PyYAML) reads `1e-4` as a string (it wants `1.0e-4`), so a numeric string is taken as a
+    number where the field is numeric; a list field takes a comma-separated string (`log_with: jsonl` is
+    one tracker, not five letters). Non-finite floats (nan, inf) are refused everywhere: a NaN option
+    silently disables what it weighs and cannot be written to JSON."""
+    hint = _TYPES[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: a value is required (got null)")
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    origin = typing.get_origin(base) or base
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if origin in (int, float):
+        return _number(key, value, origin)
+    if origin is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return list(items)
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    if origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, kind: type) -> int | float:
+    x = value
+    if isinstance(x, str):
+        try:
+            x = float(x.strip()) if kind is float or not x.strip().lstrip("+-").isdigit() else int(x.strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(x):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if kind is int:
+        if x != int(x):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        return int(x)
+    return x
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -16,16 +16,22 @@ the weights, and PEFT's `add_weighted_adapter` or per-example `adapter_names=` c
 
 The export reads the stage files of the run directory only (no model is loaded): the blocks from
 stages/NN_<task>/adapter.safetensors, the keys from each stage's router.safetensors (key t is frozen
-after stage t) and the query MLP and centre from the last stage's. Every file is written atomically.
+after stage t) and the query MLP and centre from the last stage's. Every stage is first checked against
+the run's manifest.json checksums (a damaged stage is refused, never exported), and the export is built
+in a temporary folder next to OUT and renamed into place only when it is complete.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from sapt import io
 from sapt.config import ConfigError
@@ -48,19 +54,13 @@ ROUTING_DESCRIPTION = (
 )
 
 
-def stage_dirs(run_dir: Path) -> list[tuple[str, Path]]:
-    """(task, stage directory) of every trained stage, in order; refuses gaps (as load_trained does)."""
-    done = sorted((run_dir / "stages").glob("*/stage.json"))
-    if not done:
-        raise ConfigError(f"{run_dir}: no trained stage to export")
-    out = []
-    for t, path in enumerate(done):
-        sdir = path.parent
-        name = sdir.name.split("_", 1)[1] if "_" in sdir.name else sdir.name
-        if sdir.name != f"{t:02d}_{name}":
-            raise ConfigError(f"{run_dir}: stage {t} is missing (found {sdir.name})")
-        out.append((name, sdir))
-    return out
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a stage file; an unreadable one is a damaged run, not a crash."""
+    try:
+        return io.load_tensors(path)
+    except (OSError, SafetensorError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}); run the same `sapt run` command again to redo "
+                          "its stage") from None
 
 
 def peft_state(block: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -115,18 +115,66 @@ def _check_out(out: Path, force: bool) -> None:
         raise ConfigError(f"{out} is not empty and holds no sapt export; use another --out (or --force)")
 
 
+def _install(work: Path, out: Path) -> None:
+    """Move the finished export to `out` by renames. An absent or empty `out` is the folder itself; into a
+    non-empty one (a previous export, or any folder with --force) each exported entry is moved, replacing
+    only the entries of the same name (router.json last: it marks the folder as an export). Replaced
+    entries are put aside first and put back if a rename fails."""
+    if not out.exists() or (not out.is_symlink() and not any(out.iterdir())):
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+        return
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+    entries = sorted(work.iterdir(), key=lambda p: (p.name == "router.json", p.name))
+    replaced, placed = [], []
+    try:
+        for entry in entries:
+            target = out / entry.name
+            if target.exists() or target.is_symlink():
+                os.replace(target, aside / entry.name)
+                replaced.append(entry.name)
+            os.replace(entry, target)
+            placed.append(entry.name)
+    except BaseException:
+        for name in placed:
+            os.replace(out / name, work / name)
+        for name in replaced:
+            os.replace(aside / name, out / name)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
-    """Write the PEFT adapters and the router of a run; returns a summary (also router.json's content)."""
-    from sapt.train import load_run_config
+    """Write the PEFT adapters and the router of a run; returns a summary (also router.json's content).
 
-    run_dir, out = Path(run_dir), Path(out)
+    The export is built in a temporary folder next to OUT and moved into place by renames only once it
+    is complete, so a failure (a damaged stage, a full disk) leaves OUT as it was."""
+    from sapt.train import load_run_config, trained_stages
+
+    run_dir, out = Path(run_dir), Path(out).absolute()
     cfg = load_run_config(run_dir)
-    stages = stage_dirs(run_dir)
+    stages = trained_stages(run_dir)
     _check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export."))
+    try:
+        work = holder / "export"
+        work.mkdir()  # inside the private temporary folder, with the usual permissions (umask) for OUT
+        info = _write_export(run_dir, cfg, stages, work)
+        _check_out(out, force)  # again: something may have appeared meanwhile
+        _install(work, out)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+    return info
 
+
+def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
+    """Write the export into the (new, empty) folder `out`; returns router.json's content."""
     keys, adapters, all_modules = [], {}, None
     for t, (task, sdir) in enumerate(stages):
-        state, modules = peft_state(io.load_tensors(sdir / "adapter.safetensors"))
+        state, modules = peft_state(_load(sdir / "adapter.safetensors"))
         if all_modules is None:
             all_modules = modules
         elif modules != all_modules:
@@ -136,11 +184,11 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
         adir = out / task
         io.save_tensors(adir / "adapter_model.safetensors", state, {"format": "pt"})
         io.write_json(adir / "adapter_config.json", adapter_config(cfg, family, targets))
-        router = io.load_tensors(sdir / "router.safetensors")
+        router = _load(sdir / "router.safetensors")
         keys.append(router["key"].float())
         adapters[task] = task
 
-    last_router = io.load_tensors(stages[-1][1] / "router.safetensors")
+    last_router = _load(stages[-1][1] / "router.safetensors")
     mlp = {k: v.contiguous() for k, v in last_router.items() if k.startswith("query_mlp.")}
     # runs written before the centre existed trained without one: zero
     mlp["centre"] = last_router.get("centre", torch.zeros(mlp["query_mlp.0.weight"].shape[1])).contiguous()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 Matrix = Sequence[Sequence[float | None]]
 
@@ -115,3 +116,25 @@ def format_table(
         lines += ["", name]
         lines += _table(tasks, m)
     return "\n".join(lines)
+
+
+def metrics_problems(metrics: Any) -> list[str]:
+    """What makes `metrics` (a metrics.json read back) unusable by report, plots and compare; [] if fine."""
+    if not isinstance(metrics, dict):
+        return ["not a JSON object"]
+    problems = [f"no {key!r}" for key in ("tasks", "matrix", "method", "model", "eval_split") if key not in metrics]
+    if problems:
+        return problems
+    tasks, matrix = metrics["tasks"], metrics["matrix"]
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        problems.append("'tasks' is not a list of names")
+    elif not isinstance(matrix, list) or not all(
+            isinstance(row, list) and len(row) == len(tasks)
+            and all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in row)
+            for row in matrix):
+        problems.append("'matrix' is not a list of rows of one score (or null) per task")
+    for key in ("ap", "fra", "bwt", "fwt"):
+        v = metrics.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            problems.append(f"{key!r} is not a number")
+    return problems

@@ -23,7 +23,7 @@ import numpy as np
 
 from sapt import io
 from sapt.config import ConfigError
-from sapt.metrics import short_name
+from sapt.metrics import metrics_problems, short_name
 
 DPI = 150
 NAME_WIDTH = 24  # task names on axes: 'task1572_samsum_summary' -> 't1572_samsum_summary'
@@ -34,7 +34,11 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "metrics.json"
     if not path.exists():
         raise ConfigError(f"{run_dir}: no metrics.json (not a sapt run, or no stage evaluated yet)")
-    return io.read_json(path)
+    metrics = io.read_json(path)
+    problems = metrics_problems(metrics)
+    if problems:
+        raise ConfigError(f"{path}: not a sapt metrics file ({'; '.join(problems)})")
+    return metrics
 
 
 def score_array(metrics: dict[str, Any]) -> np.ndarray:

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from sapt import io
 from sapt.batching import collate_train, encode, length_sorted_batches
-from sapt.config import ConfigError, RunConfig, default_value, differences, to_dict
+from sapt.config import ConfigError, RunConfig, default_value, differences, from_saved, to_dict
 from sapt.data import Example, Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
 from sapt.distributed import Dist, get_dist
@@ -151,8 +151,9 @@ def non_finite_message(what: str, task: Task, t: int, where: str, epochs_done: i
         kept = f"stages 1-{t} are kept; stage {t + 1} restarts from its beginning"
     else:
         kept = "nothing was trained yet; stage 1 restarts from its beginning"
-    return (f"non-finite {what} in task {task.name!r} (stage {t + 1}), {where}; {kept}. Lower the learning "
-            "rate and run the same command again with --lr NEW_LR --allow-config-change lr "
+    return (f"non-finite {what} in task {task.name!r} (stage {t + 1}), {where}; {kept}. The usual cause is a "
+            "step too large for the model (a high --lr, or a large --lora-alpha, --kl-ratio or --olora-lambda1 "
+            "scaling it up). Lower the learning rate and run the same command again with --lr NEW_LR --allow-config-change lr "
             "(and router_lr if you set --router-lr) to resume from there")
 
 
@@ -549,40 +550,79 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     `force_new`: if the output directory holds another run, use OUTPUT-2 (-3, ...) instead of refusing.
     `allow_changes`: keys of CHANGEABLE_KEYS (lr, router_lr) that may differ from the saved config; the
     change is recorded in manifest.json and config.yaml is updated."""
-    # Everything that can be refused is checked before the run directory is touched.
+    # Everything that can be refused without the directory is checked first; nothing is written yet.
     tasks = load_run_tasks(cfg)
     check_trackers(cfg.log_with)
     if cfg.reference:
         check_reference(cfg, tasks)
-    run_dir, changes = plan_run_dir(cfg, force_new, allow_changes)
-    if str(run_dir) != cfg.output:
-        cfg = dataclasses.replace(cfg, output=str(run_dir))
-    t0 = time.time()
     dist = get_dist()
-    model = build_model(cfg)  # a model that cannot be loaded leaves no run directory behind
-    place(model)
-    log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted"
-        + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
-    # The main process holds the lock and writes; the others compute alongside it. A refusal (the
-    # directory is in use) reaches every process, so that none waits for the others forever.
-    lock, problem = None, None
+    # The main process takes the lock, then checks the directory's config under it, before the model
+    # loads: a second `sapt run` into the same directory is refused at once, and no other run can write
+    # a config.yaml between the check and ours. A refusal reaches every process, so none waits forever.
+    lock, problem, planned, created = None, None, None, False
     if dist.is_main:
         try:
-            lock = RunLock(run_dir).acquire()
-            if not (run_dir / "config.yaml").exists():
-                io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        except (ConfigError, OSError) as e:
-            problem = str(e) if isinstance(e, ConfigError) else f"{run_dir}: cannot write its config.yaml ({e})"
-    problem = dist.broadcast(problem)
+            lock, run_dir, changes, created = lock_run_dir(cfg, force_new, allow_changes)
+            planned = (str(run_dir), changes)
+        except ConfigError as e:
+            problem = str(e)
+    problem, planned = dist.broadcast((problem, planned))
     if problem is not None:
-        if lock is not None:
-            lock.release()
         raise ConfigError(problem)
+    run_dir, changes = Path(planned[0]), planned[1]
+    if str(run_dir) != cfg.output:
+        cfg = dataclasses.replace(cfg, output=str(run_dir))
     try:
+        t0 = time.time()
+        model = build_model(cfg)
+        place(model)
+        log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted"
+            + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
+        if dist.is_main and not (run_dir / "config.yaml").exists():
+            io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return _run_stages(cfg, tasks, run_dir, model, changes)
+    except BaseException:
+        if created:
+            _drop_if_bare(run_dir)  # a model that cannot be loaded leaves no new run directory behind
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def lock_run_dir(cfg: RunConfig, force_new: bool, allow_changes: Any) -> tuple[RunLock, Path, dict[str, list], bool]:
+    """Lock the run directory `plan_run_dir` chooses, and plan again under the lock (what was checked
+    is then what is used). Returns the held lock, the directory, the allowed config changes and whether
+    taking the lock created the directory."""
+    run_dir, _ = plan_run_dir(cfg, force_new, allow_changes)  # refuses before anything is created
+    while True:
+        existed = run_dir.exists()
+        lock = RunLock(run_dir).acquire()
+        try:
+            again, changes = plan_run_dir(dataclasses.replace(cfg, output=str(run_dir)), False, allow_changes) \
+                if not force_new else plan_run_dir(cfg, True, allow_changes)
+        except BaseException:
+            lock.release()
+            if not existed:
+                _drop_if_bare(run_dir)
+            raise
+        if again == run_dir:
+            return lock, run_dir, changes, not existed
+        lock.release()  # under --force-new another run took this directory meanwhile: lock the next one
+        if not existed:
+            _drop_if_bare(run_dir)
+        run_dir = again
+
+
+def _drop_if_bare(run_dir: Path) -> None:
+    """Remove `run_dir` if it holds nothing but the lock file (made by taking the lock for a run that
+    then wrote nothing)."""
+    try:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".lock"}:
+            (run_dir / ".lock").unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflection: bool) -> set[tuple[int, str]]:
@@ -596,9 +636,13 @@ def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflecti
     if manifest.damaged:
         log(f"sapt: {manifest.path} cannot be read: no stage on disk is trusted, every stage is redone")
         manifest.reset()
-    elif not manifest.exists and stages.is_dir() and any(stages.iterdir()):
+    elif not manifest.exists and _finished_phase_files(stages):
         log(f"sapt: {run_dir} has stage files but no manifest.json (an older sapt, or it was lost): "
-            "they are not trusted, every stage is redone")
+            "they are not trusted, every stage is redone (a checkpoint of unfinished training is still used)")
+    for sdir in sorted(stages.iterdir()) if stages.is_dir() else ():
+        if (sdir / CHECKPOINT).exists() and not (sdir / CHECKPOINT).is_file():
+            raise ConfigError(f"{sdir / CHECKPOINT} is not a file (a sapt checkpoint is); move it away and run "
+                              "the same command again")
     chain = ("trained", "replay") if reflection else ("trained",)
     done: set[tuple[int, str]] = set()
     for t, task in enumerate(tasks):
@@ -626,6 +670,14 @@ def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflecti
                 log(f"sapt: stage {t + 1} ({task.name}): {', '.join(problems)}; its evaluation is redone")
             _discard(manifest, sdir, ("evaluated",), keep_checkpoint=True)
     return done
+
+
+def _finished_phase_files(stages: Path) -> bool:
+    """Whether any stage folder holds a file a finished phase writes (a checkpoint alone is training
+    that was interrupted before its first phase was recorded, e.g. a kill during stage 1)."""
+    names = {name for files in PHASE_FILES.values() for name in files}
+    return stages.is_dir() and any(sdir.is_dir() and any(p.name in names for p in sdir.iterdir())
+                                   for sdir in stages.iterdir())
 
 
 def _discard(manifest: Manifest, sdir: Path, phases: tuple[str, ...], keep_checkpoint: bool) -> None:
@@ -950,37 +1002,48 @@ def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
 
 # ---- a finished run, for eval / predict -------------------------------------------------------------
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"{run_dir}: not a sapt run directory (no config.yaml)")
-    return RunConfig(**(yaml.safe_load(path.read_text()) or {}))
+    return from_saved(run_dir)
+
+
+def trained_stages(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """(task, stage directory) of every trained stage of a run, in order, each verified against the
+    manifest's checksums (a damaged file is refused, never loaded or exported). A run written before
+    manifests existed has none: its stage.json files are taken as they are."""
+    run_dir = Path(run_dir)
+    manifest = Manifest(run_dir)
+    if manifest.damaged:  # nothing on disk can be verified; `sapt run` would redo every stage
+        raise ConfigError(f"{manifest.path} cannot be read, so no stage can be verified; run the same `sapt run` "
+                          "command again to redo the run")
+    if manifest.exists:  # only the stages the manifest vouches for
+        dirs = []
+        for name in sorted(k for k, v in manifest.data["stages"].items() if "trained" in v):
+            problems = manifest.problems(run_dir / "stages" / name, "trained")
+            if problems:
+                raise ConfigError(f"{run_dir}: stage {name}: {', '.join(problems)}; run the same `sapt run` "
+                                  "command again to redo it")
+            dirs.append(run_dir / "stages" / name)
+    else:
+        dirs = [p.parent for p in sorted((run_dir / "stages").glob("*/stage.json"))]
+    if not dirs:
+        raise ConfigError(f"{run_dir}: no trained stage yet")
+    out = []
+    for t, sdir in enumerate(dirs):
+        name = sdir.name.split("_", 1)[1] if "_" in sdir.name else sdir.name
+        if sdir.name != f"{t:02d}_{name}":
+            raise ConfigError(f"{run_dir}: stage {t} is missing (found {sdir.name})")
+        out.append((name, sdir))
+    return out
 
 
 def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[RunConfig, SAPTModel, list[str]]:
     """Rebuild the model of a run from its stages (all that are trained). Returns config, model, task names."""
     run_dir = Path(run_dir)
     cfg = cfg or load_run_config(run_dir)
-    manifest = Manifest(run_dir)
-    if manifest.exists and not manifest.damaged:  # only the stages the manifest vouches for
-        done = []
-        for name in sorted(k for k, v in manifest.data["stages"].items() if "trained" in v):
-            problems = manifest.problems(run_dir / "stages" / name, "trained")
-            if problems:
-                raise ConfigError(f"{run_dir}: stage {name}: {', '.join(problems)}; run the same `sapt run` "
-                                  "command again to redo it")
-            done.append(run_dir / "stages" / name / "stage.json")
-    else:  # a run directory written before manifests existed
-        done = sorted((run_dir / "stages").glob("*/stage.json"))
-    if not done:
-        raise ConfigError(f"{run_dir}: no trained stage yet")
+    stages = trained_stages(run_dir)
     model = build_model(cfg)
     method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
     names = []
-    for t, path in enumerate(done):
-        sdir = path.parent
-        name = sdir.name.split("_", 1)[1]
-        if sdir.name != f"{t:02d}_{name}":
-            raise ConfigError(f"{run_dir}: stage {t} is missing (found {sdir.name})")
+    for t, (name, sdir) in enumerate(stages):
         method.add_stage(model, t, name)
         model.load_block(method.block_index(t), io.load_tensors(sdir / "adapter.safetensors"))
         model.load_router(method.block_index(t), io.load_tensors(sdir / "router.safetensors"))

@@ -1,10 +1,12 @@
 """`sapt export`: each task block as a PEFT adapter that reproduces SAPT routed one-hot to that task."""
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
+import sapt.export
 from sapt import io
 from sapt.cli import main
 from sapt.config import FIELDS, resolve
@@ -106,3 +108,80 @@ def test_export_refuses_a_foreign_non_empty_directory(exported, tmp_path, capsys
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def tree(root):
+    """Every file under root with its bytes: to show that a folder was left exactly as it was."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x01  # inside the tensor data: still a valid safetensors file
+    else:
+        del data[len(data) // 2:]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_export_refuses_a_damaged_stage_and_leaves_out_untouched(exported, tmp_path, capsys, how):
+    run_dir, good = exported
+    run_copy = tmp_path / "run"
+    shutil.copytree(run_dir, run_copy)
+    stage = sorted((run_copy / "stages").iterdir())[-1]
+    damage(stage / "adapter.safetensors", how)
+    previous = tmp_path / "previous"
+    shutil.copytree(good, previous)
+    before = tree(previous)
+    for out in (tmp_path / "new", previous):
+        assert main(["export", "--run", str(run_copy), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"stage {stage.name}: adapter.safetensors fails its checksum" in err[0]
+        assert "sapt run" in err[0]
+    assert not (tmp_path / "new").exists() and tree(previous) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previous", "run"]  # no temporary folder left
+
+
+def test_export_without_a_readable_manifest(exported, tmp_path, capsys):
+    run_dir, good = exported
+    run_copy = tmp_path / "run"
+    shutil.copytree(run_dir, run_copy)
+    (run_copy / "manifest.json").write_text("{not json")
+    assert main(["export", "--run", str(run_copy), "--out", str(tmp_path / "a")]) == 2
+    assert "manifest.json cannot be read" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    (run_copy / "manifest.json").unlink()  # a run written before manifests existed: exported as before
+    assert main(["export", "--run", str(run_copy), "--out", str(tmp_path / "a")]) == 0
+    got, expected = tree(tmp_path / "a"), tree(good)
+    assert got.keys() == expected.keys() and got["sentiment/adapter_model.safetensors"] == \
+        expected["sentiment/adapter_model.safetensors"]  # router.json differs: it names the source run
+
+
+def test_a_failed_export_leaves_out_as_it_was(exported, tmp_path, monkeypatch):
+    run_dir, good = exported
+    out = tmp_path / "out"
+    shutil.copytree(good, out)
+    before = tree(out)
+    calls = []
+
+    def failing_save(path, tensors, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        io.atomic_write_bytes(path, b"x")
+
+    monkeypatch.setattr(sapt.export.io, "save_tensors", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        sapt.export.export_run(run_dir, out)
+    assert tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_export_replaces_its_entries_and_keeps_other_files_with_force(exported, tmp_path, capsys):
+    run_dir, good = exported
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "router.json").write_text("{}")  # an older export: its entries are replaced
+    assert main(["export", "--run", str(run_dir), "--out", str(out), "--force"]) == 0
+    assert tree(out) == {**tree(good), "notes.txt": b"mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

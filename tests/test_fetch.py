@@ -1,5 +1,7 @@
 """`sapt fetch-benchmark` on local zip archives (file:// URLs): extraction, layout checks, no half-written DEST."""
 import json
+import stat
+import struct
 import zipfile
 
 import pytest
@@ -98,3 +100,95 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["fetch-benchmark", "--dest", str(tmp_path / "CL"), "--url", (tmp_path / "missing.zip").as_uri()]) == 2
     assert "cannot download" in capsys.readouterr().err
     assert leftovers(tmp_path, {"page.html"}) == []
+
+
+def refused_by_cli(tmp_path, capsys, url, *flags):
+    """Run the CLI into an existing DEST with --force; returns the one error line. DEST must be unchanged."""
+    dest = tmp_path / "CL"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    assert main(["fetch-benchmark", "--dest", str(dest), "--url", url, "--force", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "error" in line or "Traceback" in line] == err[-1:]  # progress, then one line
+    assert sorted(p.name for p in dest.iterdir()) == ["old.txt"] and (dest / "old.txt").read_text() == "old"
+    assert leftovers(tmp_path, {"CL", "bad.zip"}) == []
+    return err[-1]
+
+
+@pytest.mark.parametrize("extra, member", [
+    ({"SAPT-main/CL_Benchmark/SuperNI/x": "a file", "SAPT-main/CL_Benchmark/SuperNI/x/y.json": "{}"},
+     "SAPT-main/CL_Benchmark/SuperNI/x is both a file and a folder"),
+    ({"SAPT-main/CL_Benchmark/SuperNI/x/y.json": "{}", "SAPT-main/CL_Benchmark/SuperNI/x": "a file"},
+     "SAPT-main/CL_Benchmark/SuperNI/x is both a file and a folder"),
+    ({"SAPT-main/CL_Benchmark/SuperNI/x/": "", "SAPT-main/CL_Benchmark/SuperNI/x": "a file"},
+     "SAPT-main/CL_Benchmark/SuperNI/x is both a file and a folder"),
+])
+def test_members_that_collide_are_refused_before_writing(tmp_path, capsys, extra, member):
+    url = make_zip(tmp_path / "bad.zip", {**repo_files(), **extra})
+    line = refused_by_cli(tmp_path, capsys, url)
+    assert line.startswith("sapt: error: the archive member " + member)
+
+
+def test_a_member_used_twice_is_refused(tmp_path, capsys):
+    path = tmp_path / "bad.zip"
+    with pytest.warns(UserWarning, match="Duplicate name"):
+        make_zip(path, repo_files())
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.writestr("SAPT-main/CL_Benchmark/SuperNI/task1_a/train.json", task_json(3))
+    line = refused_by_cli(tmp_path, capsys, path.as_uri())
+    assert line == ("sapt: error: the archive member SAPT-main/CL_Benchmark/SuperNI/task1_a/train.json appears "
+                    "twice; refusing the archive")
+
+
+def test_a_symlink_member_is_refused(tmp_path, capsys):
+    path = tmp_path / "bad.zip"
+    make_zip(path, repo_files())
+    link = zipfile.ZipInfo("SAPT-main/CL_Benchmark/SuperNI/task1_a/test.json")
+    link.create_system = 3  # unix
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr(link, "/etc/passwd")
+    line = refused_by_cli(tmp_path, capsys, path.as_uri())
+    assert line == ("sapt: error: the archive member SAPT-main/CL_Benchmark/SuperNI/task1_a/test.json is a "
+                    "symbolic link; refusing the archive")
+
+
+def zip_bomb(path, size=1 << 20):
+    """A small zip (about 1 KB per MB: zeros compress well) that unpacks to `size` bytes more."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, text in repo_files().items():
+            zf.writestr(name, text)
+        zf.writestr("SAPT-main/CL_Benchmark/SuperNI/task1_a/big.bin", b"\0" * size)
+    return path.as_uri()
+
+
+def test_the_unpacked_size_is_capped_and_the_cap_can_be_raised(tmp_path, capsys):
+    url = zip_bomb(tmp_path / "bad.zip")
+    assert (tmp_path / "bad.zip").stat().st_size < 10_000
+    line = refused_by_cli(tmp_path, capsys, url, "--max-bytes", "100000")
+    assert line == ("sapt: error: the archive's CL_Benchmark/ unpacks to more than 100000 bytes (the cap); "
+                    "if that is expected, raise it with --max-bytes N")
+    assert main(["fetch-benchmark", "--dest", str(tmp_path / "CL"), "--url", url, "--force",
+                 "--max-bytes", str(2 << 20)]) == 0
+    assert (tmp_path / "CL" / "SuperNI" / "task1_a" / "big.bin").stat().st_size == 1 << 20
+
+
+def test_the_cap_counts_the_bytes_written_not_the_declared_sizes(tmp_path, capsys, monkeypatch):
+    import sapt.fetch
+
+    monkeypatch.setattr(sapt.fetch, "declared_bytes", lambda members: 0)  # an archive that lies
+    line = refused_by_cli(tmp_path, capsys, zip_bomb(tmp_path / "bad.zip"), "--max-bytes", "100000")
+    assert "more than 100000 bytes" in line and "--max-bytes" in line
+
+
+def test_a_member_larger_than_it_claims_is_refused_as_damaged(tmp_path, capsys):
+    path = tmp_path / "bad.zip"
+    zip_bomb(path, size=1000)
+    data = bytearray(path.read_bytes())
+    name = b"SAPT-main/CL_Benchmark/SuperNI/task1_a/big.bin"
+    entry = data.rindex(name) - 46  # its central directory entry: the uncompressed size is at offset 24
+    assert data[entry:entry + 4] == b"PK\x01\x02"
+    struct.pack_into("<I", data, entry + 24, 500)
+    path.write_bytes(bytes(data))
+    line = refused_by_cli(tmp_path, capsys, path.as_uri())
+    assert line.startswith(f"sapt: error: the archive member {name.decode()} is damaged")

@@ -135,3 +135,11 @@ def test_compare_names_runs_apart_when_directory_names_clash(run_dir, tmp_path):
     shutil.copytree(run_dir, tmp_path / "y" / "run")
     c = plot_compare([tmp_path / "x" / "run", tmp_path / "y" / "run"], tmp_path / "c.png")
     assert len(set(c.names)) == 2 and all("run" in n for n in c.names)
+
+
+def test_compare_refuses_an_out_in_a_missing_folder(run_dir, tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "c.png"
+    assert main(["compare", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"sapt: error: --out {out}: folder {tmp_path / 'a' / 'b'} does not exist"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

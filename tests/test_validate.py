@@ -163,6 +163,11 @@ CASES = [
     Case("output-empty-list", with_instance(3, output=[]), "alpha/train.json", "Instances[3].output: empty list"),
     Case("output-list-with-null", with_instance(3, output=["pos", None]), "alpha/train.json",
          "Instances[3].output[1]: expected a string, got null"),
+    Case("outputs-all-empty", with_train(Instances=[{"input": f"s{i}", "output": ["", " "] if i % 2 else ""}
+                                                    for i in range(12)]),
+         "alpha/train.json", "Instances: the output of every one of the 12 instances is empty", loader_raises=False),
+    Case("test-json-outputs-all-empty", write("alpha/test.json", {"Instances": [{"input": "t", "output": ""}]}),
+         "alpha/test.json", "Instances: the output of every one of the 1 instances is empty", loader_raises=False),
     Case("labels-not-a-list", write("alpha/labels.json", {"neg": 0, "pos": 1}), "alpha/labels.json",
          "expected a list of label strings, got object"),
     Case("labels-empty", write("alpha/labels.json", []), "alpha/labels.json", "empty list"),
@@ -276,6 +281,15 @@ def test_bad_instances_are_capped_per_file(tmp_path):
     assert errors == [f"{path}: Instances[{i}].output: expected a string or a list of strings, got int"
                       for i in range(2, 2 + MAX_INSTANCE_MESSAGES)] + [
         f"{path}: Instances: ... and 3 more bad instances (8 of 20 in all)"]
+
+
+def test_some_empty_outputs_are_accepted_like_the_public_task511(tmp_path):
+    b = make_benchmark(tmp_path)
+    doc = beta_doc()
+    for inst in doc["Instances"][:6]:
+        inst["output"] = ""
+    put(b / "beta/train.json", doc)
+    assert validate_benchmark(tmp_path, BENCH, NAMES) == ([], [])
 
 
 def test_labels_not_covering_outputs_is_a_warning_like_the_public_qqp(tmp_path):

@@ -191,6 +191,11 @@ def _check_split_file(path: Path, report: _Report, *, is_train: bool) -> list[tu
     if bad > MAX_INSTANCE_MESSAGES:
         report.error(path, f"Instances: ... and {bad - MAX_INSTANCE_MESSAGES} more bad instances "
                            f"({bad} of {len(instances)} in all)")
+    if pairs and all(not o.strip() for _, outs in pairs for o in outs):
+        # Some empty answers are real data (a few in SuperNI task511); only empty ones teach the model to
+        # say nothing and score every prediction against "", so the run would silently mean nothing.
+        report.error(path, f"Instances: the output of every one of the {len(pairs)} instances is empty; a task "
+                           "with only empty answers can be neither learned nor scored")
     return pairs if len(report.errors) == n_errors else None
 
 
@@ -325,7 +330,7 @@ def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *
     not UTF-8 JSON (with line and column); a top level that is not an object; a Definition that is not
     a string or a list of strings; Instances missing, not a list or empty; an instance that is not an
     object, whose "input" is not a non-empty string or whose "output" is not a string or a non-empty
-    list of strings; a labels.json that is not a non-empty list of distinct strings; test.json and
+    list of strings; a file whose outputs are all empty (or blank); a labels.json that is not a non-empty list of distinct strings; test.json and
     dev.json (when present) checked like train.json; duplicate names in `names`; too few instances
     (distinct inputs, not in test.json) to carve training, validation and evaluation examples; and any
     failure of `load_task` with the given split settings (`val_size`, `max_train`, `max_eval`, `seed`,
