@@ -93,6 +93,7 @@ BAD_OPTIONS = [
     (["--data-dir", "/nonexistent/data", "--benchmark", "Long_Sequence"], "/nonexistent/data"),
     (["--benchmark", "SuperNI"], "--data-dir"), (["--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
     (["--allow-config-change", "epochs"], "--allow-config-change"),
+    (["--output", "/proc/sapt-cannot-be-made"], "/proc/sapt-cannot-be-made"),
 ]
 
 
@@ -190,6 +191,10 @@ DAMAGE = {  # name: (how to damage the run, the commands that must refuse it, wh
                                      ["eval", "predict", "export"], "adapter.safetensors"),
     "a truncated adapter": (lambda r: next(r.glob("stages/01_*/adapter.safetensors")).write_bytes(b"\0" * 10),
                             ["eval", "predict", "export"], "adapter.safetensors"),
+    "a flipped byte in a router": (lambda r: _flip_byte(next(r.glob("stages/01_*/router.safetensors"))),
+                                   ["eval", "predict", "export"], "router.safetensors"),
+    "stage.json edited": (lambda r: _write(next(r.glob("stages/00_*/stage.json")), "{}"), ["eval", "export"],
+                          "stage.json"),
     "manifest.json not JSON": (lambda r: _write(r / "manifest.json", "{"), ["eval", "predict", "export"],
                                "manifest.json"),
     "checkpoint.pt a folder": (lambda r: (next(r.glob("stages/01_*")) / "checkpoint.pt").mkdir(), ["run"],
@@ -257,6 +262,17 @@ def test_a_kill_in_the_first_stage_is_not_reported_as_a_run_without_manifest(tmp
     assert not _finished_phase_files(tmp_path / "stages")
     (stage / "adapter.safetensors").write_bytes(b"x")
     assert _finished_phase_files(tmp_path / "stages")
+
+
+def test_an_output_that_is_a_file_or_a_foreign_folder_is_refused_untouched(capsys, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    one_line_error(capsys, main(["run", *TINY, *TASKS, "--output", str(f)]), str(f))
+    assert f.read_text() == "mine"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("mine")
+    one_line_error(capsys, main(["run", *TINY, *TASKS, "--output", str(tmp_path / "folder")]), "not a sapt run")
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["notes.txt"]
 
 
 def test_predict_refuses_bytes_that_are_not_utf8(finished, capsys):
