@@ -29,40 +29,31 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sapt import io  # noqa: E402
-from sapt.config import resolve  # noqa: E402
+from sapt.config import coerce_all, load_yaml, resolve  # noqa: E402
 from sapt.manifest import Manifest  # noqa: E402
+from sapt.rundir import CONFIG, METRICS, stage_folders  # noqa: E402
 from sapt.train import run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"
 ALL_METHODS = ["sapt", "sapt-hard", "seq-lora", "inc-lora", "o-lora", "replay", "per-task", "mtl"]
 TRAINED_AS = {"sapt-hard": "sapt"}  # methods whose training is another method's, bit for bit
 
-LONG_SEQUENCE_6 = ["amazon", "mnli", "qqp", "sst2", "agnews", "boolq"]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Each protocol is a YAML file of config keys (one copy: `sapt run --config FILE` runs the same protocol);
+# the data folder is --data-dir's, whatever the file says.
 PROTOCOLS = {
-    # One epoch of 32 steps of 4 and 128-token sources; the backbone in bf16 and the pseudo-sample generator
-    # on a budget of 8 steps: 10-13 min per method on one core here (BENCHMARKS.md, "Speed, second round").
-    "long-mini": dict(
-        model="smollm2", benchmark="Long_Sequence", tasks=LONG_SEQUENCE_6,
-        max_train_per_task=128, max_eval_per_task=100, epochs=1, lr=1e-3, lora_r=8, batch_size=4,
-        max_source_length=128, max_new_tokens=8, seed=42, pseudo_ratio=0.05,
-        backbone_dtype="bfloat16", pseudo_steps=8, pseudo_max_new_tokens=64,
-    ),
-    # The same in float32 with the generator trained for a whole epoch (issue 4's long-mini, 16-44 min
-    # per method): kept to reproduce the tables measured on it in BENCHMARKS.md.
-    "long-mini-v1": dict(
-        model="smollm2", benchmark="Long_Sequence", tasks=LONG_SEQUENCE_6,
-        max_train_per_task=128, max_eval_per_task=100, epochs=1, lr=1e-3, lora_r=8, batch_size=4,
-        max_source_length=128, max_new_tokens=8, seed=42, pseudo_ratio=0.05,
-    ),
-    "superni-mini": dict(
-        model="smollm2", benchmark="SuperNI",
-        tasks=["task1572_samsum_summary", "task363_sst2_polarity_classification", "task1290_xsum_summarization",
-               "task181_outcome_extraction", "task002_quoref_answer_generation"],
-        max_train_per_task=128, max_eval_per_task=50, epochs=3, lr=1e-3, lora_r=8, batch_size=8,
-        max_source_length=384, max_new_tokens=48, seed=42, pseudo_ratio=0.05, pseudo_max_new_tokens=256,
-    ),
-    "builtin": dict(model="smollm2", seed=42),  # the built-in suite with its preset (sapt.config.BUILTIN_PRESET)
+    "long-mini": CONFIGS / "cpu-long-mini.yaml",
+    "long-mini-v1": CONFIGS / "bench" / "long-mini-v1.yaml",
+    "superni-mini": CONFIGS / "bench" / "superni-mini.yaml",
+    "builtin": CONFIGS / "bench" / "builtin.yaml",
 }
+
+
+def load_protocol(name: str) -> dict:
+    """The config keys of protocol `name` (PROTOCOLS), checked as a --config file is; without data_dir."""
+    protocol = coerce_all(load_yaml(PROTOCOLS[name]), source=str(PROTOCOLS[name]))
+    protocol.pop("data_dir", None)
+    return protocol
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     # per-task first: its diagonal is the single-task reference that FWT of the others needs
     methods.sort(key=lambda m: m != "per-task")
-    protocol = dict(PROTOCOLS[args.protocol])
+    protocol = load_protocol(args.protocol)
     if args.protocol != "builtin":
         protocol["data_dir"] = args.data_dir
     for key in ("model", "max_train_per_task", "max_eval_per_task", "epochs", "seed"):
@@ -150,19 +141,19 @@ def seed_from_trained(src: Path, dst: Path, method: str) -> bool:
     """Start `dst` as a copy of the finished run `src`'s trained stages (trained and replay phases; no
     evaluation), relabelled as `method`, so that running it only evaluates. Nothing happens (False) if
     `dst` exists or `src` is not finished."""
-    if dst.exists() or not (src / "metrics.json").exists():
+    if dst.exists() or not (src / METRICS).exists():
         return False
-    done = io.read_json(src / "metrics.json")
+    done = io.read_json(src / METRICS)
     if done["stages_done"] < len(done["tasks"]):
         return False
     tmp = dst.with_name(dst.name + ".seeding")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(
-        "metrics.json", "trackers", "bench_time.json", ".lock", "predictions", "scores.json", "checkpoint*"))
-    cfg = yaml.safe_load((tmp / "config.yaml").read_text())
-    io.atomic_write_text(tmp / "config.yaml", yaml.safe_dump({**cfg, "method": method, "output": str(dst)}, sort_keys=False))
+        METRICS, "trackers", "bench_time.json", ".lock", "predictions", "scores.json", "checkpoint*"))
+    cfg = yaml.safe_load((tmp / CONFIG).read_text())
+    io.atomic_write_text(tmp / CONFIG, yaml.safe_dump({**cfg, "method": method, "output": str(dst)}, sort_keys=False))
     manifest = Manifest(tmp)
-    for sdir in sorted((tmp / "stages").iterdir()):
+    for sdir in stage_folders(tmp):
         io.write_json(sdir / "stage.json", {**io.read_json(sdir / "stage.json"), "method": method})
         manifest.record(sdir, "trained", list(manifest.phase(sdir.name, "trained")))
         manifest.forget(sdir.name, ["evaluated"])

@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from sapt.models import LoadedModel, eager_attention_on_cpu, load_model  # noqa: E402
-from sapt.modules.inject import TARGET_PATTERNS, find_targets  # noqa: E402
+from sapt.modules.blocks.lora import TARGET_PATTERNS, find_targets  # noqa: E402
 from sapt.modules.merge import merged  # noqa: E402
 from sapt.modules.sapt_model import SAPTModel  # noqa: E402
 from sapt.modules.target_logits import causal_lm_loss  # noqa: E402

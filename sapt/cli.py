@@ -4,95 +4,57 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import math
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from sapt.config import BACKBONE_DTYPES, FIELDS, PRECISIONS, ROUTER_KEY_INITS, ConfigError
+from sapt.config import CHANGEABLE_KEYS, FIELDS, SECTIONS, ConfigError, _csv, base_type, default_text, flag_of
 
 
-def _csv(value: str) -> list[str]:
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list of task names")
-    return items
-
-
-def _num(value: str) -> float:
-    x = float(value)
-    return int(x) if math.isfinite(x) and x >= 1 and x == int(x) else x  # the config refuses inf and nan
-
-
-RUN_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--output", dict(help="run directory (default runs/demo)")),
-    ("--model", dict(help="hub id or local path of a T5 or LLaMA-family model, or smollm2 (default), tiny-t5, tiny-llama")),
-    ("--method", dict(help="sapt (default), sapt-hard, seq-lora, inc-lora, o-lora, replay, per-task or mtl")),
-    ("--reference", dict(help="run directory of a per-task run of the same tasks: fills in FWT")),
-    ("--olora-lambda1", dict(type=float, help="o-lora: weight of the orthogonality loss (default 0.5)")),
-    ("--olora-lambda2", dict(type=float, help="o-lora: weight of the L2 term (default 0)")),
-    ("--replay-memory", dict(type=int, help="replay: real examples stored per old task (default 10)")),
-    ("--data-dir", dict(help="folder holding <benchmark>/<task>/train.json; omit for the built-in suite")),
-    ("--benchmark", dict(help="benchmark folder under --data-dir: SuperNI, Long_Sequence or your own")),
-    ("--tasks", dict(type=_csv, help="comma-separated task names, in training order")),
-    ("--order", dict(type=int, help="a built-in task order: SuperNI 1 or 2, Long_Sequence 4 or 6")),
-    ("--val-size", dict(type=_num, help="validation carved from train: a fraction, or a count if >= 1 (default 0.1)")),
-    ("--max-train-per-task", dict(type=int, help="seeded subset of each task's training examples")),
-    ("--max-eval-per-task", dict(type=int, help="seeded subset of each task's evaluation examples")),
-    ("--lora-r", dict(type=int, help="LoRA rank (default 4; 8 on the built-in suite)")),
-    ("--lora-alpha", dict(type=float, help="LoRA alpha (default 32)")),
-    ("--lora-dropout", dict(type=float, help="LoRA dropout (default 0)")),
-    ("--query-hidden", dict(type=int, help="hidden width of the router's query MLP (default 100)")),
-    ("--lr", dict(type=float, help="learning rate of the LoRA blocks (default 3e-4)")),
-    ("--router-lr", dict(type=float, help="learning rate of the query MLP and keys (default: --lr)")),
-    ("--router-warmup", dict(type=float, help="share of each later stage's steps with the router frozen while the new block starts (default 0.25; 0 = off)")),
-    ("--no-router-centre", dict(dest="router_centre", action="store_false",
-                                 help="do not centre the router's query on the tasks' mean pooled prompt; with "
-                                      "--router-warmup 0 this is the paper's router")),
-    ("--router-key-init", dict(choices=ROUTER_KEY_INITS, help="a new task's router key: random (default, the "
-                                                                 "paper) or task: routed to its block from the start")),
-    ("--epochs", dict(type=int, help="epochs per task (default 3)")),
-    ("--batch-size", dict(type=int, help="training batch size (default 8)")),
-    ("--grad-accum", dict(type=int, help="gradient accumulation steps (default 1)")),
-    ("--seed", dict(type=int, help="seed for data splits, initialisation and shuffling (default 42)")),
-    ("--mixed-precision", dict(choices=PRECISIONS, help="autocast the forward passes (default no); "
-                                                                   "the LoRA weights and optimiser stay float32")),
-    ("--backbone-dtype", dict(choices=BACKBONE_DTYPES, help="dtype of the frozen backbone's weights (default float32; "
-                                                              "bfloat16 on the built-in suite): the LoRA blocks, router and "
-                                                              "optimiser stay float32")),
-    ("--log-with", dict(type=_csv, help="trackers, comma-separated: jsonl (default), tensorboard, wandb; through "
-                                        "accelerate, into RUN_DIR/trackers (train_log.jsonl is always written)")),
-    ("--max-source-length", dict(type=int, help="prompt tokens kept, cut in the middle (default 512)")),
-    ("--max-target-length", dict(type=int, help="answer tokens trained on (default 128)")),
-    ("--max-new-tokens", dict(type=int, help="generation length at evaluation (default 50)")),
-    ("--eval-batch-size", dict(type=int, help="evaluation batch size (default 16)")),
-    ("--no-stop-at-newline", dict(dest="stop_at_newline", action="store_false",
-                                   help="generate up to --max-new-tokens or EOS even for tasks whose answers are one "
-                                        "line (default: such an answer ends at its first line break)")),
-    ("--no-reflection", dict(dest="reflection", action="store_false", help="ablate attentive reflection (no KL replay)")),
-    ("--reflection-source", dict(choices=["generated", "real"], help="replay inputs: generated pseudo samples (default) or stored real inputs")),
-    ("--kl-ratio", dict(type=float, help="weight of the reflection KL (default: 1 for LLaMA-family, 0.5 SuperNI / 0.1 Long_Sequence for T5)")),
-    ("--replay-every", dict(type=int, help="optimiser steps between replay batches (default 1)")),
-    ("--pseudo-ratio", dict(type=float, help="replay inputs per task as a fraction of its training size (default 0.02, at least 1)")),
-    ("--pseudo-max", dict(type=int, help="at most this many replay inputs per task (default 50)")),
-    ("--pseudo-epochs", dict(type=int, help="epochs of the pseudo-sample generator LoRA (default 1)")),
-    ("--pseudo-steps", dict(type=int, help="optimiser steps of the generator LoRA, a budget of its own "
-                                           "(default: --pseudo-epochs passes over the task's inputs)")),
-    ("--pseudo-lr", dict(type=float, help="learning rate of the generator LoRA (default 1e-3)")),
-    ("--pseudo-r", dict(type=int, help="rank of the generator LoRA (default 8)")),
-    ("--pseudo-top-k", dict(type=int, help="top-k sampling of pseudo inputs (default 20)")),
-    ("--pseudo-repetition-penalty", dict(type=float, help="repetition penalty of pseudo sampling (default 2.5)")),
-    ("--pseudo-max-new-tokens", dict(type=int, help="length limit of a pseudo sample (default 128)")),
-    # how to treat an existing run directory (not config keys)
+# `sapt run`'s options beyond the config keys: how to treat an existing run directory.
+RUN_DIR_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--force-new", dict(dest="force_new", action="store_true",
                          help="if --output holds a run with another config, start a fresh OUTPUT-2 (-3, ...) next to it "
                               "instead of refusing (the same command again resumes that one)")),
     ("--allow-config-change", dict(dest="allow_config_change", metavar="KEYS",
                                    type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
-                                   help="resume although these keys changed: lr and/or router_lr (e.g. lowered "
-                                        "after a non-finite loss); recorded in manifest.json")),
+                                   help=f"resume although these keys changed: {' and/or '.join(CHANGEABLE_KEYS)} "
+                                        "(e.g. lowered after a non-finite loss); recorded in manifest.json")),
 ]
+
+
+def config_option(name: str) -> tuple[str, dict[str, Any]] | None:
+    """The `sapt run` flag of config key `name` and its add_argument keywords, from the field's declaration
+    (sapt.config.option); None for a key of YAML files only."""
+    flag = flag_of(name)
+    if flag is None:
+        return None
+    f = FIELDS[name]
+    meta = f.metadata
+    base = base_type(name)
+    if base is bool:  # --no-X for a default of true (or --X for one of false): the help says what it does
+        return flag, dict(dest=name, action="store_false" if f.default is True else "store_true", help=meta["help"])
+    kw: dict[str, Any] = dict(dest=name)
+    kind = meta["type"] or {int: int, float: float, list: _csv}.get(base)
+    if kind is not None:
+        kw["type"] = kind
+    if meta["choices"] is not None:
+        kw["choices"] = meta["choices"]
+    default = default_text(name)
+    kw["help"] = f"{meta['help']} {default}" if default else meta["help"]
+    return flag, kw
+
+
+def run_options() -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """`sapt run`'s options by section (SECTIONS' keys): each config key's flag, then the run directory's."""
+    options: dict[str, list[tuple[str, dict[str, Any]]]] = {s: [] for s in SECTIONS}
+    for name in FIELDS:
+        opt = config_option(name)
+        if opt is not None:
+            options[FIELDS[name].metadata["section"]].append(opt)
+    options["run"] += RUN_DIR_OPTIONS
+    return options
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -108,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="learn a sequence of tasks; with no options, the built-in demo on smollm2")
     run.add_argument("--config", help="YAML file of config keys; command-line options override it")
-    for flag, kw in RUN_OPTIONS:
-        run.add_argument(flag, default=argparse.SUPPRESS, **kw)
+    for section, options in run_options().items():
+        group = run.add_argument_group(SECTIONS[section])
+        for flag, kw in options:
+            group.add_argument(flag, default=argparse.SUPPRESS, **kw)
 
     ev = sub.add_parser("eval", help="re-score the final model of a run on all its tasks")
     ev.add_argument("--run", required=True, help="run directory")

@@ -1,15 +1,22 @@
 """The run configuration: one dataclass, resolved as defaults < preset < YAML file < command line.
 
 The resolved config is saved as `config.yaml` in the run directory; resuming checks it is unchanged.
+
+Every field is declared with `option(...)`: its default, its help, its section, its command-line flag and
+whether it may change when a run is resumed. That one declaration is the source of the `sapt run` parser
+(sapt.cli), of the resume check (`RESUMABLE_KEYS`, `CHANGEABLE_KEYS`, `differences`) and of the
+documentation (`SECTIONS`, `FIELDS`, `section_fields`, `default_text`).
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -22,73 +29,171 @@ PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")  # --backbone-dtype (sapt.models)
 ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.train.init_key_from_task)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
+REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
+
+# The sections of the config, in the order of the source, of `sapt run --help` and of the docs.
+SECTIONS: dict[str, str] = {
+    "run": "run and output",
+    "method": "method",
+    "data": "data",
+    "block": "LoRA blocks",
+    "router": "router",
+    "optimisation": "optimisation",
+    "decoding": "lengths and decoding",
+    "reflection": "attentive reflection",
+}
+# May a key differ between a run and its resumption? "free": yes, it does not change what is computed;
+# "changeable": only with --allow-config-change (recorded in manifest.json); "fixed": never.
+RESUME_POLICIES = ("free", "changeable", "fixed")
+
+
+# ---- command-line value types (sapt run), also used for the fields' declarations -------------------------
+def _csv(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of task names")
+    return items
+
+
+def _num(value: str) -> float:
+    x = float(value)
+    return int(x) if math.isfinite(x) and x >= 1 and x == int(x) else x  # the config refuses inf and nan
+
+
+def option(default: Any, *, help: str, section: str, flag: str | bool | None = None, resume: str = "fixed",
+           choices: Sequence[str] | None = None, type: Callable[[str], Any] | None = None,
+           default_help: str | None = None) -> Any:
+    """A config field with its documentation.
+
+    `help`: the help of its command-line flag (for a boolean that defaults to true: of its --no-X flag).
+    `section`: a key of SECTIONS. `flag`: None for the usual one (--name-with-dashes, or --no-name for a
+    boolean that defaults to true), a string for another, False for none (a key of YAML files only).
+    `resume`: see RESUME_POLICIES. `choices`: the values the flag accepts. `type`: what turns the flag's
+    text into a value when the field's annotation does not say (int, float, a comma-separated list).
+    `default_help`: what a default of None means, for the help (e.g. "--lr")."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown config section {section!r}")
+    if resume not in RESUME_POLICIES:
+        raise ValueError(f"unknown resume policy {resume!r}")
+    meta = {"help": help, "section": section, "flag": flag, "resume": resume,
+            "choices": tuple(choices) if choices is not None else None, "type": type, "default_help": default_help}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
-    output: str = "runs/demo"
-    model: str = "smollm2"
-    method: str = "sapt"  # see sapt.methods: sapt, sapt-hard, seq-lora, inc-lora, o-lora, replay, per-task, mtl
-    reference: str | None = None  # a per-task run of the same tasks: its diagonal gives FWT's s_j
-    olora_lambda1: float = 0.5  # O-LoRA orthogonality weight
-    olora_lambda2: float = 0.0  # O-LoRA L2 weight
-    replay_memory: int = 10  # replay: real examples stored per old task
-    # data: with no data_dir, the built-in generated suite (sapt.data.builtin) is used
-    data_dir: str | None = None
-    benchmark: str | None = None
-    tasks: list[str] | None = None
-    extra_tasks: list[str] = field(default_factory=list)  # task folders appended by `sapt learn`
-    order: int | None = None
-    val_size: float = 0.1  # fraction of the training examples, or a count when >= 1
-    max_train_per_task: int | None = None
-    max_eval_per_task: int | None = None
-    # SALS
-    lora_r: int = 4
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    query_hidden: int = 100
-    # optimisation (METHOD.md: lr 3e-4 constant, no warmup, AdamW)
-    lr: float = 3e-4
-    router_lr: float | None = None  # defaults to lr
-    # Share of a stage's optimiser steps (stages 2..T) during which the router stays frozen while the new,
-    # zero-initialised block learns; see train_stage. 0 = the paper's schedule.
-    router_warmup: float = 0.25
-    # Subtract the mean pooled prompt of the tasks seen so far before the query MLP (sapt.train.update_centre);
-    # false with router_warmup 0 is the paper's router.
-    router_centre: bool = True
-    # A new task's key: "random" (the paper) or "task" (sapt.train.init_key_from_task)
-    router_key_init: str = "random"
-    epochs: int = 3
-    batch_size: int = 8
-    grad_accum: int = 1
-    seed: int = 42
-    mixed_precision: str = "no"  # or bf16 / fp16: autocast around forward passes; the LoRA weights stay float32
+    # ---- run and output -------------------------------------------------------------------------------
+    output: str = option("runs/demo", section="run", resume="free", help="run directory")
+    model: str = option("smollm2", section="run",
+                        help="hub id or local path of a T5 or LLaMA-family model, or smollm2, tiny-t5, tiny-llama")
     # The frozen backbone's weights in this dtype (LoRA blocks, router and optimiser stay float32): bfloat16
     # is what makes a CPU with bf16 instructions fast (BENCHMARKS.md "bf16 on CPU").
-    backbone_dtype: str = "float32"
-    log_with: list[str] = field(default_factory=lambda: ["jsonl"])  # trackers (sapt.tracking): jsonl, tensorboard, wandb
-    # lengths and decoding
-    max_source_length: int = 512
-    max_target_length: int = 128
-    max_new_tokens: int = 50
-    eval_batch_size: int = 16
+    backbone_dtype: str = option("float32", section="run", choices=BACKBONE_DTYPES,
+                                 help="dtype of the frozen backbone's weights: the LoRA blocks, router and "
+                                      "optimiser stay float32")
+    # autocast around forward passes (sapt.distributed); the LoRA weights stay float32
+    mixed_precision: str = option("no", section="run", choices=PRECISIONS,
+                                  help="autocast the forward passes; the LoRA weights and optimiser stay float32")
+    log_with: list[str] = option(["jsonl"], section="run", resume="free",
+                                 help="trackers, comma-separated: jsonl, tensorboard, wandb; through accelerate, "
+                                      "into RUN_DIR/trackers (train_log.jsonl is always written)")
+    notes: dict[str, Any] = option({}, section="run", flag=False, resume="free",
+                                   help="free-form notes kept with the run (YAML only)")
+
+    # ---- method (sapt.methods) ------------------------------------------------------------------------
+    method: str = option("sapt", section="method",
+                         help="sapt, sapt-hard, seq-lora, inc-lora, o-lora, replay, per-task or mtl")
+    # a per-task run of the same tasks: its diagonal gives FWT's s_j
+    reference: str | None = option(None, section="method", resume="free",
+                                   help="run directory of a per-task run of the same tasks: fills in FWT")
+    olora_lambda1: float = option(0.5, section="method", help="o-lora: weight of the orthogonality loss")
+    olora_lambda2: float = option(0.0, section="method", help="o-lora: weight of the L2 term")
+    replay_memory: int = option(10, section="method", help="replay: real examples stored per old task")
+
+    # ---- data: with no data_dir, the built-in generated suite (sapt.data.builtin) is used --------------
+    data_dir: str | None = option(None, section="data", resume="free",
+                                  help="folder holding <benchmark>/<task>/train.json; omit for the built-in suite")
+    benchmark: str | None = option(None, section="data",
+                                   help="benchmark folder under --data-dir: SuperNI, Long_Sequence or your own")
+    tasks: list[str] | None = option(None, section="data", help="comma-separated task names, in training order")
+    extra_tasks: list[str] = option([], section="data", flag=False,
+                                    help="task folders appended by `sapt learn`")
+    order: int | None = option(None, section="data",
+                               help="a built-in task order: SuperNI 1 or 2, Long_Sequence 4 or 6")
+    val_size: float = option(0.1, section="data", type=_num,
+                             help="validation carved from train: a fraction, or a count if >= 1")
+    max_train_per_task: int | None = option(None, section="data",
+                                            help="seeded subset of each task's training examples")
+    max_eval_per_task: int | None = option(None, section="data",
+                                           help="seeded subset of each task's evaluation examples")
+
+    # ---- LoRA blocks (SALS) ---------------------------------------------------------------------------
+    lora_r: int = option(4, section="block", help="LoRA rank")
+    lora_alpha: float = option(32.0, section="block", help="LoRA alpha")
+    lora_dropout: float = option(0.0, section="block", help="LoRA dropout")
+
+    # ---- router ---------------------------------------------------------------------------------------
+    query_hidden: int = option(100, section="router", help="hidden width of the router's query MLP")
+    # Share of a stage's optimiser steps (stages 2..T) during which the router stays frozen while the new,
+    # zero-initialised block learns; see train_stage. 0 = the paper's schedule.
+    router_warmup: float = option(0.25, section="router",
+                                  help="share of each later stage's steps with the router frozen while the new "
+                                       "block starts; 0 = off")
+    # Subtract the mean pooled prompt of the tasks seen so far before the query MLP (sapt.train.update_centre);
+    # false with router_warmup 0 is the paper's router.
+    router_centre: bool = option(True, section="router",
+                                 help="do not centre the router's query on the tasks' mean pooled prompt; with "
+                                      "--router-warmup 0 this is the paper's router")
+    # A new task's key: "random" (the paper) or "task" (sapt.train.init_key_from_task)
+    router_key_init: str = option("random", section="router", choices=ROUTER_KEY_INITS,
+                                  help="a new task's router key: random (the paper) or task: routed to its block "
+                                       "from the start")
+
+    # ---- optimisation (docs/method.md: lr 3e-4 constant, no warmup, AdamW) -----------------------------
+    # lr and router_lr may be lowered on resume (--allow-config-change), e.g. to get past a non-finite loss;
+    # each epoch's rates are in its stage.json history.
+    lr: float = option(3e-4, section="optimisation", resume="changeable",
+                       help="learning rate of the LoRA blocks")
+    router_lr: float | None = option(None, section="optimisation", resume="changeable", default_help="--lr",
+                                     help="learning rate of the query MLP and keys")
+    epochs: int = option(3, section="optimisation", help="epochs per task")
+    batch_size: int = option(8, section="optimisation", help="training batch size")
+    grad_accum: int = option(1, section="optimisation", help="gradient accumulation steps")
+    seed: int = option(42, section="optimisation", help="seed for data splits, initialisation and shuffling")
+
+    # ---- lengths and decoding -------------------------------------------------------------------------
+    max_source_length: int = option(512, section="decoding", help="prompt tokens kept, cut in the middle")
+    max_target_length: int = option(128, section="decoding", help="answer tokens trained on")
+    max_new_tokens: int = option(50, section="decoding", help="generation length at evaluation")
+    eval_batch_size: int = option(16, section="decoding", resume="free", help="evaluation batch size")
     # An answer ends at its first line break where no answer of the task has one (sapt.evaluate)
-    stop_at_newline: bool = True
-    # attentive reflection (ARM)
-    reflection: bool = True
-    reflection_source: str = "generated"  # or "real": a few stored training inputs
-    kl_ratio: float | None = None  # None: per model family and benchmark (sapt.reflection)
-    replay_every: int = 1  # optimiser steps between replay batches
-    pseudo_ratio: float = 0.02  # replay inputs kept per task, as a fraction of its training size
-    pseudo_max: int = 50
-    pseudo_epochs: int = 1  # generator LoRA training
-    pseudo_steps: int | None = None  # the generator's optimiser steps (a budget of its own); None: pseudo_epochs passes
-    pseudo_lr: float = 1e-3
-    pseudo_r: int = 8
-    pseudo_top_k: int = 20
-    pseudo_repetition_penalty: float = 2.5
-    pseudo_max_new_tokens: int = 128
-    notes: dict[str, Any] = field(default_factory=dict)
+    stop_at_newline: bool = option(True, section="decoding",
+                                   help="generate up to --max-new-tokens or EOS even for tasks whose answers are "
+                                        "one line (default: such an answer ends at its first line break)")
+
+    # ---- attentive reflection (ARM) -------------------------------------------------------------------
+    reflection: bool = option(True, section="reflection", help="ablate attentive reflection (no KL replay)")
+    reflection_source: str = option("generated", section="reflection", choices=REFLECTION_SOURCES,
+                                    help="replay inputs: generated pseudo samples or stored real inputs")
+    # None: per model family and benchmark (sapt.reflection)
+    kl_ratio: float | None = option(None, section="reflection",
+                                    default_help="1 for LLaMA-family, 0.5 SuperNI / 0.1 Long_Sequence for T5",
+                                    help="weight of the reflection KL")
+    replay_every: int = option(1, section="reflection", help="optimiser steps between replay batches")
+    pseudo_ratio: float = option(0.02, section="reflection",
+                                 help="replay inputs per task as a fraction of its training size, at least 1")
+    pseudo_max: int = option(50, section="reflection", help="at most this many replay inputs per task")
+    pseudo_epochs: int = option(1, section="reflection", help="epochs of the pseudo-sample generator LoRA")
+    pseudo_steps: int | None = option(None, section="reflection",
+                                      default_help="--pseudo-epochs passes over the task's inputs",
+                                      help="optimiser steps of the generator LoRA, a budget of its own")
+    pseudo_lr: float = option(1e-3, section="reflection", help="learning rate of the generator LoRA")
+    pseudo_r: int = option(8, section="reflection", help="rank of the generator LoRA")
+    pseudo_top_k: int = option(20, section="reflection", help="top-k sampling of pseudo inputs")
+    pseudo_repetition_penalty: float = option(2.5, section="reflection", help="repetition penalty of pseudo sampling")
+    pseudo_max_new_tokens: int = option(128, section="reflection", help="length limit of a pseudo sample")
 
     def validate(self) -> None:
         positive = ["lora_r", "epochs", "batch_size", "grad_accum", "max_source_length",
@@ -124,7 +229,7 @@ class RunConfig:
         unknown = sorted(set(self.log_with) - set(TRACKERS))
         if unknown:
             raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)} (available: {', '.join(TRACKERS)})")
-        if self.reflection_source not in ("generated", "real"):
+        if self.reflection_source not in REFLECTION_SOURCES:
             raise ConfigError(f"reflection_source must be 'generated' or 'real', got {self.reflection_source!r}")
         if self.kl_ratio is not None and self.kl_ratio < 0:
             raise ConfigError(f"kl_ratio must be >= 0, got {self.kl_ratio}")
@@ -157,8 +262,80 @@ BUILTIN_PRESET: dict[str, Any] = {
 }
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def section_fields(section: str) -> list[dataclasses.Field]:
+    """The fields of one section of SECTIONS, in the order of the source."""
+    return [f for f in FIELDS.values() if f.metadata["section"] == section]
+
+
+def _resume(policy: str) -> tuple[str, ...]:
+    return tuple(k for k, f in FIELDS.items() if f.metadata["resume"] == policy)
+
+
 # Keys that may change between a run and its resumption without changing what is computed.
-RESUMABLE_KEYS = {"output", "eval_batch_size", "notes", "data_dir", "reference", "log_with"}
+RESUMABLE_KEYS = frozenset(_resume("free"))
+# Keys that may differ from the saved config when a run is resumed with --allow-config-change (to get past
+# a non-finite loss). Every other difference is refused. Each epoch's rates are in its stage.json history.
+CHANGEABLE_KEYS = _resume("changeable")
+
+# The order of the keys in RUN_DIR/config.yaml, as sapt has always written them (the source's order
+# changed when the fields were grouped by section; a run's config.yaml stays byte-identical). A key that
+# is not listed here goes after these, in the source's order.
+SAVED_ORDER = (
+    "output", "model", "method", "reference", "olora_lambda1", "olora_lambda2", "replay_memory",
+    "data_dir", "benchmark", "tasks", "extra_tasks", "order", "val_size", "max_train_per_task", "max_eval_per_task",
+    "lora_r", "lora_alpha", "lora_dropout", "query_hidden",
+    "lr", "router_lr", "router_warmup", "router_centre", "router_key_init",
+    "epochs", "batch_size", "grad_accum", "seed", "mixed_precision", "backbone_dtype", "log_with",
+    "max_source_length", "max_target_length", "max_new_tokens", "eval_batch_size", "stop_at_newline",
+    "reflection", "reflection_source", "kl_ratio", "replay_every", "pseudo_ratio", "pseudo_max", "pseudo_epochs",
+    "pseudo_steps", "pseudo_lr", "pseudo_r", "pseudo_top_k", "pseudo_repetition_penalty", "pseudo_max_new_tokens",
+    "notes",
+)
+if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
+    raise RuntimeError("SAVED_ORDER must list config keys, each once")
+_KEY_ORDER = SAVED_ORDER + tuple(k for k in FIELDS if k not in SAVED_ORDER)
+
+
+def flag_of(name: str) -> str | None:
+    """The `sapt run` flag of config key `name` (None if it has none): --name-with-dashes, or --no-name for
+    a boolean that defaults to true, unless its declaration names another."""
+    f = FIELDS[name]
+    flag = f.metadata["flag"]
+    if flag is False:
+        return None
+    if isinstance(flag, str):
+        return flag
+    dashed = name.replace("_", "-")
+    return f"--no-{dashed}" if f.default is True else f"--{dashed}"
+
+
+def default_text(name: str) -> str | None:
+    """The default of config key `name` as the help shows it, with the built-in suite's where the preset
+    differs: "(default 4; 8 on the built-in suite)", "(default: --lr)" (what a default of None means), or
+    None (nothing to say)."""
+    f = FIELDS[name]
+    value = default_value(name)
+    if value is None or value in ([], {}):
+        return f"(default: {f.metadata['default_help']})" if f.metadata["default_help"] else None
+    text = f"(default {_show(value)}"
+    if name in BUILTIN_PRESET and BUILTIN_PRESET[name] != value:
+        text += f"; {_show(BUILTIN_PRESET[name])} on the built-in suite"
+    return text + ")"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float):  # 3e-4 rather than 0.0003, 32 rather than 32.0
+        plain = f"{value:g}"
+        mantissa, _, exponent = f"{value:e}".partition("e")
+        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return short if len(short) < len(plain) and float(short) == value else plain
+    return str(value)
 
 
 def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunConfig:
@@ -227,6 +404,14 @@ def coerce_all(values: dict[str, Any], source: str = "") -> dict[str, Any]:
         raise ConfigError(f"{where}{e}") from None
 
 
+def base_type(key: str) -> type:
+    """The type of config field `key` without its None and its items: bool, int, float, str, list or dict."""
+    hint = _TYPES[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if type(None) in typing.get_args(hint) else hint
+    return typing.get_origin(base) or base
+
+
 def coerce(key: str, value: Any) -> Any:
     """`value` as the type of config field `key`, or a ConfigError naming the key.
 
@@ -284,7 +469,9 @@ def _number(key: str, value: Any, kind: type) -> int | float:
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config's keys and values, in the order of config.yaml (SAVED_ORDER)."""
+    values = dataclasses.asdict(cfg)
+    return {k: values[k] for k in _KEY_ORDER}
 
 
 def differences(saved: dict[str, Any], cfg: RunConfig) -> list[str]:

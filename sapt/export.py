@@ -11,7 +11,7 @@
 
 Each task adapter loads with `peft.PeftModel.from_pretrained(base_model, OUT/<task>)` and then behaves
 exactly as the SAPT model with all routing weight on that task's block. PEFT cannot reproduce the
-per-input mixture itself (see sapt/modules/mixture_lora.py); router.* holds what is needed to compute
+per-input mixture itself (see sapt/modules/blocks/lora/layer.py); router.* holds what is needed to compute
 the weights, and PEFT's `add_weighted_adapter` or per-example `adapter_names=` can then use them.
 
 The export reads the stage files of the run directory only (no model is loaded): the blocks from
@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from sapt import io
 from sapt.config import ConfigError
 from sapt.models import RESERVED
+from sapt.rundir import load_run_config, trained_stages
 
 PEFT_PREFIX = "base_model.model."
 TASK_TYPE = {"seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}
@@ -151,8 +152,6 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
 
     The export is built in a temporary folder next to OUT and moved into place by renames only once it
     is complete, so a failure (a damaged stage, a full disk) leaves OUT as it was."""
-    from sapt.train import load_run_config, trained_stages
-
     run_dir, out = Path(run_dir), Path(out).absolute()
     cfg = load_run_config(run_dir)
     stages = trained_stages(run_dir)

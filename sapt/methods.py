@@ -111,19 +111,13 @@ class OLoRA(IncLoRA):
 
 def orthogonality_loss(model: SAPTModel, t: int) -> torch.Tensor:
     """sum over adapted projections and earlier blocks i of sum |A_i A_t^T| (zero iff every row of A_t is
-    orthogonal to every row of every earlier A)."""
-    total = torch.zeros(())
-    for layer in model.lora_layers.values():
-        for i in range(t):
-            total = total + (layer.lora_A[i].detach() @ layer.lora_A[t].t()).abs().sum()
-    return total
+    orthogonal to every row of every earlier A); the block type computes it (`sapt.modules.blocks.lora.losses`)."""
+    return model.blocks.extra_loss("orthogonality", t)
 
 
 def l2_loss(model: SAPTModel, t: int) -> torch.Tensor:
-    total = torch.zeros(())
-    for layer in model.lora_layers.values():
-        total = total + layer.lora_A[t].norm(p=2) + layer.lora_B[t].norm(p=2)
-    return total
+    """sum over adapted projections of ||A_t||_2 + ||B_t||_2, from the block type."""
+    return model.blocks.extra_loss("l2", t)
 
 
 class PerTask(Method):

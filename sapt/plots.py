@@ -24,6 +24,7 @@ import numpy as np
 from sapt import io
 from sapt.config import ConfigError
 from sapt.metrics import metrics_problems, short_name
+from sapt.rundir import METRICS, stage_dir
 
 DPI = 150
 NAME_WIDTH = 24  # task names on axes: 'task1572_samsum_summary' -> 't1572_samsum_summary'
@@ -31,7 +32,7 @@ NAME_WIDTH = 24  # task names on axes: 'task1572_samsum_summary' -> 't1572_samsu
 
 # ---- reading a run ---------------------------------------------------------------------------------
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "metrics.json"
+    path = Path(run_dir) / METRICS
     if not path.exists():
         raise ConfigError(f"{run_dir}: no metrics.json (not a sapt run, or no stage evaluated yet)")
     metrics = io.read_json(path)
@@ -72,7 +73,7 @@ def routing_means(run_dir: str | Path, metrics: dict[str, Any] | None = None) ->
     last = n_stages - 1
     tasks = metrics["tasks"]
     blocks = tasks[: last + 1]
-    pred_dir = run_dir / "stages" / f"{last:02d}_{tasks[last]}" / "predictions"
+    pred_dir = stage_dir(run_dir, last, tasks[last]) / "predictions"
     rows, counts = [], []
     for task in blocks:
         path = pred_dir / f"{task}.jsonl"

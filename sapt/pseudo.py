@@ -1,4 +1,4 @@
-"""Pseudo inputs of a finished task, for the Attentive Reflection Module (METHOD.md).
+"""Pseudo inputs of a finished task, for the Attentive Reflection Module (docs/method.md).
 
 After task t is trained, its routing must be protected while later tasks train, without keeping any of
 its real data. So a *generator* learns to write task inputs: a temporary PEFT LoRA on the same frozen
@@ -30,7 +30,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -41,6 +41,7 @@ from sapt.batching import Encoded, collate_prompts, collate_train, truncate_midd
 from sapt.distributed import get_dist
 
 if TYPE_CHECKING:
+    from sapt.config import RunConfig
     from sapt.data import Task
     from sapt.modules.sapt_model import SAPTModel
 
@@ -71,9 +72,25 @@ class PseudoConfig:
                 (self.steps is not None and self.steps < 1):
             raise ValueError(f"bad pseudo-sample settings: {self}")
 
+    # Each setting that a run config sets, and its key there (the generator trains with the run's batch size);
+    # the others (alpha, temperature, oversample, sample_batch_size) keep their defaults here.
+    RUN_KEYS: ClassVar[dict[str, str]] = {
+        "ratio": "pseudo_ratio", "max_samples": "pseudo_max", "r": "pseudo_r", "lr": "pseudo_lr",
+        "epochs": "pseudo_epochs", "steps": "pseudo_steps", "batch_size": "batch_size", "top_k": "pseudo_top_k",
+        "repetition_penalty": "pseudo_repetition_penalty", "max_new_tokens": "pseudo_max_new_tokens",
+    }
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig, seed: int) -> PseudoConfig:
+        """The generator's settings of a run (sapt.config.RunConfig), sampling under `seed`."""
+        return cls(**{name: getattr(cfg, key) for name, key in cls.RUN_KEYS.items()}, seed=seed)
+
 
 def wanted_count(n_train: int, cfg: PseudoConfig) -> int:
-    return min(cfg.max_samples, max(1, round(cfg.ratio * n_train)))
+    """How many samples to generate: `sapt.reflection.replay_count` with the config's ratio and cap."""
+    from sapt.reflection import replay_count  # here, so importing sapt.pseudo keeps loading no model code
+
+    return replay_count(n_train, cfg.ratio, cfg.max_samples)
 
 
 def generator_prompt(definition: str) -> str:
@@ -103,9 +120,10 @@ def _encode(model: SAPTModel, task: Task, max_source: int, max_target: int) -> t
 
 
 def _attach_generator(model: SAPTModel, cfg: PseudoConfig):
-    """A PEFT LoRA on the frozen linear inside every mixture layer; returns (peft model, its parameters)."""
+    """A PEFT LoRA on the frozen linears the block type names; returns (peft model, its parameters)."""
     # Exact module names rather than a pattern: right whatever target_pattern the SAPT model was built with.
-    targets = [f"{name}.base" for name in model.lora_layers]
+    # The block type names them: for LoRA, the frozen Linear inside every mixture layer.
+    targets = model.blocks.frozen_targets()
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations PEFT still calls

@@ -21,7 +21,7 @@ from sapt.batching import Encoded, collate_prompts, encode, length_sorted_batche
 from sapt.data import Example, Task
 from sapt.modules.sapt_model import SAPTModel
 
-# METHOD.md: 0.5 for SuperNI and 0.1 for Long Sequence on T5, 1-2 for LLaMA-family models.
+# docs/method.md: 0.5 for SuperNI and 0.1 for Long Sequence on T5, 1-2 for LLaMA-family models.
 DEFAULT_KL_RATIO = {("seq2seq", "SuperNI"): 0.5, ("seq2seq", "Long_Sequence"): 0.1}
 
 
@@ -56,7 +56,9 @@ def routing_target(model: SAPTModel, items: list[Encoded], batch_size: int) -> l
 
 
 def replay_count(n_train: int, ratio: float, maximum: int) -> int:
-    """About `ratio` of the training size, at least 1, at most `maximum`."""
+    """About `ratio` of the training size, at least 1, at most `maximum`.
+
+    The one formula for how many replay inputs a task keeps, real or pseudo (`sapt.pseudo.wanted_count`)."""
     return max(1, min(maximum, round(ratio * n_train)))
 
 

@@ -1,25 +1,20 @@
 """The continual-learning recipe: for each task, train its block, pick the best epoch on validation,
 save the stage, then score every task seen so far. Finished work is loaded, not redone.
 
-Run directory:
-    config.yaml                      resolved config (resuming checks it is unchanged)
-    manifest.json                    the phases of each stage that are done, with sha256 of their files
-    train_log.jsonl                  one line per optimiser step: stage, task, epoch, step, loss
-    stages/NN_<task>/checkpoint.pt   while stage NN trains: its state after the last finished epoch
+The run directory (its layout, choosing and locking it, checking its stages against manifest.json,
+reading it back) is `sapt.rundir`. What a stage writes there:
     stages/NN_<task>/adapter.safetensors   block NN of every adapted projection
     stages/NN_<task>/router.safetensors    key NN and the shared query MLP after stage NN
     stages/NN_<task>/stage.json      training summary and routing target
     stages/NN_<task>/replay.jsonl    reflection inputs of task NN (pseudo or real), with replay_stats.json
-    stages/NN_<task>/scores.json     scores on tasks 0..NN
-    stages/NN_<task>/predictions/<task>.jsonl
-    metrics.json                     tasks, matrix, AP, F.Ra, FWT, BWT, routing accuracy, eval split
-    timing.json                      seconds of training, reflection and evaluation so far, and their total
+    stages/NN_<task>/scores.json     scores on tasks 0..NN, with predictions/<task>.jsonl
 
 Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.manifest`)
-is skipped only if manifest.json records it and its files pass their checksums; a stage that was
-training resumes after its last checkpointed epoch with the optimiser and every RNG state, so the
-result is bit-identical to an uninterrupted run on CPU. Damaged trained or replay files invalidate
-their stage and every later one (those are redone from scratch); damaged evaluation files are rescored.
+is skipped only if manifest.json records it and its files pass their checksums (`sapt.rundir.verify_stages`);
+a stage that was training resumes after its last checkpointed epoch with the optimiser and every RNG
+state, so the result is bit-identical to an uninterrupted run on CPU. Damaged trained or replay files
+invalidate their stage and every later one (those are redone from scratch); damaged evaluation files
+are rescored.
 
 Test hook: SAPT_TEST_KILL_AT=point[,point...] makes the process kill itself (SIGKILL, or the signal
 named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) when it reaches a named point; see `kill_point`.
@@ -32,7 +27,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -45,12 +39,16 @@ from tqdm.auto import tqdm
 
 from sapt import io
 from sapt.batching import collate_train, encode, length_sorted_batches
-from sapt.config import ConfigError, RunConfig, default_value, differences, from_saved, to_dict
+from sapt.config import ConfigError, RunConfig, default_value, to_dict
 from sapt.data import Example, Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
 from sapt.distributed import Dist, get_dist
-from sapt.lock import RunLock
-from sapt.manifest import PHASES, Manifest
+from sapt.manifest import Manifest
+from sapt.rundir import (
+    CONFIG, METRICS, PHASE_FILES, TIMING, collect_matrices, load_run_config, lock_run_dir, replay_stats, run_timing,
+    stage_dir, trained_stages, verify_stages,
+)
+from sapt.rundir.plan import drop_if_bare
 from sapt.evaluate import encode_task_split, evaluate_task, evaluation_loss
 from sapt.metrics import cl_metrics, format_table
 from sapt.models import eager_attention_on_cpu, load_model
@@ -124,19 +122,14 @@ def build_model(cfg: RunConfig) -> SAPTModel:
 
 
 def place(model: SAPTModel) -> None:
-    """Onto this process's device and, under an FSDP launch, the backbone's blocks sharded (the LoRA
-    blocks and the router stay whole; see sapt.distributed)."""
+    """Onto this process's device and, under an FSDP launch, the backbone's blocks sharded (the task
+    blocks -- `model.blocks.keep_whole()` -- and the router stay whole; see sapt.distributed)."""
     dist = get_dist()
     model.to(dist.device)
-    lora = {p for layer in model.lora_layers.values() for p in (*layer.lora_A, *layer.lora_B)}
-    summary = dist.shard_backbone(model.base, keep_whole=lora)
+    summary = dist.shard_backbone(model.base, keep_whole=model.blocks.keep_whole())
     if summary is not None:
         model.sharded = True
         log(f"sapt: {summary}")
-
-
-def stage_dir(run_dir: Path, t: int, task: str) -> Path:
-    return run_dir / "stages" / f"{t:02d}_{task}"
 
 
 def stage_seed(cfg: RunConfig, t: int) -> int:
@@ -454,12 +447,7 @@ def make_replay_inputs(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> 
         return inputs, {"source": "real", "wanted": n, "count": len(inputs)}
     from sapt.pseudo import PseudoConfig, generate_pseudo_inputs
 
-    pcfg = PseudoConfig(
-        ratio=cfg.pseudo_ratio, max_samples=cfg.pseudo_max, r=cfg.pseudo_r, lr=cfg.pseudo_lr,
-        epochs=cfg.pseudo_epochs, steps=cfg.pseudo_steps, batch_size=cfg.batch_size, top_k=cfg.pseudo_top_k,
-        repetition_penalty=cfg.pseudo_repetition_penalty, max_new_tokens=cfg.pseudo_max_new_tokens,
-        seed=stage_seed(cfg, t),
-    )
+    pcfg = PseudoConfig.from_run(cfg, seed=stage_seed(cfg, t))
     inputs, stats = generate_pseudo_inputs(model, task, pcfg, cfg.max_source_length, cfg.max_target_length)
     return inputs, {"source": "generated", **stats}
 
@@ -470,78 +458,6 @@ class RunResult:
     metrics: dict[str, Any]
     table: str
     timing: dict[str, float] | None = None  # run_timing's numbers (main process only)
-
-
-# Keys that may differ from the saved config when a run is resumed with --allow-config-change (to get past
-# a non-finite loss). Every other difference is refused. Each epoch's rates are in its stage.json history.
-CHANGEABLE_KEYS = ("lr", "router_lr")
-
-# What each phase of a stage writes (inside its directory), in the order a run writes them.
-PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.jsonl", "stage.json"),
-               "replay": ("replay.jsonl", "replay_stats.json"),
-               "evaluated": ("scores.json", "predictions")}
-
-
-def _dir_status(run_dir: Path, cfg: RunConfig, allow: set[str]) -> tuple[str | None, dict[str, list]]:
-    """(None, allowed changes {key: [saved, new]}) if `run_dir` can take this run: absent, empty, or a run
-    of this config up to the keys in `allow`; else (why not, {})."""
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists():
-        try:
-            saved = yaml.safe_load(cfg_path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            saved = None
-        if not isinstance(saved, dict):
-            return f"{run_dir} has an unreadable config.yaml", {}
-        diff = differences(saved, cfg)
-        refused = [k for k in diff if k not in allow]
-        if refused:
-            return f"{run_dir} holds a run with a different config ({', '.join(refused)})", {}
-        return None, {k: [saved.get(k), getattr(cfg, k)] for k in diff}
-    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != ".lock" for p in run_dir.iterdir())):
-        return f"{run_dir} exists and is not a sapt run directory", {}
-    return None, {}
-
-
-def plan_run_dir(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> tuple[Path, dict[str, list]]:
-    """The run directory to use and the allowed config changes to record. Writes nothing.
-
-    `cfg.output` if it is new, empty, or holds a run of this config (up to `allow_changes`, a subset of
-    CHANGEABLE_KEYS); otherwise refused, unless `force_new`: then the first of OUTPUT-2, OUTPUT-3, ...
-    that is new or holds this same run (so that the same command resumes it). Nothing is ever deleted."""
-    allow = set(allow_changes or ())
-    if allow - set(CHANGEABLE_KEYS) - {"extra_tasks"}:  # extra_tasks: only through `learn`
-        raise ConfigError(f"--allow-config-change accepts only {', '.join(CHANGEABLE_KEYS)} "
-                          f"(got {', '.join(sorted(allow - set(CHANGEABLE_KEYS)))})")
-    run_dir = Path(cfg.output)
-    why, changes = _dir_status(run_dir, cfg, allow)
-    if why is None:
-        return run_dir, changes
-    if not force_new:
-        hint = ""
-        try:
-            saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            saved = None
-        if isinstance(saved, dict) and set(differences(saved, cfg)) <= set(CHANGEABLE_KEYS):
-            hint = (f"; to resume it with the new learning rate (e.g. after a non-finite loss), add "
-                    f"--allow-config-change {','.join(differences(saved, cfg))}")
-        raise ConfigError(f"{why}; use another --output, or --force-new to start a fresh directory next to it{hint}")
-    base = run_dir if run_dir.name else run_dir.resolve()  # "." has no name to add -2 to
-    k = 2
-    while True:
-        candidate = base.with_name(f"{base.name}-{k}")
-        status, changes = _dir_status(candidate, cfg, allow)
-        if status is None:
-            what = "resuming the run in" if (candidate / "config.yaml").exists() else "starting a fresh run in"
-            log(f"sapt: {why}; --force-new: {what} {candidate} (the old directory is left as it is)")
-            return candidate, changes
-        k += 1
-
-
-def check_run_dir(cfg: RunConfig) -> Path:
-    """Refuse an output directory that holds something else than a run of this config. Writes nothing."""
-    return plan_run_dir(cfg)[0]
 
 
 def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> RunResult:
@@ -578,125 +494,16 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         place(model)
         log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted"
             + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
-        if dist.is_main and not (run_dir / "config.yaml").exists():
-            io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if dist.is_main and not (run_dir / CONFIG).exists():
+            io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return _run_stages(cfg, tasks, run_dir, model, changes)
     except BaseException:
         if created:
-            _drop_if_bare(run_dir)  # a model that cannot be loaded leaves no new run directory behind
+            drop_if_bare(run_dir)  # a model that cannot be loaded leaves no new run directory behind
         raise
     finally:
         if lock is not None:
             lock.release()
-
-
-def lock_run_dir(cfg: RunConfig, force_new: bool, allow_changes: Any) -> tuple[RunLock, Path, dict[str, list], bool]:
-    """Lock the run directory `plan_run_dir` chooses, and plan again under the lock (what was checked
-    is then what is used). Returns the held lock, the directory, the allowed config changes and whether
-    taking the lock created the directory."""
-    run_dir, _ = plan_run_dir(cfg, force_new, allow_changes)  # refuses before anything is created
-    while True:
-        existed = run_dir.exists()
-        lock = RunLock(run_dir).acquire()
-        try:
-            again, changes = plan_run_dir(dataclasses.replace(cfg, output=str(run_dir)), False, allow_changes) \
-                if not force_new else plan_run_dir(cfg, True, allow_changes)
-        except BaseException:
-            lock.release()
-            if not existed:
-                _drop_if_bare(run_dir)
-            raise
-        if again == run_dir:
-            return lock, run_dir, changes, not existed
-        lock.release()  # under --force-new another run took this directory meanwhile: lock the next one
-        if not existed:
-            _drop_if_bare(run_dir)
-        run_dir = again
-
-
-def _drop_if_bare(run_dir: Path) -> None:
-    """Remove `run_dir` if it holds nothing but the lock file (made by taking the lock for a run that
-    then wrote nothing)."""
-    try:
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".lock"}:
-            (run_dir / ".lock").unlink(missing_ok=True)
-            run_dir.rmdir()
-    except OSError:
-        pass
-
-
-def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflection: bool) -> set[tuple[int, str]]:
-    """Check the stages against the manifest and make the directory agree with it. Returns the
-    (stage, phase) pairs that are done and intact. Stage phases run in the order trained, replay,
-    evaluated, stage after stage; the first trained or replay phase that is not done and intact ends
-    what is trusted: its files, those of its later phases and every later stage are deleted (a
-    checkpoint survives only when the stage's training was simply not finished). An evaluation that is
-    damaged is deleted and redone on its own: nothing depends on it."""
-    stages = run_dir / "stages"
-    if manifest.damaged:
-        log(f"sapt: {manifest.path} cannot be read: no stage on disk is trusted, every stage is redone")
-        manifest.reset()
-    elif not manifest.exists and _finished_phase_files(stages):
-        log(f"sapt: {run_dir} has stage files but no manifest.json (an older sapt, or it was lost): "
-            "they are not trusted, every stage is redone (a checkpoint of unfinished training is still used)")
-    for sdir in sorted(stages.iterdir()) if stages.is_dir() else ():
-        if (sdir / CHECKPOINT).exists() and not (sdir / CHECKPOINT).is_file():
-            raise ConfigError(f"{sdir / CHECKPOINT} is not a file (a sapt checkpoint is); move it away and run "
-                              "the same command again")
-    chain = ("trained", "replay") if reflection else ("trained",)
-    done: set[tuple[int, str]] = set()
-    for t, task in enumerate(tasks):
-        sdir = stage_dir(run_dir, t, task.name)
-        for phase in chain:
-            problems = manifest.problems(sdir, phase)
-            if problems == []:
-                done.add((t, phase))
-                continue
-            if problems:
-                n = len(tasks)
-                later = "" if t + 1 >= n else f"; stage {n} is redone too" if t + 2 == n else \
-                    f"; stages {t + 2}-{n} are redone too"
-                log(f"sapt: stage {t + 1} ({task.name}): {', '.join(problems)}; its files are not trusted: "
-                    f"the stage is redone from its {phase} phase{later}")
-            _discard(manifest, sdir, PHASES[PHASES.index(phase):], keep_checkpoint=problems is None)
-            for later_t in range(t + 1, len(tasks)):
-                _discard(manifest, stage_dir(run_dir, later_t, tasks[later_t].name), PHASES, keep_checkpoint=False)
-            return done
-        problems = manifest.problems(sdir, "evaluated")
-        if problems == []:
-            done.add((t, "evaluated"))
-        else:
-            if problems:
-                log(f"sapt: stage {t + 1} ({task.name}): {', '.join(problems)}; its evaluation is redone")
-            _discard(manifest, sdir, ("evaluated",), keep_checkpoint=True)
-    return done
-
-
-def _finished_phase_files(stages: Path) -> bool:
-    """Whether any stage folder holds a file a finished phase writes (a checkpoint alone is training
-    that was interrupted before its first phase was recorded, e.g. a kill during stage 1)."""
-    names = {name for files in PHASE_FILES.values() for name in files}
-    return stages.is_dir() and any(sdir.is_dir() and any(p.name in names for p in sdir.iterdir())
-                                   for sdir in stages.iterdir())
-
-
-def _discard(manifest: Manifest, sdir: Path, phases: tuple[str, ...], keep_checkpoint: bool) -> None:
-    """Forget `phases` of a stage in the manifest, then delete their files (and the checkpoint unless kept)."""
-    manifest.forget(sdir.name, phases)
-    if not sdir.exists():
-        return
-    if set(phases) == set(PHASES) and not keep_checkpoint:
-        shutil.rmtree(sdir)
-        return
-    for phase in phases:
-        for name in PHASE_FILES[phase]:
-            path = sdir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    if not keep_checkpoint:
-        (sdir / CHECKPOINT).unlink(missing_ok=True)
 
 
 def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel,
@@ -712,7 +519,7 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
     if changes and main:
         first = next((t for t in range(len(stages)) if (t, "trained") not in done), len(stages))
         manifest.record_change(first, changes)
-        io.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         log(f"sapt: config changed on resume ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}), "
             f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
     trackers = Trackers(cfg.log_with, run_dir, to_dict(cfg), active=main)
@@ -836,20 +643,6 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
     return result
 
 
-def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None = None) -> tuple[list[list], list[list]]:
-    """Score and routing-accuracy matrices from the stages evaluated so far (rows stop at the first gap).
-    Row i holds the tasks that stage i scored (0..i, or all of them for mtl's single stage), None elsewhere."""
-    matrix, routing = [], []
-    for i, stage in enumerate(stages or tasks):
-        path = stage_dir(run_dir, i, stage.name) / "scores.json"
-        if not path.exists():
-            break
-        data = io.read_json(path)
-        matrix.append([data["scores"].get(t.name) for t in tasks])
-        routing.append([data["routing_accuracy"].get(t.name) for t in tasks])
-    return matrix, routing
-
-
 # What a per-task reference run must share with the run it serves, for its diagonal to be the single-task
 # scores of *these* tasks as this run learns them: the same model, data, subsets, seed and optimisation.
 REFERENCE_KEYS = ("model", "data_dir", "benchmark", "val_size", "max_train_per_task", "max_eval_per_task", "seed",
@@ -863,7 +656,7 @@ def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
     ref = Path(cfg.reference)
     reference_scores(cfg.reference, tasks)  # a finished per-task run of these tasks, in this order
     try:
-        saved = yaml.safe_load((ref / "config.yaml").read_text()) or {}
+        saved = yaml.safe_load((ref / CONFIG).read_text()) or {}
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         saved = None
     if not isinstance(saved, dict):
@@ -885,7 +678,7 @@ def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
 
 def reference_scores(reference: str, tasks: list[Task]) -> list[float]:
     """The single-task scores s_j of FWT: the diagonal of a per-task run of the same tasks."""
-    path = Path(reference) / "metrics.json"
+    path = Path(reference) / METRICS
     if not path.exists():
         raise ConfigError(f"--reference {reference}: no metrics.json there")
     ref = io.read_json(path)
@@ -924,27 +717,11 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
     changes = Manifest(run_dir).config_changes
     if changes:  # resumed with --allow-config-change: say so where the results are
         metrics["config_changes"] = changes
-    io.write_json(run_dir / "metrics.json", metrics)
+    io.write_json(run_dir / METRICS, metrics)
     # Wall-clock seconds apart from the results: metrics.json stays byte-identical across resumes.
     timing = run_timing(run_dir, stage_tasks(tasks, method))
-    io.write_json(run_dir / "timing.json", timing)
+    io.write_json(run_dir / TIMING, timing)
     return RunResult(metrics, render(metrics), timing)
-
-
-def run_timing(run_dir: Path, stages: list[Task]) -> dict[str, float]:
-    """Seconds spent so far training the blocks, making the reflection inputs and evaluating, summed over
-    the stages from their files (a resumed run counts what each phase took when it ran), and their total."""
-    parts = {"train_s": ("stage.json", "seconds"), "reflection_s": ("replay_stats.json", "seconds"),
-             "eval_s": ("scores.json", "seconds")}
-    timing = {key: 0.0 for key in parts}
-    for i, stage in enumerate(stages):
-        sdir = stage_dir(run_dir, i, stage.name)
-        for key, (name, field) in parts.items():
-            if (sdir / name).exists():
-                timing[key] += float(io.read_json(sdir / name).get(field) or 0.0)
-    timing = {k: round(v, 1) for k, v in timing.items()}
-    timing["total_s"] = round(sum(timing.values()), 1)
-    return timing
 
 
 def timing_note(timing: dict[str, float] | None) -> str:
@@ -954,18 +731,6 @@ def timing_note(timing: dict[str, float] | None) -> str:
     parts = {"training": "train_s", "reflection": "reflection_s", "evaluation": "eval_s"}
     return "; time so far: " + ", ".join(f"{name} {100 * timing[key] / timing['total_s']:.0f}%"
                                          for name, key in parts.items())
-
-
-def replay_stats(run_dir: Path, tasks: list[Task]) -> dict[str, Any]:
-    """Per task: how many replay inputs, and how well-formed / distinct / novel the generated ones are."""
-    out = {}
-    for i, task in enumerate(tasks):
-        path = stage_dir(run_dir, i, task.name) / "replay_stats.json"
-        if path.exists():
-            stats = io.read_json(path)
-            out[task.name] = {k: stats[k] for k in ("source", "wanted", "count", "well_formed_fraction",
-                                                     "distinct_fraction", "novel_fraction") if k in stats}
-    return out
 
 
 def render(metrics: dict[str, Any]) -> str:
@@ -1000,41 +765,7 @@ def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
     return run(cfg, allow_changes=("extra_tasks",))
 
 
-# ---- a finished run, for eval / predict -------------------------------------------------------------
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    return from_saved(run_dir)
-
-
-def trained_stages(run_dir: str | Path) -> list[tuple[str, Path]]:
-    """(task, stage directory) of every trained stage of a run, in order, each verified against the
-    manifest's checksums (a damaged file is refused, never loaded or exported). A run written before
-    manifests existed has none: its stage.json files are taken as they are."""
-    run_dir = Path(run_dir)
-    manifest = Manifest(run_dir)
-    if manifest.damaged:  # nothing on disk can be verified; `sapt run` would redo every stage
-        raise ConfigError(f"{manifest.path} cannot be read, so no stage can be verified; run the same `sapt run` "
-                          "command again to redo the run")
-    if manifest.exists:  # only the stages the manifest vouches for
-        dirs = []
-        for name in sorted(k for k, v in manifest.data["stages"].items() if "trained" in v):
-            problems = manifest.problems(run_dir / "stages" / name, "trained")
-            if problems:
-                raise ConfigError(f"{run_dir}: stage {name}: {', '.join(problems)}; run the same `sapt run` "
-                                  "command again to redo it")
-            dirs.append(run_dir / "stages" / name)
-    else:
-        dirs = [p.parent for p in sorted((run_dir / "stages").glob("*/stage.json"))]
-    if not dirs:
-        raise ConfigError(f"{run_dir}: no trained stage yet")
-    out = []
-    for t, sdir in enumerate(dirs):
-        name = sdir.name.split("_", 1)[1] if "_" in sdir.name else sdir.name
-        if sdir.name != f"{t:02d}_{name}":
-            raise ConfigError(f"{run_dir}: stage {t} is missing (found {sdir.name})")
-        out.append((name, sdir))
-    return out
-
-
+# ---- a finished run, for eval / predict (its stages: sapt.rundir.trained_stages) --------------------
 def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[RunConfig, SAPTModel, list[str]]:
     """Rebuild the model of a run from its stages (all that are trained). Returns config, model, task names."""
     run_dir = Path(run_dir)

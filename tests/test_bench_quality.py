@@ -43,12 +43,13 @@ def test_sapt_hard_on_sapts_training_equals_sapt_hard_trained_alone(tmp_path, ca
     assert json.loads((shared / "builtin" / "sapt" / "stages" / "00_topic" / "stage.json").read_text())["method"] == "sapt"
 
 
-def test_the_cpu_long_mini_config_is_the_benchmark_protocol():
-    import yaml
-
-    conf = yaml.safe_load((ROOT / "configs" / "cpu-long-mini.yaml").read_text())
-    protocol = quality().PROTOCOLS["long-mini"]
-    assert {k: v for k, v in conf.items() if k != "data_dir"} == protocol
+def test_the_protocols_are_the_config_files_and_the_cpu_long_mini_config_is_long_mini():
+    q = quality()
+    assert q.PROTOCOLS["long-mini"] == ROOT / "configs" / "cpu-long-mini.yaml"
+    for name, path in q.PROTOCOLS.items():
+        protocol = q.load_protocol(name)
+        assert path.is_file() and "data_dir" not in protocol  # the data folder is the bench's --data-dir
+        assert q.resolve({**protocol, "data_dir": "data"} if "benchmark" in protocol else protocol)
 
 
 def test_seeds_give_one_run_directory_per_seed_and_a_paired_summary(tmp_path, capsys):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from sapt import io
 from sapt.config import resolve
@@ -198,9 +199,8 @@ def test_trackers_get_the_losses_and_scores_that_the_run_logs(tmp_path):
     from sapt.train import run
 
     out = tmp_path / "run"
-    cfg = resolve({"model": "tiny-llama", "output": str(out), "epochs": 2, "max_train_per_task": 16,
-                   "max_eval_per_task": 6, "max_new_tokens": 3, "tasks": ["topic", "sentiment"],
-                   "reflection_source": "real", "log_with": ["jsonl", "tensorboard"]})
+    cfg = tiny_config(out, epochs=2, max_train_per_task=16, max_eval_per_task=6, tasks=["topic", "sentiment"],
+                      reflection_source="real", log_with=["jsonl", "tensorboard"])
     run(cfg)
     rows = [json.loads(x) for x in (out / "trackers" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["config"]["lr"] == cfg.lr

@@ -254,7 +254,7 @@ def test_bad_options_of_the_other_commands_leave_the_run_as_it_is(argv, needle, 
 
 
 def test_a_kill_in_the_first_stage_is_not_reported_as_a_run_without_manifest(tmp_path):
-    from sapt.train import _finished_phase_files
+    from sapt.rundir.verify import _finished_phase_files
 
     stage = tmp_path / "stages" / "00_topic"
     stage.mkdir(parents=True)

@@ -2,9 +2,10 @@
 import json
 
 import pytest
+from conftest import tiny_config
 
 from sapt.cli import main
-from sapt.config import ConfigError, resolve
+from sapt.config import ConfigError
 from sapt.train import learn, run
 
 
@@ -21,9 +22,7 @@ def write_task(root, name="capitals", n=12):
 
 def test_learn_appends_a_row_and_a_column_and_keeps_earlier_stages(tmp_path):
     out = tmp_path / "run"
-    cfg = resolve({"model": "tiny-llama", "output": str(out), "epochs": 1, "max_train_per_task": 8,
-                   "max_eval_per_task": 4, "max_new_tokens": 3, "tasks": ["topic", "sentiment"],
-                   "reflection_source": "real"})
+    cfg = tiny_config(out, tasks=["topic", "sentiment"], reflection_source="real")
     before = run(cfg).metrics
     stage_files = {p: p.read_bytes() for p in (out / "stages").rglob("*.safetensors")}
     folder = write_task(tmp_path)

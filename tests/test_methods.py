@@ -1,12 +1,14 @@
 """The baselines behind one interface: each runs end to end, freezes (or not) what it should, and the
 O-LoRA loss and FWT are right."""
 import json
+from functools import partial
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from sapt import io
-from sapt.config import ConfigError, resolve
+from sapt.config import ConfigError
 from sapt.methods import METHODS, make_method, orthogonality_loss
 from sapt.models import load_model
 from sapt.modules.sapt_model import SAPTModel
@@ -15,17 +17,13 @@ from sapt.train import run
 TWO_TASKS = ["topic", "sentiment"]
 
 
-def cfg2(out, method, **kw):
-    base = {"model": "tiny-llama", "output": str(out), "epochs": 1, "max_train_per_task": 8, "max_eval_per_task": 4,
-            "max_new_tokens": 2, "lr": 1e-2, "tasks": TWO_TASKS, "method": method, "reflection_source": "real",
-            "replay_memory": 3}
-    return resolve({**base, **kw})
+cfg2 = partial(tiny_config, max_new_tokens=2, lr=1e-2, tasks=TWO_TASKS, reflection_source="real", replay_memory=3)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
-    return {m: (root / m, run(cfg2(root / m, m)).metrics) for m in METHODS}
+    return {m: (root / m, run(cfg2(root / m, method=m)).metrics) for m in METHODS}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -95,7 +93,7 @@ def test_orthogonality_loss_is_zero_for_orthogonal_a_and_positive_otherwise():
 def test_fwt_is_filled_from_a_per_task_reference_run(runs, tmp_path):
     ref_out, ref = runs["per-task"]
     out = tmp_path / "sapt_with_ref"
-    m = run(cfg2(out, "sapt", reference=str(ref_out))).metrics
+    m = run(cfg2(out, method="sapt", reference=str(ref_out))).metrics
     s = [ref["matrix"][j][j] for j in range(2)]
     expected = ((m["matrix"][0][0] - s[0]) + (m["matrix"][1][1] - s[1])) / 2
     assert m["fwt"] == pytest.approx(expected)
@@ -110,7 +108,7 @@ def test_a_reference_run_with_other_settings_is_refused_before_training(runs, tm
     ref_out, _ = runs["per-task"]
     out = tmp_path / "sapt_with_ref"
     with pytest.raises(ConfigError, match="--reference"):
-        run(cfg2(out, "sapt", reference=str(ref_out), **change))
+        run(cfg2(out, method="sapt", reference=str(ref_out), **change))
     assert not out.exists()  # refused before the run directory was touched
     args = ["run", "--output", str(out), "--model", "tiny-llama", "--epochs", "1", "--max-train-per-task", "8",
             "--max-eval-per-task", "4", "--max-new-tokens", "2", "--lr", "0.05", "--tasks", ",".join(TWO_TASKS),

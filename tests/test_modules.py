@@ -8,8 +8,8 @@ from peft import LoraConfig, get_peft_model
 from sapt.batching import collate_prompts, collate_train, encode
 from sapt.data import Example
 from sapt.models import load_model
-from sapt.modules.inject import TARGET_PATTERNS, find_targets
-from sapt.modules.mixture_lora import MixtureLoRALinear, RoutingState
+from sapt.modules.blocks import RoutingState
+from sapt.modules.blocks.lora import TARGET_PATTERNS, MixtureLoRALinear, find_targets
 from sapt.modules.router import masked_max_pool
 from sapt.modules.sapt_model import SAPTModel
 

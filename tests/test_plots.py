@@ -5,10 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from sapt import io
 from sapt.cli import main
-from sapt.config import FIELDS, resolve
+from sapt.config import FIELDS
 from sapt.plots import plot_compare, plot_routing_weights, plot_score_curves, plot_score_matrix
 from sapt.train import run
 
@@ -19,11 +20,10 @@ TASKS = ["topic", "sentiment", "addition"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("plots") / "run"
-    cfg = {"model": "tiny-llama", "output": str(out), "epochs": 1, "max_train_per_task": 16,
-           "max_eval_per_task": 4, "max_new_tokens": 2, "tasks": TASKS}
+    settings = {"max_train_per_task": 16, "max_new_tokens": 2, "tasks": TASKS}
     if "reflection" in FIELDS:
-        cfg["reflection"] = False  # not what is tested here; keeps the run short
-    run(resolve(cfg))
+        settings["reflection"] = False  # not what is tested here; keeps the run short
+    run(tiny_config(out, **settings))
     return out
 
 

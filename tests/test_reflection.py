@@ -1,11 +1,12 @@
 """Attentive reflection: the KL term, where its gradient goes, and that it keeps old tasks routed."""
 import json
+from functools import partial
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from sapt import train as train_mod
-from sapt.config import resolve
 from sapt.data import builtin_suite
 from sapt.models import load_model
 from sapt.modules.sapt_model import SAPTModel
@@ -49,11 +50,9 @@ def test_reflection_gradient_reaches_only_the_query_mlp_and_the_current_key():
     assert others == []  # no old key, no LoRA block, no backbone weight
 
 
-def cfg3(out, **kw):
-    base = {"model": "tiny-llama", "output": str(out), "epochs": 3, "max_train_per_task": 24,
-            "max_eval_per_task": 12, "max_new_tokens": 2, "lr": 3e-2, "router_lr": 3e-2, "lora_r": 4,
-            "tasks": ["topic", "sentiment", "addition"], "reflection_source": "real", "pseudo_ratio": 0.25}
-    return resolve({**base, **kw})
+cfg3 = partial(tiny_config, epochs=3, max_train_per_task=24, max_eval_per_task=12, max_new_tokens=2, lr=3e-2,
+               router_lr=3e-2, lora_r=4, tasks=["topic", "sentiment", "addition"], reflection_source="real",
+               pseudo_ratio=0.25)
 
 
 def test_reflection_keeps_task_one_routed_to_its_block_better_than_no_reflection(tmp_path):

@@ -12,19 +12,22 @@ import shutil
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
 from sapt import io
 from sapt.cli import build_parser
-from sapt.config import ConfigError, resolve, to_dict
+from sapt.config import ConfigError, to_dict
 from sapt.manifest import Manifest
 from sapt.modules.sapt_model import SAPTModel
 from sapt.recovery import CHECKPOINT, KILL_ENV, KILL_SIGNAL_ENV, CheckpointError, load_checkpoint, save_checkpoint, trim_log
-from sapt.train import TrainingError, plan_run_dir, run, verify_stages
+from sapt.rundir import plan_run_dir, verify_stages
+from sapt.train import TrainingError, run
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS3 = ["topic", "sentiment", "addition"]
@@ -188,8 +191,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny(out, **kw):
-    return resolve({**COMMON, "output": str(out), "tasks": ["topic", "sentiment"], "lr": 1e-2, **kw})
+tiny = partial(tiny_config, **COMMON, tasks=["topic", "sentiment"], lr=1e-2)
 
 
 def test_non_finite_loss_keeps_the_last_good_state_and_resumes_with_a_lower_lr(tmp_path, monkeypatch, one_thread):

@@ -12,7 +12,8 @@ from sapt.batching import collate_prompts, collate_train, encode
 from sapt.data import Example
 from sapt.models import load_model
 from sapt.modules.merge import merged
-from sapt.modules.mixture_lora import MixtureLoRALinear, RoutingState
+from sapt.modules.blocks import RoutingState
+from sapt.modules.blocks.lora import MixtureLoRALinear
 from sapt.modules.sapt_model import SAPTModel
 
 EXAMPLES = [Example("the cat sat on the mat", ("yes",)), Example("a dog", ("no answer here",)),

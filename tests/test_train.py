@@ -1,9 +1,11 @@
 """The continual recipe on tiny models: what trains, what stays frozen, the run directory, resume."""
 import json
 import math
+from functools import partial
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from sapt import io
 from sapt.config import ConfigError, resolve
@@ -44,10 +46,8 @@ def test_later_stage_trains_only_its_block_its_key_and_the_query_mlp(tmp_path):
     assert lora_new and all(after[k].abs().sum() > 0 for k in lora_new)  # B starts at zero: it moved
 
 
-def tiny_cfg(out, **kw):
-    base = {"model": "tiny-llama", "output": str(out), "epochs": 1, "max_train_per_task": 16,
-            "max_eval_per_task": 6, "max_new_tokens": 4, "tasks": ["topic", "sentiment", "addition"]}
-    return resolve({**base, **kw})
+tiny_cfg = partial(tiny_config, max_train_per_task=16, max_eval_per_task=6, max_new_tokens=4,
+                   tasks=["topic", "sentiment", "addition"])
 
 
 def test_end_to_end_tiny_run_writes_a_complete_run_directory_and_resumes_by_stage(tmp_path):

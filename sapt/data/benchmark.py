@@ -9,17 +9,19 @@ hyper-parameters are chosen without looking at evaluation data. So validation is
 train.json (seeded, stratified by label), evaluation is test.json or, when that is absent, a held-out
 slice of train.json, and no input text appears in two splits. dev.json is ignored on purpose: in the
 public SAPT/O-LoRA release it is the same file as test.json, so selecting on it would select on test.
+
+The files are parsed by `sapt.data.schema`, strictly here: the first problem is raised as a `DataError`.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from pathlib import Path
 from typing import Any
 
-from sapt.data.types import DataError, Example, Task
+from sapt.data.schema import effective_labels, load_labels, load_split
+from sapt.data.types import DataError, Task
 
 # The standard task orders of the public release's launch scripts.
 TASK_ORDERS: dict[str, dict[int, list[str]]] = {
@@ -132,64 +134,6 @@ def resolve_task_names(data_dir: str | Path, benchmark: str, tasks: list[str] | 
     return names
 
 
-# ----------------------------------------------------------------------------- parsing
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 text") from e
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from e
-
-
-def _parse_instances(path: Path, data: Any) -> list[Example]:
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: top level must be a JSON object")
-    if "Instances" not in data:
-        raise DataError(f"{path}: missing 'Instances'")
-    instances = data["Instances"]
-    if not isinstance(instances, list):
-        raise DataError(f"{path}: 'Instances' must be a list")
-    if not instances:
-        raise DataError(f"{path}: 'Instances' is empty")
-    examples = []
-    for i, inst in enumerate(instances):
-        if not isinstance(inst, dict):
-            raise DataError(f"{path}: Instances[{i}] must be an object")
-        if not isinstance(inst.get("input"), str):
-            raise DataError(f"{path}: Instances[{i}].input must be a string")
-        out = inst.get("output")
-        if isinstance(out, str):
-            outputs = (out,)
-        elif isinstance(out, list) and out and all(isinstance(o, str) for o in out):
-            outputs = tuple(out)
-        else:
-            raise DataError(f"{path}: Instances[{i}].output must be a string or a non-empty list of strings")
-        examples.append(Example(input=inst["input"], outputs=outputs))
-    return examples
-
-
-def _parse_definition(path: Path, data: dict) -> str:
-    d = data.get("Definition", [])
-    if isinstance(d, str):
-        return d.strip()
-    if isinstance(d, list) and all(isinstance(s, str) for s in d):
-        return d[0].strip() if d else ""  # Long_Sequence/copa ships an empty list
-    raise DataError(f"{path}: 'Definition' must be a string or a list of strings")
-
-
-def _read_labels(path: Path) -> list[str]:
-    labels = _read_json(path)
-    if not isinstance(labels, list) or not labels or not all(isinstance(s, str) for s in labels):
-        raise DataError(f"{path}: must be a non-empty JSON list of strings")
-    return labels
-
-
 # ----------------------------------------------------------------------------- splitting
 
 
@@ -227,18 +171,16 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
     train_path = task_dir / "train.json"
     if not train_path.is_file():
         raise DataError(f"{train_path}: not found")
-    data = _read_json(train_path)
-    examples = _parse_instances(train_path, data)
-    definition = _parse_definition(train_path, data)
+    train_file = load_split(train_path)
+    examples, definition = train_file.examples, train_file.definition
 
     labels = None
     if (task_dir / "labels.json").is_file():
-        labels = _read_labels(task_dir / "labels.json")
-        seen = sorted({ex.outputs[0] for ex in examples})
-        if set(seen) - set(labels):  # the public qqp labels.json says False/True, its outputs are no/yes
-            warnings.warn(f"{task_dir / 'labels.json'}: labels {labels} do not cover the train.json "
-                          f"outputs {seen}; using the outputs as the label set", stacklevel=2)
-            labels = seen
+        listed = load_labels(task_dir / "labels.json")
+        labels, missing = effective_labels(listed, examples)
+        if missing:  # the public qqp labels.json says False/True, its outputs are no/yes
+            warnings.warn(f"{task_dir / 'labels.json'}: labels {listed} do not cover the train.json "
+                          f"outputs {labels}; using the outputs as the label set", stacklevel=2)
     metric = BENCHMARK_METRIC.get(benchmark, "em" if labels is not None else "rougeL")
 
     rng = random.Random(f"{seed}:{name}")
@@ -247,7 +189,7 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
 
     test_path = task_dir / "test.json"
     if test_path.is_file():
-        test = _parse_instances(test_path, _read_json(test_path))
+        test = load_split(test_path, definition=False).examples
         keep = sorted(rng.sample(range(len(test)), max_eval)) if max_eval and max_eval < len(test) else None
         eval_examples = test if keep is None else [test[i] for i in keep]
         eval_split, taken = "test", []

@@ -24,13 +24,13 @@ and emits the warnings with `warnings.warn`.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sapt.data.benchmark import load_task
-from sapt.data.types import DataError
+from sapt.data.schema import JsonProblem, Problem, effective_labels, parse_labels, parse_split, read_json
+from sapt.data.types import DataError, Example
 
 __all__ = ["MAX_INSTANCE_MESSAGES", "validate_benchmark", "validate_or_raise"]
 
@@ -40,24 +40,8 @@ MAX_INSTANCE_MESSAGES = 5
 SPLIT_FILES = ("train.json", "test.json", "dev.json")
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__)
-
-
 def _one_line(message: str) -> str:
     return message.replace("\r", "\\r").replace("\n", "\\n")
-
-
-def _bad_text(s: str) -> str | None:
-    """Why a string cannot be used as model text, or None if it can."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return "contains an unpaired surrogate escape (not encodable as UTF-8)"
-    return None
 
 
 class _Report:
@@ -71,6 +55,18 @@ class _Report:
     def warn(self, where: Path | str, message: str) -> None:
         self.warnings.append(_one_line(f"{where}: {message}"))
 
+    def problems(self, path: Path, problems: list[Problem], more: Callable[[int], str]) -> None:
+        """Report `problems`, those of only the first MAX_INSTANCE_MESSAGES bad items (instances or labels),
+        followed by `more(number of bad items)` where items were left out."""
+        bad = list(dict.fromkeys(p.item for p in problems if p.item is not None))
+        shown = set(bad[:MAX_INSTANCE_MESSAGES])
+        last_item = max((k for k, p in enumerate(problems) if p.item is not None), default=-1)
+        for k, p in enumerate(problems):
+            if p.item is None or p.item in shown:
+                self.error(path, p.message)
+            if k == last_item and len(bad) > MAX_INSTANCE_MESSAGES:
+                self.error(path, more(len(bad)))
+
 
 def _read_json(path: Path, report: _Report) -> tuple[bool, Any]:
     """Parse a JSON file the way the loader does. Returns (ok, data); on failure an error is recorded."""
@@ -78,162 +74,50 @@ def _read_json(path: Path, report: _Report) -> tuple[bool, Any]:
         report.error(path, "not a file")
         return False, None
     try:
-        with open(path, encoding="utf-8") as f:
-            return True, json.load(f)
-    except json.JSONDecodeError as e:
-        report.error(path, f"invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})")
-    except UnicodeDecodeError as e:
-        report.error(path, f"not valid UTF-8 text (bad byte at offset {e.start})")
+        return True, read_json(path)
+    except JsonProblem as e:
+        report.error(path, e.problem.message)
     except RecursionError:
         report.error(path, "invalid JSON (nested too deeply to parse)")
     except ValueError as e:  # e.g. an integer literal longer than Python's digit limit
         report.error(path, f"invalid JSON ({e})")
-    except OSError as e:
-        report.error(path, f"cannot read ({e.strerror or e})")
     return False, None
 
 
-def _check_instance(i: int, inst: Any) -> tuple[list[str], tuple[str, tuple[str, ...]] | None]:
-    """Problems of Instances[i] (messages without the path), and (input, outputs) when it has none."""
-    where = f"Instances[{i}]"
-    if not isinstance(inst, dict):
-        return [f"{where}: expected an object with 'input' and 'output', got {_type_name(inst)}"], None
-    problems = []
-    if "input" not in inst:
-        problems.append(f"{where}.input: missing")
-    else:
-        x = inst["input"]
-        if not isinstance(x, str):
-            problems.append(f"{where}.input: expected a string, got {_type_name(x)}")
-        elif not x.strip():
-            problems.append(f"{where}.input: empty string")
-        elif _bad_text(x):
-            problems.append(f"{where}.input: {_bad_text(x)}")
-    outputs: tuple[str, ...] = ()
-    if "output" not in inst:
-        problems.append(f"{where}.output: missing")
-    else:
-        out = inst["output"]
-        if isinstance(out, str):
-            outputs = (out,)
-        elif isinstance(out, list):
-            if not out:
-                problems.append(f"{where}.output: empty list (expected at least one reference string)")
-            for j, o in enumerate(out):
-                if not isinstance(o, str):
-                    problems.append(f"{where}.output[{j}]: expected a string, got {_type_name(o)}")
-                    break
-            else:
-                outputs = tuple(out)
-        else:
-            problems.append(f"{where}.output: expected a string or a list of strings, got {_type_name(out)}")
-        for j, o in enumerate(outputs):
-            if _bad_text(o):
-                field = f"{where}.output" if isinstance(out, str) else f"{where}.output[{j}]"
-                problems.append(f"{field}: {_bad_text(o)}")
-                break
-    if problems:
-        return problems, None
-    return [], (inst["input"], outputs)
-
-
-def _check_split_file(path: Path, report: _Report, *, is_train: bool) -> list[tuple[str, tuple[str, ...]]] | None:
-    """Check a train/test/dev file. Returns its (input, outputs) pairs, or None if it has errors."""
+def _check_split_file(path: Path, report: _Report, *, is_train: bool) -> list[Example] | None:
+    """Check a train/test/dev file. Returns its usable instances, or None if it has errors."""
     ok, data = _read_json(path, report)
     if not ok:
         return None
-    if not isinstance(data, dict):
-        report.error(path, f"expected a JSON object at the top level, got {_type_name(data)}")
-        return None
-    n_errors = len(report.errors)
-
-    if "Definition" not in data:
-        if is_train:
-            report.warn(path, "Definition: missing; prompts will have no task definition")
-    else:
-        d = data["Definition"]
-        if isinstance(d, list):
-            for j, s in enumerate(d):
-                if not isinstance(s, str):
-                    report.error(path, f"Definition[{j}]: expected a string, got {_type_name(s)}")
-                    break
-                if _bad_text(s):
-                    report.error(path, f"Definition[{j}]: {_bad_text(s)}")
-                    break
-        elif isinstance(d, str):
-            if _bad_text(d):
-                report.error(path, f"Definition: {_bad_text(d)}")
-        else:
-            report.error(path, f"Definition: expected a string or a list of strings, got {_type_name(d)}")
-
-    if "Instances" not in data:
-        report.error(path, "Instances: missing")
-        return None
-    instances = data["Instances"]
-    if not isinstance(instances, list):
-        report.error(path, f"Instances: expected a list, got {_type_name(instances)}")
-        return None
-    if not instances:
-        report.error(path, "Instances: empty list (no examples)")
-        return None
-
-    pairs = []
-    bad = 0
-    for i, inst in enumerate(instances):
-        problems, pair = _check_instance(i, inst)
-        if problems:
-            bad += 1
-            if bad <= MAX_INSTANCE_MESSAGES:
-                for p in problems:
-                    report.error(path, p)
-        else:
-            pairs.append(pair)
-    if bad > MAX_INSTANCE_MESSAGES:
-        report.error(path, f"Instances: ... and {bad - MAX_INSTANCE_MESSAGES} more bad instances "
-                           f"({bad} of {len(instances)} in all)")
-    if pairs and all(not o.strip() for _, outs in pairs for o in outs):
-        # Some empty answers are real data (a few in SuperNI task511); only empty ones teach the model to
-        # say nothing and score every prediction against "", so the run would silently mean nothing.
-        report.error(path, f"Instances: the output of every one of the {len(pairs)} instances is empty; a task "
-                           "with only empty answers can be neither learned nor scored")
-    return pairs if len(report.errors) == n_errors else None
+    split = parse_split(data)
+    if is_train and isinstance(data, dict) and split.definition is None:
+        report.warn(path, "Definition: missing; prompts will have no task definition")
+    report.problems(path, split.problems, lambda bad: f"Instances: ... and {bad - MAX_INSTANCE_MESSAGES} more bad "
+                                                      f"instances ({bad} of {split.n_instances} in all)")
+    return None if split.problems else split.examples
 
 
 def _check_labels(path: Path, report: _Report) -> list[str] | None:
     """Check labels.json. Returns the labels, or None if the file has errors."""
-    ok, labels = _read_json(path, report)
+    ok, data = _read_json(path, report)
     if not ok:
         return None
-    if not isinstance(labels, list):
-        report.error(path, f"expected a list of label strings, got {_type_name(labels)}")
-        return None
-    if not labels:
-        report.error(path, "empty list (a classification task needs at least one label)")
-        return None
-    bad = [(j, s) for j, s in enumerate(labels) if not isinstance(s, str)]
-    for j, s in bad[:MAX_INSTANCE_MESSAGES]:
-        report.error(path, f"labels[{j}]: expected a string, got {_type_name(s)}")
-    if len(bad) > MAX_INSTANCE_MESSAGES:
-        report.error(path, f"labels: ... and {len(bad) - MAX_INSTANCE_MESSAGES} more labels that are not strings")
-    if bad:
-        return None
-    dupes = sorted({s for s in labels if labels.count(s) > 1})
-    if dupes:
-        report.error(path, f"labels: duplicate labels {', '.join(map(repr, dupes))}")
-        return None
-    return labels
+    parsed = parse_labels(data)
+    report.problems(path, parsed.problems,
+                    lambda bad: f"labels: ... and {bad - MAX_INSTANCE_MESSAGES} more labels that are not strings")
+    return None if parsed.problems else parsed.labels
 
 
-def _check_sizes(train_path: Path, train: list[tuple[str, tuple[str, ...]]],
-                 test: list[tuple[str, tuple[str, ...]]] | None, has_test: bool, report: _Report) -> None:
+def _check_sizes(train_path: Path, train: list[Example], test: list[Example] | None, has_test: bool,
+                 report: _Report) -> None:
     """The loader needs at least 2 distinct usable inputs (training + validation), plus 1 held out for
     evaluation when there is no test.json; duplicate inputs and inputs that are in test.json are dropped."""
     n = len(train)
     need = 2 if has_test else 3
-    inputs = [x for x, _ in train]
+    inputs = [ex.input for ex in train]
     distinct = set(inputs)
     if test is not None:
-        test_inputs = {x for x, _ in test}
+        test_inputs = {ex.input for ex in test}
         overlap = sum(x in test_inputs for x in inputs)
         usable = len(distinct - test_inputs)
     else:
@@ -258,18 +142,14 @@ def _check_sizes(train_path: Path, train: list[tuple[str, tuple[str, ...]]],
                                 "appears in test.json will be dropped from training and validation")
 
 
-def _check_labels_cover(labels_path: Path, labels: list[str], train: list[tuple[str, tuple[str, ...]]],
-                        test: list[tuple[str, tuple[str, ...]]] | None, report: _Report) -> None:
-    seen = sorted({outs[0] for _, outs in train})
-    missing = [s for s in seen if s not in set(labels)]
+def _check_labels_cover(labels_path: Path, labels: list[str], train: list[Example], test: list[Example] | None,
+                        report: _Report) -> None:
+    used, missing = effective_labels(labels, train)
     if missing:
         report.warn(labels_path, f"labels {labels} do not cover the train.json outputs {missing}; "
-                                 f"the loader will use the outputs {seen} as the label set")
-        label_set = set(seen)
-    else:
-        label_set = set(labels)
+                                 f"the loader will use the outputs {used} as the label set")
     if test is not None:
-        unseen = sorted({outs[0] for _, outs in test} - label_set)
+        unseen = sorted({ex.outputs[0] for ex in test} - set(used))
         if unseen:
             report.warn(labels_path, f"test.json has outputs that are not labels: {unseen[:10]}"
                                      f"{' ...' if len(unseen) > 10 else ''}")

@@ -1,1 +1,2 @@
-"""SALS building blocks: the mixture LoRA layer, the router, injection by name pattern, the SAPT model."""
+"""SALS building blocks: the per-task PET blocks (`blocks/`: the interface, LoRA's mixture layer, injector,
+merge and losses), the router, the SAPT model."""

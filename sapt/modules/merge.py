@@ -1,21 +1,17 @@
-"""Merge one input's weighted mixture into the base weights, for single-input inference.
-
-Unmerged, every adapted projection adds (x A^T * s) Bt at every decoding step: a few small kernels per
-layer and token. Merged, W' = W + sum_i w_i * scaling * B_i A_i is computed once (one (out, T*r) x (T*r, in)
-product per layer) and decoding runs at the speed of the bare model. It pays when the output is long
-enough for the per-token savings to exceed the merge; see BENCHMARKS.md "Speed" for where that is.
+"""Merge one input's weighted mixture into the base weights, for single-input inference (predict --merge).
 
     with merged(model, weights):          # weights: (1, T) or (T,), the input's routing weights
         texts, _ = model.generate(batch_of_that_one_input, max_new_tokens)
 
-Inside the block the mixture layers add nothing (`RoutingState.merged`; this holds even when
-`SAPTModel.generate` routes again) and refuse batches of more than one row. On exit the original weight
-tensors are put back, so they are bit-identical to before (nothing is subtracted).
+The model's block type does the merge (`BlockType.merged`); for LoRA, W' = W + sum_i w_i * scaling *
+B_i A_i in every adapted projection (the math, and when it pays: `sapt.modules.blocks.lora.merge`).
+Inside the block the adapted layers add nothing and refuse batches of more than one row; on exit the
+original weight tensors are put back, bit-identical.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,32 +19,5 @@ if TYPE_CHECKING:
     from sapt.modules.sapt_model import SAPTModel
 
 
-@contextmanager
-def merged(model: SAPTModel, weights: torch.Tensor) -> Iterator[None]:
-    n_blocks = next(iter(model.lora_layers.values())).n_blocks
-    w = weights.detach()
-    if w.dim() == 2 and w.shape[0] == 1:
-        w = w[0]
-    if w.dim() != 1 or w.shape[0] != n_blocks:
-        raise ValueError(f"merged() takes the mixing weights of one input, shape (1, {n_blocks}); "
-                         f"got {tuple(weights.shape)}")
-    if model.state.merged:
-        raise RuntimeError("the model is already merged")
-    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for layer in model.lora_layers.values() if n_blocks else ():
-                A, Bt = layer.stacks()  # (T*r, in), (T*r, out)
-                s = (w.to(device=A.device, dtype=A.dtype) * layer.scaling).repeat_interleave(layer.r)
-                update = (Bt * s.unsqueeze(1)).t() @ A  # (out, in) = sum_i s_i B_i A_i
-                weight = layer.base.weight
-                original = weight.data
-                # A new tensor, not an in-place add: the original is kept untouched for the restore.
-                weight.data = (original.to(update.dtype) + update).to(original.dtype)
-                originals.append((weight, original))
-        model.state.merged = True
-        yield
-    finally:
-        model.state.merged = False
-        for weight, original in originals:
-            weight.data = original
+def merged(model: SAPTModel, weights: torch.Tensor) -> AbstractContextManager[None]:
+    return model.blocks.merged(weights)

@@ -1,7 +1,10 @@
-"""A frozen base model with one LoRA block per task on q/v, mixed per input by the shared attention router.
+"""A frozen base model with one PET block per task (LoRA on q/v by default), mixed per input by the
+shared attention router.
 
 Training task t updates only block t, key t and the shared query MLP. The routing weights are computed
 once per input from the prompt's token embeddings and reused by every layer and every decoding step.
+Everything about the blocks themselves goes through the model's `BlockType` (`self.blocks`,
+`sapt.modules.blocks`): attaching them, adding one, what trains, their saved state, an input prefix.
 """
 from __future__ import annotations
 
@@ -13,8 +16,7 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sapt.models import LoadedModel
-from sapt.modules.inject import TARGET_PATTERNS, inject_mixture_lora
-from sapt.modules.mixture_lora import RoutingState
+from sapt.modules.blocks import BlockType, LoRABlocks, LoRAConfig, RoutingState
 from sapt.modules.router import SharedAttentionRouter, masked_max_pool
 from sapt.modules.target_logits import causal_lm_loss, contiguous_head_input
 
@@ -41,7 +43,10 @@ class SAPTModel(nn.Module):
         dropout: float = 0.0,
         query_hidden: int = 100,
         target_pattern: str | None = None,
+        block_type: BlockType | None = None,
     ):
+        """`r`, `alpha`, `dropout` and `target_pattern` configure the default LoRA blocks; a `block_type`
+        given instead brings its own settings."""
         super().__init__()
         self.base = loaded.model
         self.family = loaded.family
@@ -49,13 +54,19 @@ class SAPTModel(nn.Module):
         self.base.requires_grad_(False)
         contiguous_head_input(self.base)
         self.state = RoutingState()
-        self.lora_layers = inject_mixture_lora(
-            self.base, target_pattern or TARGET_PATTERNS[self.family], self.state, r, alpha, dropout
-        )
+        self.blocks = block_type or LoRABlocks(LoRAConfig(r, alpha, dropout, target_pattern))
+        pet = self.blocks.attach(self.base, self.family, self.state)
+        if pet is not None:
+            self.pet = pet  # parameters outside the backbone (a prompt type's embeddings)
         self.router = SharedAttentionRouter(self.base.get_input_embeddings().embedding_dim, query_hidden)
         self.task_names: list[str] = []
         self._newline_tokens: torch.Tensor | None = None
         self.sharded = False  # backbone blocks under FSDP: every generate() must run in step (synced_gpus)
+
+    @property
+    def lora_layers(self) -> dict[str, nn.Module]:
+        """The adapted layers by module path (for LoRA: the `MixtureLoRALinear`s); `self.blocks.layers`."""
+        return self.blocks.layers
 
     # ---- tasks and what trains -------------------------------------------------------------------
     @property
@@ -68,8 +79,7 @@ class SAPTModel(nn.Module):
         return self.router.n_tasks
 
     def add_task(self, name: str) -> None:
-        for layer in self.lora_layers.values():
-            layer.add_block()
+        self.blocks.add_block()
         self.router.add_key()
         self.task_names.append(name)
         self.set_trainable(self.n_tasks - 1)
@@ -77,9 +87,7 @@ class SAPTModel(nn.Module):
     def set_trainable(self, t: int, router: bool = True) -> None:
         """Only block t, and with the router key t and the shared query MLP, receive gradient."""
         self.requires_grad_(False)
-        for layer in self.lora_layers.values():
-            layer.lora_A[t].requires_grad_(True)
-            layer.lora_B[t].requires_grad_(True)
+        self.blocks.set_trainable(t)
         if router:
             self.router.keys[t].requires_grad_(True)
             self.router.query_mlp.requires_grad_(True)
@@ -124,12 +132,19 @@ class SAPTModel(nn.Module):
         if weights is None:
             weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
         with self.routed(weights.to(self.device)):
+            inputs = self.backbone_inputs(batch, labels=True)
             if self.family == "causal":
-                return causal_lm_loss(self.base, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            out = self.base(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
-            )
+                return causal_lm_loss(self.base, **inputs)
+            out = self.base(**inputs)
         return out.loss
+
+    def backbone_inputs(self, batch: dict[str, torch.Tensor], labels: bool = False) -> dict[str, torch.Tensor]:
+        """The backbone's keyword inputs for a routed batch: input_ids, attention_mask (and labels), or
+        what the block type's input prefix makes of them (`BlockType.prefix`: inputs_embeds instead)."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if labels:
+            inputs["labels"] = batch["labels"]
+        return self.blocks.prefix(self.base, inputs)
 
     def newline_tokens(self) -> torch.Tensor:
         """(vocab,) bool: the tokens whose text holds a line break. Computed once per model."""
@@ -154,9 +169,9 @@ class SAPTModel(nn.Module):
             weights = self.routing_weights(batch["input_ids"], batch["prompt_mask"])
         tok = self.tokenizer
         with self.routed(weights.to(self.device)):
+            inputs = self.backbone_inputs(batch)
             out = self.base.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
+                **inputs,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
@@ -165,8 +180,8 @@ class SAPTModel(nn.Module):
                 eos_token_id=tok.eos_token_id,
                 stopping_criteria=StoppingCriteriaList([_StopAt(self.newline_tokens())]) if stop_at_newline else None,
             )
-        if self.family == "causal":
-            out = out[:, batch["input_ids"].shape[1]:]
+        if self.family == "causal" and "input_ids" in inputs:  # from inputs_embeds only the new tokens come back
+            out = out[:, inputs["input_ids"].shape[1]:]
         texts = tok.batch_decode(out, skip_special_tokens=True)
         if stop_at_newline:
             texts = [t.split("\n", 1)[0] for t in texts]
@@ -174,12 +189,8 @@ class SAPTModel(nn.Module):
 
     # ---- per-stage state -------------------------------------------------------------------------
     def block_state(self, t: int) -> dict[str, torch.Tensor]:
-        """Block t of every adapted projection, named by module path (PEFT-like names)."""
-        state = {}
-        for name, layer in self.lora_layers.items():
-            state[f"{name}.lora_A.weight"] = layer.lora_A[t].detach().cpu().contiguous()
-            state[f"{name}.lora_B.weight"] = layer.lora_B[t].detach().cpu().contiguous()
-        return state
+        """Block t, as CPU tensors under the block type's names (LoRA: PEFT-like, by module path)."""
+        return self.blocks.block_state(t)
 
     def router_state(self, t: int) -> dict[str, torch.Tensor]:
         state = {f"query_mlp.{k}": v.detach().cpu().contiguous() for k, v in self.router.query_mlp.state_dict().items()}
@@ -187,14 +198,8 @@ class SAPTModel(nn.Module):
         state["centre"] = self.router.centre.detach().cpu().contiguous()
         return state
 
-    @torch.no_grad()
     def load_block(self, t: int, block: dict[str, torch.Tensor]) -> None:
-        missing = {f"{n}.lora_{x}.weight" for n in self.lora_layers for x in "AB"} - set(block)
-        if missing:
-            raise ValueError(f"adapter is missing {len(missing)} tensors, e.g. {sorted(missing)[0]}")
-        for name, layer in self.lora_layers.items():
-            layer.lora_A[t].copy_(block[f"{name}.lora_A.weight"])
-            layer.lora_B[t].copy_(block[f"{name}.lora_B.weight"])
+        self.blocks.load_block(t, block)
 
     @torch.no_grad()
     def load_router(self, t: int, router: dict[str, torch.Tensor]) -> None:

@@ -63,12 +63,14 @@ def head_positions(model: nn.Module, keep: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+                   labels: torch.Tensor, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Mean token cross-entropy of `labels` (-100 = ignored) under a causal LM, position i predicting
-    token i + 1; only the predicting positions' logits are computed."""
+    token i + 1; only the predicting positions' logits are computed. `inputs_embeds` (batch, seq, d)
+    replaces `input_ids` when given (an input prefix: `sapt.modules.blocks.base`)."""
     keep = F.pad(labels[:, 1:] != -100, (0, 1), value=False)  # position i predicts labels[:, i + 1]
     targets = labels[:, 1:][keep[:, :-1]]
+    tokens = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
     with head_positions(model, keep):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        logits = model(**tokens, attention_mask=attention_mask, use_cache=False).logits
     return F.cross_entropy(logits.float(), targets)

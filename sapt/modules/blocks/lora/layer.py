@@ -35,62 +35,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from sapt.modules.blocks.routing import RoutingState
+
 _data_ptr = torch.Tensor.data_ptr
-
-
-class RoutingState:
-    """The per-example block weights of the current batch, shared by every mixture layer.
-
-    `weights` has shape (batch, n_blocks). `None` means "no routing set", which is an error while any
-    block exists: silently running without adapters would hide a bug.
-
-    `merged` is set by `sapt.modules.merge.merged`: the weighted update of one input is then inside the
-    base weights, and the mixture layers add nothing (whatever `weights` says).
-    """
-
-    def __init__(self, weights: torch.Tensor | None = None):
-        self._weights = weights
-        self._scales: dict = {}
-        self.merged = False
-
-    @property
-    def weights(self) -> torch.Tensor | None:
-        return self._weights
-
-    @weights.setter
-    def weights(self, value: torch.Tensor | None) -> None:
-        self._weights = value
-        self._scales = {}
-
-    def for_batch(self, batch: int) -> torch.Tensor:
-        w = self._weights
-        if w is None:
-            raise RuntimeError("routing weights are not set: call the model through SAPTModel")
-        if w.shape[0] != batch:
-            # generate() may expand a batch (num_return_sequences): each row repeated in place.
-            if batch % w.shape[0]:
-                raise RuntimeError(f"routing weights for {w.shape[0]} inputs, got a batch of {batch}")
-            w = w.repeat_interleave(batch // w.shape[0], dim=0)
-        return w
-
-    def scales(self, batch: int, r: int, scaling: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """(batch, T*r): each example's weight of block i times `scaling`, repeated over the block's r rows.
-
-        Memoised per routed batch when no gradient has to flow to the weights (generation: once per
-        sequence, not once per layer and decoding step). With a gradient, every layer builds its own
-        (two tiny ops), so that a second backward under the same weights cannot hit a freed graph.
-        """
-        w = self._weights
-        cacheable = w is not None and not (w.requires_grad and torch.is_grad_enabled())
-        if cacheable:
-            key = (batch, r, scaling, dtype, device, 0 if w.is_inference() else w._version)
-            hit = self._scales.get(key)
-            if hit is not None:
-                return hit
-        s = (self.for_batch(batch).to(device=device, dtype=dtype) * scaling).repeat_interleave(r, dim=1)
-        if cacheable:
-            self._scales[key] = s
-        return s
 
 
 class _MixtureFn(torch.autograd.Function):

@@ -9,14 +9,11 @@ import re
 
 from torch import nn
 
-from sapt.modules.mixture_lora import MixtureLoRALinear, RoutingState
+from sapt.modules.blocks.lora.config import TARGET_PATTERNS
+from sapt.modules.blocks.lora.layer import MixtureLoRALinear
+from sapt.modules.blocks.routing import RoutingState
 
-# q and v of every attention module. T5: encoder self-attention, decoder self-attention and decoder
-# cross-attention; LLaMA family: every self-attention. k and o get no block (METHOD.md).
-TARGET_PATTERNS = {
-    "seq2seq": r"(^|\.)(SelfAttention|EncDecAttention)\.(q|v)$",
-    "causal": r"(^|\.)self_attn\.(q_proj|v_proj)$",
-}
+__all__ = ["TARGET_PATTERNS", "find_targets", "inject_mixture_lora"]
 
 
 def find_targets(model: nn.Module, pattern: str) -> list[str]:

@@ -1,0 +1,85 @@
+"""LoRA as a SAPT block type: one rank-r update per task on every adapted Linear, mixed per input.
+
+    y = W x + b + sum_i w_i(x) * (alpha / r) * B_i A_i x        (the layer: `layer.MixtureLoRALinear`)
+
+Block t is the pair (A_t, B_t) of every adapted projection. Its saved names are PEFT's, by module path
+in the backbone: `<module>.lora_A.weight` (r, in) and `<module>.lora_B.weight` (out, r), which is what
+`sapt.export` maps to a standard PEFT adapter.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from sapt.modules.blocks.base import BlockType
+from sapt.modules.blocks.lora.config import LoRAConfig
+from sapt.modules.blocks.lora.inject import inject_mixture_lora
+from sapt.modules.blocks.lora.layer import MixtureLoRALinear
+from sapt.modules.blocks.lora.losses import l2_loss, orthogonality_loss
+from sapt.modules.blocks.lora.merge import merged_lora
+from sapt.modules.blocks.routing import RoutingState
+
+
+class LoRABlocks(BlockType):
+    """Mixture LoRA on the Linears matched by `config.pattern(family)` (q and v by default)."""
+
+    name = "lora"
+    extra_losses = ("orthogonality", "l2")
+
+    def __init__(self, config: LoRAConfig | None = None):
+        super().__init__()
+        self.config = config or LoRAConfig()
+        self.layers: dict[str, MixtureLoRALinear] = {}
+
+    def attach(self, model: nn.Module, family: str, state: RoutingState) -> None:
+        c = self.config
+        self.state = state
+        self.layers = inject_mixture_lora(model, c.pattern(family), state, c.r, c.alpha, c.dropout)
+
+    @property
+    def n_blocks(self) -> int:
+        return next(iter(self.layers.values())).n_blocks
+
+    def add_block(self) -> None:
+        for layer in self.layers.values():
+            layer.add_block()
+
+    def block_parameters(self, t: int) -> list[nn.Parameter]:
+        return [p for layer in self.layers.values() for p in (layer.lora_A[t], layer.lora_B[t])]
+
+    def keep_whole(self) -> set[nn.Parameter]:
+        return {p for layer in self.layers.values() for p in (*layer.lora_A, *layer.lora_B)}
+
+    def block_state(self, t: int) -> dict[str, torch.Tensor]:
+        """Block t of every adapted projection, named by module path (PEFT-like names)."""
+        state = {}
+        for name, layer in self.layers.items():
+            state[f"{name}.lora_A.weight"] = layer.lora_A[t].detach().cpu().contiguous()
+            state[f"{name}.lora_B.weight"] = layer.lora_B[t].detach().cpu().contiguous()
+        return state
+
+    @torch.no_grad()
+    def load_block(self, t: int, block: dict[str, torch.Tensor]) -> None:
+        missing = {f"{n}.lora_{x}.weight" for n in self.layers for x in "AB"} - set(block)
+        if missing:
+            raise ValueError(f"adapter is missing {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+        for name, layer in self.layers.items():
+            layer.lora_A[t].copy_(block[f"{name}.lora_A.weight"])
+            layer.lora_B[t].copy_(block[f"{name}.lora_B.weight"])
+
+    def extra_loss(self, name: str, t: int) -> torch.Tensor:
+        """O-LoRA's "orthogonality" and "l2" terms for block t (see `losses`)."""
+        if name == "orthogonality":
+            return orthogonality_loss(self.layers.values(), t)
+        if name == "l2":
+            return l2_loss(self.layers.values(), t)
+        return super().extra_loss(name, t)
+
+    def frozen_targets(self) -> list[str]:
+        """The frozen Linear inside every mixture layer."""
+        return [f"{name}.base" for name in self.layers]
+
+    def merged(self, weights: torch.Tensor) -> AbstractContextManager[None]:
+        return merged_lora(self.layers.values(), self.state, self.n_blocks, weights)

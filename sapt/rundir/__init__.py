@@ -1,0 +1,42 @@
+"""The run directory: what lies where in it, and the code that plans, locks, verifies and reads it.
+
+    RUN_DIR/
+    ├── .lock                      held by the one process that writes the run (sapt.lock)
+    ├── config.yaml                the resolved config (resuming refuses a different one)
+    ├── manifest.json              the phases of each stage that are done, with sha256 of their files
+    ├── train_log.jsonl            one line per optimiser step: stage, task, epoch, step, loss
+    ├── metrics.json               tasks, matrix, AP, F.Ra, FWT, BWT, routing accuracy, eval split
+    ├── timing.json                seconds of training, reflection and evaluation so far, and their total
+    └── stages/
+        └── NN_<task>/             stage NN (0-based, two digits) learned <task>
+            ├── checkpoint.pt      while the stage trains: its state after the last finished epoch
+            ├── adapter.safetensors, router.safetensors, memory.jsonl, stage.json   phase "trained"
+            ├── replay.jsonl, replay_stats.json                                    phase "replay"
+            └── scores.json, predictions/<task>.jsonl                              phase "evaluated"
+
+Why it is built this way. Every file is written atomically (`sapt.io`: a temporary file renamed into
+place), so a killed process leaves the old file or the new one, never half of one. A phase of a stage
+counts as done only once manifest.json records it, after its files, with the sha256 of each
+(`sapt.manifest`): a resumed run loads exactly what the manifest vouches for and redoes the rest, and
+`eval`, `predict` and `export` refuse a damaged stage instead of using it. The stage folder name
+`NN_<task>` is built and parsed here only (`stage_name`, `stage_dir`, `stage_task`).
+
+    layout   file names, PHASE_FILES, stage folder naming and listing
+    plan     choosing and locking the directory of a run (plan_run_dir, lock_run_dir)
+    verify   making the stages on disk agree with the manifest (verify_stages); trained_stages
+    read     a run's config and what its stage files hold (scores, timing, replay statistics)
+"""
+from __future__ import annotations
+
+from sapt.rundir.layout import (
+    CONFIG, METRICS, PHASE_FILES, STAGES, TIMING, TRAIN_LOG, stage_dir, stage_folders, stage_name, stage_task,
+)
+from sapt.rundir.plan import CHANGEABLE_KEYS, check_run_dir, lock_run_dir, plan_run_dir
+from sapt.rundir.read import collect_matrices, load_run_config, replay_stats, run_timing
+from sapt.rundir.verify import trained_stages, verify_stages
+
+__all__ = [
+    "CHANGEABLE_KEYS", "CONFIG", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG",
+    "check_run_dir", "collect_matrices", "load_run_config", "lock_run_dir", "plan_run_dir", "replay_stats",
+    "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_task", "trained_stages", "verify_stages",
+]

@@ -1,0 +1,49 @@
+"""Names in a run directory (see `sapt.rundir` for the tree): its files, its stage folders
+`stages/NN_<task>`, and the files each phase of a stage writes."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sapt.distributed import get_dist
+from sapt.manifest import NAME as MANIFEST
+
+CONFIG = "config.yaml"  # the resolved config of the run
+METRICS = "metrics.json"  # the score matrix and the CL metrics
+TIMING = "timing.json"  # seconds spent so far (apart from metrics.json, which stays byte-identical on resume)
+TRAIN_LOG = "train_log.jsonl"  # one line per optimiser step
+STAGES = "stages"  # the folder of the stage folders NN_<task>
+
+# What each phase of a stage writes (inside its directory), in the order a run writes them.
+PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.jsonl", "stage.json"),
+               "replay": ("replay.jsonl", "replay_stats.json"),
+               "evaluated": ("scores.json", "predictions")}
+
+__all__ = ["CONFIG", "MANIFEST", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG", "log",
+           "stage_dir", "stage_folders", "stage_name", "stage_task"]
+
+
+def stage_name(t: int, task: str) -> str:
+    """The folder name of stage `t` (0-based), which learned `task`: "00_topic"."""
+    return f"{t:02d}_{task}"
+
+
+def stage_task(name: str) -> str:
+    """The task of a stage folder name (what follows "NN_"); a name without "_" is returned whole."""
+    return name.split("_", 1)[1] if "_" in name else name
+
+
+def stage_dir(run_dir: Path, t: int, task: str) -> Path:
+    return run_dir / STAGES / stage_name(t, task)
+
+
+def stage_folders(run_dir: Path) -> list[Path]:
+    """Everything in RUN_DIR/stages, sorted (by name, so in stage order); [] if there is no such folder."""
+    stages = run_dir / STAGES
+    return sorted(stages.iterdir()) if stages.is_dir() else []
+
+
+def log(msg: str) -> None:
+    """Progress for people: from the main process only when several run (accelerate launch)."""
+    if get_dist().is_main:
+        print(msg, file=sys.stderr, flush=True)

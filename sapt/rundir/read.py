@@ -1,0 +1,61 @@
+"""What a run directory holds, read back: its config, and the scores, timing and replay statistics
+its stage files record (metrics.json and timing.json are made from these)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sapt import io
+from sapt.config import RunConfig, from_saved
+from sapt.rundir.layout import stage_dir
+
+if TYPE_CHECKING:
+    from sapt.data import Task
+
+__all__ = ["collect_matrices", "load_run_config", "replay_stats", "run_timing"]
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    return from_saved(run_dir)
+
+
+def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None = None) -> tuple[list[list], list[list]]:
+    """Score and routing-accuracy matrices from the stages evaluated so far (rows stop at the first gap).
+    Row i holds the tasks that stage i scored (0..i, or all of them for mtl's single stage), None elsewhere."""
+    matrix, routing = [], []
+    for i, stage in enumerate(stages or tasks):
+        path = stage_dir(run_dir, i, stage.name) / "scores.json"
+        if not path.exists():
+            break
+        data = io.read_json(path)
+        matrix.append([data["scores"].get(t.name) for t in tasks])
+        routing.append([data["routing_accuracy"].get(t.name) for t in tasks])
+    return matrix, routing
+
+
+def run_timing(run_dir: Path, stages: list[Task]) -> dict[str, float]:
+    """Seconds spent so far training the blocks, making the reflection inputs and evaluating, summed over
+    the stages from their files (a resumed run counts what each phase took when it ran), and their total."""
+    parts = {"train_s": ("stage.json", "seconds"), "reflection_s": ("replay_stats.json", "seconds"),
+             "eval_s": ("scores.json", "seconds")}
+    timing = {key: 0.0 for key in parts}
+    for i, stage in enumerate(stages):
+        sdir = stage_dir(run_dir, i, stage.name)
+        for key, (name, field) in parts.items():
+            if (sdir / name).exists():
+                timing[key] += float(io.read_json(sdir / name).get(field) or 0.0)
+    timing = {k: round(v, 1) for k, v in timing.items()}
+    timing["total_s"] = round(sum(timing.values()), 1)
+    return timing
+
+
+def replay_stats(run_dir: Path, tasks: list[Task]) -> dict[str, Any]:
+    """Per task: how many replay inputs, and how well-formed / distinct / novel the generated ones are."""
+    out = {}
+    for i, task in enumerate(tasks):
+        path = stage_dir(run_dir, i, task.name) / "replay_stats.json"
+        if path.exists():
+            stats = io.read_json(path)
+            out[task.name] = {k: stats[k] for k in ("source", "wanted", "count", "well_formed_fraction",
+                                                     "distinct_fraction", "novel_fraction") if k in stats}
+    return out
