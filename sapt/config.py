@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")  # --backbone-dtype (sapt.models)
+BLOCK_INITS = ("zero", "previous")  # --block-init (sapt.train: a new block before its stage trains)
 ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.train.init_key_from_task)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
@@ -133,6 +134,12 @@ class RunConfig:
     lora_r: int = option(4, section="block", help="LoRA rank")
     lora_alpha: float = option(32.0, section="block", help="LoRA alpha")
     lora_dropout: float = option(0.0, section="block", help="LoRA dropout")
+    # A new task's block: "zero" (the paper: LoRA's B = 0, so the block starts as no change) or "previous"
+    # (a copy of the block before it, so that a task starts from what the last one learned, as a single
+    # sequentially trained LoRA does; the old blocks stay frozen). Methods with one shared block ignore it.
+    block_init: str = option("zero", section="block", choices=BLOCK_INITS,
+                             help="a new task's block: zero (the paper) or previous: a copy of the previous "
+                                  "task's block")
 
     # ---- router ---------------------------------------------------------------------------------------
     query_hidden: int = option(100, section="router", help="hidden width of the router's query MLP")
@@ -218,6 +225,8 @@ class RunConfig:
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.block_init not in BLOCK_INITS:
+            raise ConfigError(f"block_init must be one of {', '.join(BLOCK_INITS)}, got {self.block_init!r}")
         if self.router_key_init not in ROUTER_KEY_INITS:
             raise ConfigError(f"router_key_init must be one of {', '.join(ROUTER_KEY_INITS)}, got {self.router_key_init!r}")
         if self.backbone_dtype not in BACKBONE_DTYPES:
@@ -292,6 +301,7 @@ SAVED_ORDER = (
     "reflection", "reflection_source", "kl_ratio", "replay_every", "pseudo_ratio", "pseudo_max", "pseudo_epochs",
     "pseudo_steps", "pseudo_lr", "pseudo_r", "pseudo_top_k", "pseudo_repetition_penalty", "pseudo_max_new_tokens",
     "notes",
+    "block_init",  # keys added later go here, at the end
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")

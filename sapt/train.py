@@ -560,6 +560,8 @@ def _stages_loop(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir:
                     model, other, split, cfg.max_source_length, cfg.max_target_length)] for split in ("train", "val"))
             elif memory:
                 items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length) + memory
+            if cfg.block_init == "previous" and t > 0 and not method.shared_block:
+                model.load_block(b, model.block_state(method.block_index(t - 1)))  # train_stage broadcasts it
             if method.routed and cfg.router_centre:
                 update_centre(model, task, t, cfg)
                 dist.broadcast_parameters([model.router.centre])  # bit-identical on every process

@@ -258,3 +258,27 @@ def test_a_task_initialised_key_routes_the_new_task_to_its_block_and_old_tasks_a
     for q in old:  # each old task's mean replay prompt prefers every old block to the new one
         assert float(logits(q)[:t].min() - logits(q)[t]) == pytest.approx(margin, abs=1e-3)
     assert all(torch.equal(model.router.keys[j], old_keys[j]) for j in range(t))  # old keys untouched
+
+
+@pytest.mark.parametrize("block_init", ["zero", "previous"])
+def test_a_new_block_starts_at_zero_or_as_a_copy_of_the_previous_one(block_init, monkeypatch, tmp_path):
+    from sapt import train
+
+    starts = []
+    real = train.train_stage
+
+    def record_start(model, task, t, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in model.block_state(t).items()})
+        return real(model, task, t, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_stage", record_start)
+    cfg = tiny_config(tmp_path / "run", block_init=block_init, tasks=["topic", "sentiment"], reflection_source="real")
+    run(cfg)
+    first = io.load_tensors(tmp_path / "run" / "stages" / "00_topic" / "adapter.safetensors")
+    b_names = [k for k in starts[1] if "lora_B" in k]
+    assert b_names
+    if block_init == "zero":
+        assert all(float(starts[1][k].abs().max()) == 0.0 for k in b_names)  # LoRA's B = 0: no change yet
+    else:
+        assert all(torch.equal(starts[1][k], first[k]) for k in starts[1])  # block 0 as it was saved
+        assert any(float(first[k].abs().max()) > 0 for k in b_names)  # ... which had learned something
