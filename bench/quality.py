@@ -31,21 +31,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sapt import io  # noqa: E402
 from sapt.config import coerce_all, load_yaml, resolve  # noqa: E402
 from sapt.manifest import Manifest  # noqa: E402
+from sapt.methods import METHODS  # noqa: E402
 from sapt.rundir import CONFIG, METRICS, stage_folders  # noqa: E402
 from sapt.train import run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"
-ALL_METHODS = ["sapt", "sapt-hard", "seq-lora", "inc-lora", "o-lora", "replay", "per-task", "mtl"]
-TRAINED_AS = {"sapt-hard": "sapt"}  # methods whose training is another method's, bit for bit
+ALL_METHODS = list(METHODS)  # the registry's (sapt.methods): a new method file is benchmarked with the others
+# methods whose training is another method's, bit for bit (the method's `trained_as`)
+TRAINED_AS = {name: m.trained_as for name, m in METHODS.items() if m.trained_as}
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Each protocol is a YAML file of config keys (one copy: `sapt run --config FILE` runs the same protocol);
 # the data folder is --data-dir's, whatever the file says.
+# A new protocol is a new file configs/bench/<name>.yaml.
 PROTOCOLS = {
     "long-mini": CONFIGS / "cpu-long-mini.yaml",
-    "long-mini-v1": CONFIGS / "bench" / "long-mini-v1.yaml",
-    "superni-mini": CONFIGS / "bench" / "superni-mini.yaml",
-    "builtin": CONFIGS / "bench" / "builtin.yaml",
+    **{path.stem: path for path in sorted((CONFIGS / "bench").glob("*.yaml"))},
 }
 
 

@@ -119,12 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sapt.config import resolve
-    from sapt.train import run
+    from sapt.api import run
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
-    result = run(resolve(overrides, args.config), force_new=getattr(args, "force_new", False),
-                 allow_changes=getattr(args, "allow_config_change", None) or ())
+    result = run(args.config, force_new=getattr(args, "force_new", False),
+                 allow_config_change=getattr(args, "allow_config_change", None) or (), **overrides)
     if result.table:  # empty on the processes other than the main one
         print(result.table)
     return 0
@@ -134,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sapt import io
     from sapt.distributed import get_dist
     from sapt.evaluate import encode_task_split, evaluate_task
-    from sapt.methods import make_method
+    from sapt.api import method_of
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
@@ -146,9 +145,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.max_eval_per_task = args.max_eval_per_task
     tasks = load_run_tasks(cfg)
     cfg, model, names = load_trained(args.run, cfg)
-    method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
-    if not method.joint:
-        tasks = tasks[: len(names)]
+    method = method_of(cfg)
+    tasks = method.eval_tasks(tasks, len(names) - 1)  # what the last trained stage scores (mtl: every task)
     main = get_dist().is_main  # under accelerate launch every process evaluates its share; one writes
     scores = {}
     out = Path(args.run) / "eval"
@@ -173,61 +171,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from sapt.batching import encode
-    from sapt.data import Example
+    from sapt.api import PER_TASK_REFUSAL, load
     from sapt.distributed import get_dist
-    from sapt.evaluate import predict
-    from sapt.methods import make_method
-    from sapt.train import load_trained
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    cfg, model, names = load_trained(args.run)
-    method = make_method(cfg.method, cfg.olora_lambda1, cfg.olora_lambda2)
-    if method.name == "per-task":
-        raise ConfigError("a per-task run needs the true task id of each input; score it with `sapt eval`")
-
-    def weights_fn(batch):  # None: the router's weights (sapt); fixed mixing weights for the baselines
-        return method.weights(model, batch, 0, training=False)
-
-    examples = [Example(input=t, outputs=("",)) for t in args.text]
-    items = encode(model.tokenizer, model.family, args.definition, examples, cfg.max_source_length, cfg.max_target_length)
-    max_new_tokens = args.max_new_tokens or cfg.max_new_tokens
-    if args.merge and model.sharded:
+    trained = load(args.run)
+    if trained.method.name == "per-task":
+        raise ConfigError(PER_TASK_REFUSAL)
+    if args.merge and trained.model.sharded:
         raise ConfigError("--merge needs whole base weights; it cannot be used under FSDP")
-    if args.merge:  # one input at a time, its weighted update merged into the base weights while it generates
-        import torch
-
-        from sapt.batching import collate_prompts
-        from sapt.modules.merge import merged
-
-        model.eval()
-        preds, rows = [], []
-        for item in items:
-            batch = collate_prompts([item], model.family, model.tokenizer.pad_token_id)
-            with torch.no_grad():
-                w = weights_fn(batch)
-                if w is None:
-                    w = model.routing_weights(batch["input_ids"], batch["prompt_mask"])
-                with merged(model, w):
-                    texts, _ = model.generate(batch, max_new_tokens)
-            preds.append(texts[0])
-            rows.append(w[0].float().cpu())
-        weights = torch.stack(rows)
-    else:
-        preds, weights = predict(model, items, cfg.eval_batch_size, max_new_tokens, weights_fn=weights_fn)
+    answers = trained.predict(args.text, definition=args.definition, max_new_tokens=args.max_new_tokens,
+                              merge=args.merge)
     if not get_dist().is_main:  # under accelerate launch every process answers (in step under FSDP); one prints
         return 0
-    for text, pred, w in zip(args.text, preds, weights):
-        if not method.routed:  # fixed mixing weights: nothing to report per input
-            print(json.dumps({"input": text, "answer": pred, "routing": None}, ensure_ascii=False) if args.json else pred)
+    for answer in answers:
+        if answer.routing is None:  # fixed mixing weights: nothing to report per input
+            print(json.dumps({"input": answer.input, "answer": answer.text, "routing": None}, ensure_ascii=False)
+                  if args.json else answer.text)
             continue
-        routing = {n: round(float(x), 4) for n, x in zip(names, w)}
+        routing = {n: round(x, 4) for n, x in answer.routing.items()}
         if args.json:
-            print(json.dumps({"input": text, "answer": pred, "routing": routing}, ensure_ascii=False))
+            print(json.dumps({"input": answer.input, "answer": answer.text, "routing": routing}, ensure_ascii=False))
         else:
-            top = max(routing, key=routing.get)
-            print(f"{pred}\n  routing: " + ", ".join(f"{n} {x:.3f}" for n, x in routing.items()) + f"  (top: {top})")
+            print(f"{answer.text}\n  routing: " + ", ".join(f"{n} {x:.3f}" for n, x in routing.items())
+                  + f"  (top: {max(routing, key=routing.get)})")
     return 0
 
 

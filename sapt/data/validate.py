@@ -14,6 +14,11 @@ Problems come in two kinds:
   loader then uses the outputs as the label set), or train.json inputs that also appear in test.json
   and so are dropped from training.
 
+Tasks kept as JSON Lines, CSV or a `datasets` save_to_disk folder (sapt.data.formats) are checked the same
+way, their messages naming the line (JSONL), row (CSV) or index (datasets) and the field:
+
+    .../Mine/sst2/train.jsonl: line 4: output: missing
+
 Guarantee: when `validate_benchmark` returns no errors, `load_task` succeeds on every task with the
 same split settings (after the file checks pass, each task is loaded once with those settings and a
 loader failure is reported as an error).
@@ -28,8 +33,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from sapt.data.benchmark import load_task
-from sapt.data.schema import JsonProblem, Problem, effective_labels, parse_labels, parse_split, read_json
+from sapt.data.benchmark import check_fields, load_task
+from sapt.data.formats import (
+    DEFINITION_FILE,
+    Source,
+    missing_message,
+    parse_source,
+    read_definition,
+    several_message,
+    sources,
+)
+from sapt.data.schema import JsonProblem, Problem, SplitFile, effective_labels, parse_labels, parse_split, read_json
 from sapt.data.types import DataError, Example
 
 __all__ = ["MAX_INSTANCE_MESSAGES", "validate_benchmark", "validate_or_raise"]
@@ -84,17 +98,40 @@ def _read_json(path: Path, report: _Report) -> tuple[bool, Any]:
     return False, None
 
 
-def _check_split_file(path: Path, report: _Report, *, is_train: bool) -> list[Example] | None:
-    """Check a train/test/dev file. Returns its usable instances, or None if it has errors."""
+def _check_split_file(path: Path, report: _Report) -> SplitFile | None:
+    """Check a train/test/dev .json file. Returns it parsed (its problems reported), or None if unreadable."""
     ok, data = _read_json(path, report)
     if not ok:
         return None
     split = parse_split(data)
-    if is_train and isinstance(data, dict) and split.definition is None:
-        report.warn(path, "Definition: missing; prompts will have no task definition")
     report.problems(path, split.problems, lambda bad: f"Instances: ... and {bad - MAX_INSTANCE_MESSAGES} more bad "
                                                       f"instances ({bad} of {split.n_instances} in all)")
-    return None if split.problems else split.examples
+    if not isinstance(data, dict):
+        split.definition = ""  # not "missing": the file is wrong already
+    return split
+
+
+_UNITS = {"jsonl": "lines", "csv": "rows", "datasets": "examples"}
+
+
+def _check_source(src: Source, report: _Report, fields: dict[str, str]) -> SplitFile | None:
+    """Check a train or test source of any format. Returns it parsed (its problems reported), or None."""
+    if src.kind == "json":
+        return _check_split_file(src.path, report)
+    split = parse_source(src, **fields)
+    unit = _UNITS[src.kind]
+    report.problems(src.path, split.problems, lambda bad: f"... and {bad - MAX_INSTANCE_MESSAGES} more bad {unit} "
+                                                          f"({bad} of {split.n_instances} in all)")
+    return split
+
+
+def _one_source(task_dir: Path, split: str, report: _Report) -> tuple[Source | None, bool]:
+    """(the source of `split`, whether there is any): several sources are an error."""
+    found = sources(task_dir, split)
+    if len(found) > 1:
+        report.error(task_dir, several_message(split, found))
+        return None, True
+    return (found[0] if found else None), bool(found)
 
 
 def _check_labels(path: Path, report: _Report) -> list[str] | None:
@@ -108,10 +145,13 @@ def _check_labels(path: Path, report: _Report) -> list[str] | None:
     return None if parsed.problems else parsed.labels
 
 
-def _check_sizes(train_path: Path, train: list[Example], test: list[Example] | None, has_test: bool,
+def _check_sizes(train_src: Source, train: list[Example], test: list[Example] | None, test_name: str | None,
                  report: _Report) -> None:
     """The loader needs at least 2 distinct usable inputs (training + validation), plus 1 held out for
-    evaluation when there is no test.json; duplicate inputs and inputs that are in test.json are dropped."""
+    evaluation when there is no test file; duplicate inputs and inputs that are in the test file are dropped."""
+    train_path, has_test = train_src.path, test_name is not None
+    # train.json's messages name its Instances; the other formats' name their examples
+    at, what = ("Instances: ", "instance") if train_src.kind == "json" else ("", "example")
     n = len(train)
     need = 2 if has_test else 3
     inputs = [ex.input for ex in train]
@@ -123,40 +163,40 @@ def _check_sizes(train_path: Path, train: list[Example], test: list[Example] | N
     else:
         overlap, usable = 0, len(distinct)
     if n < need:
-        what = "training and validation examples (test.json gives the evaluation ones)" if has_test else \
+        purpose = f"training and validation examples ({test_name} gives the evaluation ones)" if has_test else \
             "training, validation and held-out evaluation examples"
-        report.error(train_path, f"Instances: only {n} instance{'s' if n != 1 else ''}; at least {need} "
-                                 f"are needed to carve {what}")
+        report.error(train_path, f"{at}only {n} {what}{'s' if n != 1 else ''}; at least {need} "
+                                 f"are needed to carve {purpose}")
     elif usable == 0:
-        report.error(train_path, f"Instances: every one of the {n} instances would be dropped: "
-                                 "their inputs all appear in test.json")
+        report.error(train_path, f"{at}every one of the {n} {what}s would be dropped: "
+                                 f"their inputs all appear in {test_name}")
     elif not has_test and len(distinct) == 1:
-        report.error(train_path, f"Instances: all {n} instances have the same input; after one is held out "
+        report.error(train_path, f"{at}all {n} {what}s have the same input; after one is held out "
                                  "for evaluation every other would be dropped as a duplicate")
     elif usable < need:
-        extra = " that are not in test.json" if has_test else ""
-        report.error(train_path, f"Instances: only {usable} distinct input{'s' if usable != 1 else ''}{extra} "
-                                 f"among {n} instances; at least {need} are needed (duplicates are dropped)")
+        extra = f" that are not in {test_name}" if has_test else ""
+        report.error(train_path, f"{at}only {usable} distinct input{'s' if usable != 1 else ''}{extra} "
+                                 f"among {n} {what}s; at least {need} are needed (duplicates are dropped)")
     if overlap and usable:
-        report.warn(train_path, f"Instances: {overlap} instance{'s' if overlap != 1 else ''} whose input also "
-                                "appears in test.json will be dropped from training and validation")
+        report.warn(train_path, f"{at}{overlap} {what}{'s' if overlap != 1 else ''} whose input also "
+                                f"appears in {test_name} will be dropped from training and validation")
 
 
-def _check_labels_cover(labels_path: Path, labels: list[str], train: list[Example], test: list[Example] | None,
-                        report: _Report) -> None:
+def _check_labels_cover(labels_path: Path, labels: list[str], train: list[Example], train_name: str,
+                        test: list[Example] | None, test_name: str | None, report: _Report) -> None:
     used, missing = effective_labels(labels, train)
     if missing:
-        report.warn(labels_path, f"labels {labels} do not cover the train.json outputs {missing}; "
+        report.warn(labels_path, f"labels {labels} do not cover the {train_name} outputs {missing}; "
                                  f"the loader will use the outputs {used} as the label set")
     if test is not None:
         unseen = sorted({ex.outputs[0] for ex in test} - set(used))
         if unseen:
-            report.warn(labels_path, f"test.json has outputs that are not labels: {unseen[:10]}"
+            report.warn(labels_path, f"{test_name} has outputs that are not labels: {unseen[:10]}"
                                      f"{' ...' if len(unseen) > 10 else ''}")
 
 
 def _check_task(bench_dir: Path, data_dir: Path, benchmark: str, name: str, report: _Report,
-                load_kwargs: dict[str, Any]) -> None:
+                load_kwargs: dict[str, Any], fields: dict[str, str]) -> None:
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
         report.error(bench_dir, f"task name {name!r}: must be the name of a folder in the benchmark")
         return
@@ -165,24 +205,37 @@ def _check_task(bench_dir: Path, data_dir: Path, benchmark: str, name: str, repo
         report.error(task_dir, "task folder not found")
         return
     n_errors = len(report.errors)
-    train_path = task_dir / "train.json"
-    if not train_path.exists():
-        report.error(train_path, "not found (every task needs a train.json)")
-        train = None
-    else:
-        train = _check_split_file(train_path, report, is_train=True)
-    test_path = task_dir / "test.json"
-    has_test = test_path.exists()
-    test = _check_split_file(test_path, report, is_train=False) if has_test else None
+    train_src, has_train = _one_source(task_dir, "train", report)
+    train_file = _check_source(train_src, report, fields) if train_src is not None else None
+    if not has_train:
+        report.error(task_dir / "train.json", missing_message(task_dir))
+    train = train_file.examples if train_file is not None and not train_file.problems else None
+    test_src, has_test = _one_source(task_dir, "test", report)
+    test_file = _check_source(test_src, report, fields) if test_src is not None else None
+    test = test_file.examples if test_file is not None and not test_file.problems else None
     if (task_dir / "dev.json").exists():  # unused by the loader (it equals test.json in the public release)
-        _check_split_file(task_dir / "dev.json", report, is_train=False)
+        _check_split_file(task_dir / "dev.json", report)
     labels_path = task_dir / "labels.json"
     labels = _check_labels(labels_path, report) if labels_path.exists() else None
+    # The definition: train.json's, else definition.txt (what the loader reads).
+    definition_path = task_dir / DEFINITION_FILE
+    if train_file is not None and train_file.definition is not None:
+        if definition_path.exists():
+            report.warn(definition_path, f"ignored: {train_src.name} has its own Definition")
+    else:
+        for p in read_definition(definition_path)[1]:
+            report.error(definition_path, p.message)
+        if train_src is not None and train_src.kind == "json" and train_file is not None \
+                and not definition_path.exists():
+            report.warn(train_src.path, "Definition: missing; prompts will have no task definition")
 
     if train is not None and (test is not None or not has_test):
-        _check_sizes(train_path, train, test, has_test, report)
+        assert train_src is not None
+        _check_sizes(train_src, train, test, test_src.path.name if test_src is not None else None, report)
     if train is not None and labels is not None:
-        _check_labels_cover(labels_path, labels, train, test, report)
+        assert train_src is not None
+        _check_labels_cover(labels_path, labels, train, train_src.path.name, test,
+                            test_src.path.name if test_src is not None else None, report)
 
     if len(report.errors) == n_errors:
         # The file checks passed: load the task once with the run's split settings, so that "no errors"
@@ -199,7 +252,8 @@ def _check_task(bench_dir: Path, data_dir: Path, benchmark: str, name: str, repo
 
 def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *,
                        val_size: float | int = 0.1, max_train: int | None = None,
-                       max_eval: int | None = None, seed: int = 42) -> tuple[list[str], list[str]]:
+                       max_eval: int | None = None, seed: int = 42, input_field: str = "input",
+                       output_field: str = "output") -> tuple[list[str], list[str]]:
     """Check the files of tasks `names` of `data_dir/benchmark`; return `(errors, warnings)`.
 
     Every problem found is listed, not just the first: each is one line starting with the path of the
@@ -215,6 +269,12 @@ def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *
     (distinct inputs, not in test.json) to carve training, validation and evaluation examples; and any
     failure of `load_task` with the given split settings (`val_size`, `max_train`, `max_eval`, `seed`,
     as in `load_task`), which is tried once the file checks of a task pass.
+
+    The other formats (sapt.data.formats): every problem of a train/test .jsonl, .csv or datasets folder,
+    with its line, row or index (a line that is not JSON, a missing field, a non-string output, an empty
+    file, bytes that are not UTF-8, a CSV without the header, a folder `datasets` cannot load or that lacks
+    the column); two sources of one split; a definition.txt that is not UTF-8 text; `input_field` and
+    `output_field` that are empty or equal.
 
     warnings (the run works): labels.json not covering the train.json outputs (the loader then uses
     the outputs as the label set; the public qqp task has this), test.json outputs outside the label
@@ -237,9 +297,16 @@ def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *
     if dupes:
         report.error(bench_dir, "duplicate task names in the task list: "
                                 + ", ".join(f"{n} ({names.count(n)} times)" for n in dupes))
-    load_kwargs = dict(val_size=val_size, max_train=max_train, max_eval=max_eval, seed=seed)
+    try:
+        check_fields(input_field, output_field)
+    except ValueError as e:
+        report.error(bench_dir, str(e))
+        return report.errors, report.warnings
+    fields = dict(input_key=input_field, output_key=output_field)
+    load_kwargs = dict(val_size=val_size, max_train=max_train, max_eval=max_eval, seed=seed,
+                       input_field=input_field, output_field=output_field)
     for name in dict.fromkeys(names):
-        _check_task(bench_dir, data_dir, benchmark, name, report, load_kwargs)
+        _check_task(bench_dir, data_dir, benchmark, name, report, load_kwargs, fields)
     return report.errors, report.warnings
 
 

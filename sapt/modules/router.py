@@ -31,7 +31,7 @@ class SharedAttentionRouter(nn.Module):
             nn.LayerNorm(d_model),
         )
         self.keys = nn.ParameterList()
-        # Subtracted from the pooled embedding before the query MLP (see sapt.train.update_centre).
+        # Subtracted from the pooled embedding before the query MLP (see sapt.router_setup.update_centre).
         self.register_buffer("centre", torch.zeros(d_model))
 
     @property

@@ -4,7 +4,8 @@
 
 Block t is the pair (A_t, B_t) of every adapted projection. Its saved names are PEFT's, by module path
 in the backbone: `<module>.lora_A.weight` (r, in) and `<module>.lora_B.weight` (out, r), which is what
-`sapt.export` maps to a standard PEFT adapter.
+`sapt.export` maps to a standard PEFT adapter. A fused q/k/v projection (Phi-3, GPT-NeoX, Falcon) is
+adapted on its q and v parts, named `<module>.q.lora_A.weight` etc. (`fused`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from sapt.modules.blocks.base import BlockType
 from sapt.modules.blocks.lora.config import LoRAConfig
+from sapt.modules.blocks.lora.fused import MixtureLoRASlice
 from sapt.modules.blocks.lora.inject import inject_mixture_lora
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
 from sapt.modules.blocks.lora.losses import l2_loss, orthogonality_loss
@@ -78,8 +80,13 @@ class LoRABlocks(BlockType):
         return super().extra_loss(name, t)
 
     def frozen_targets(self) -> list[str]:
-        """The frozen Linear inside every mixture layer."""
-        return [f"{name}.base" for name in self.layers]
+        """The frozen Linear inside every mixture layer (a fused q/k/v Linear once, for its q and v parts)."""
+        targets = []
+        for name, layer in self.layers.items():
+            target = f"{name.rpartition('.')[0]}.base" if isinstance(layer, MixtureLoRASlice) else f"{name}.base"
+            if target not in targets:
+                targets.append(target)
+        return targets
 
     def merged(self, weights: torch.Tensor) -> AbstractContextManager[None]:
         return merged_lora(self.layers.values(), self.state, self.n_blocks, weights)

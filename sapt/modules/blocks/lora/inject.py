@@ -1,7 +1,10 @@
 """Find the attention projections to adapt by module-name pattern and wrap them, as PEFT's injector does.
 
-No model file is forked: any checkpoint whose module names follow the family's convention works
-(T5, mT5, Flan-T5; LLaMA, Mistral, Qwen2, SmolLM), whatever its sizes (T5 with n_heads*d_kv != d_model too).
+No model file is forked: any checkpoint whose module names follow one of the conventions of
+`config.TARGET_PATTERNS` works (T5, mT5, Flan-T5; LLaMA, Mistral, Qwen2, Gemma, SmolLM; Phi-3; GPT-NeoX /
+Pythia, Falcon), whatever its sizes (T5 with n_heads*d_kv != d_model too). A matched separate
+projection becomes a `MixtureLoRALinear`; a matched fused q/k/v projection (`fused.FUSED_QKV`) becomes a
+`FusedQKVLoRA` whose q and v parts are adapted layers of their own, `<module>.q` and `<module>.v`.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import re
 from torch import nn
 
 from sapt.modules.blocks.lora.config import TARGET_PATTERNS
+from sapt.modules.blocks.lora.fused import FUSED_QKV, FusedQKVLoRA, qkv_layouts
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
 from sapt.modules.blocks.routing import RoutingState
 
@@ -22,18 +26,38 @@ def find_targets(model: nn.Module, pattern: str) -> list[str]:
     return [n for n, m in model.named_modules() if regex.search(n) and isinstance(m, nn.Linear)]
 
 
+def model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) or type(model).__name__
+
+
 def inject_mixture_lora(
     model: nn.Module, pattern: str, state: RoutingState, r: int, alpha: float, dropout: float = 0.0
 ) -> dict[str, MixtureLoRALinear]:
-    """Replace every matching linear layer by a `MixtureLoRALinear`; returns them by name."""
+    """Replace every matching linear layer by a `MixtureLoRALinear` (a fused q/k/v one by a `FusedQKVLoRA`);
+    returns the adapted layers by name (a fused module's as `<module>.q` and `<module>.v`)."""
+    from sapt.models import ModelLoadError
+
     names = find_targets(model, pattern)
     if not names:
-        raise ValueError(f"no module of the model matches the LoRA target pattern {pattern!r}")
-    layers = {}
+        kind = model_type(model)
+        if pattern in TARGET_PATTERNS.values():
+            raise ModelLoadError(
+                f"model type {kind!r} has no recognised attention projections: LoRA blocks go on q_proj/v_proj "
+                "(LLaMA, Qwen2, Gemma, Mistral), qkv_proj (Phi-3), query_key_value (GPT-NeoX, Falcon) "
+                "or T5's q/v Linears; give another target_pattern to adapt other modules")
+        raise ModelLoadError(f"no Linear of the model (model type {kind!r}) matches the LoRA target pattern {pattern!r}")
+    layers: dict[str, MixtureLoRALinear] = {}
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = MixtureLoRALinear(getattr(parent, child), state, r, alpha, dropout)
-        setattr(parent, child, layer)
-        layers[name] = layer
+        linear = getattr(parent, child)
+        if child in FUSED_QKV:
+            fused = FusedQKVLoRA(linear, qkv_layouts(getattr(model, "config", None), child, linear.out_features), state, r, alpha, dropout)
+            setattr(parent, child, fused)
+            layers[f"{name}.q"], layers[f"{name}.v"] = fused.q, fused.v
+        else:
+            layer = MixtureLoRALinear(linear, state, r, alpha, dropout)
+            setattr(parent, child, layer)
+            layers[name] = layer
     return layers

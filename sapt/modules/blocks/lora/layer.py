@@ -190,6 +190,20 @@ class MixtureLoRALinear(nn.Module):
         s = (weights.to(device=A.device, dtype=A.dtype) * self.scaling).repeat_interleave(self.r, dim=1)
         return self._mix(None, x, s, A, Bt)
 
+    def mixture(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The routed batch's update sum_i w_i(x) * scaling * B_i A_i x alone, in `dtype` (None without
+        blocks): what `forward` adds to the base output, for a caller that adds it itself (a fused
+        projection adds it to its q or v rows: `sapt.modules.blocks.lora.fused`). Same math, same kernel."""
+        if not self.lora_A._parameters:
+            return None
+        A, Bt = self.stacks()
+        s = self.state.scales(x.shape[0], self.r, self.scaling, A.dtype, A.device)
+        if dtype == A.dtype and x.dtype == A.dtype:
+            return self._mix(None, x, s, A, Bt)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # as in `forward`
+            delta = self._mix(None, x.to(A.dtype), s, A, Bt)
+        return delta.to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
         if state.merged:

@@ -7,7 +7,8 @@ enough for the per-token savings to exceed the merge; see BENCHMARKS.md "Speed" 
 
 Inside the block the mixture layers add nothing (`RoutingState.merged`; this holds even when
 `SAPTModel.generate` routes again) and refuse batches of more than one row. On exit the original weight
-tensors are put back, so they are bit-identical to before (nothing is subtracted).
+tensors are put back, so they are bit-identical to before (nothing is subtracted). A fused q/k/v Linear
+gets its q part's and its v part's updates in their rows, k's rows unchanged (`fused.py`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from sapt.modules.blocks.lora.fused import FusedRows
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
 from sapt.modules.blocks.routing import RoutingState
 
@@ -33,16 +35,30 @@ def merged_lora(layers: Iterable[MixtureLoRALinear], state: RoutingState, n_bloc
     if state.merged:
         raise RuntimeError("the model is already merged")
     originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    fused: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}  # fused weight -> its merged copy
     try:
         with torch.no_grad():
             for layer in layers if n_blocks else ():
                 A, Bt = layer.stacks()  # (T*r, in), (T*r, out)
                 s = (w.to(device=A.device, dtype=A.dtype) * layer.scaling).repeat_interleave(layer.r)
                 update = (Bt * s.unsqueeze(1)).t() @ A  # (out, in) = sum_i s_i B_i A_i
+                if isinstance(layer.base, FusedRows):
+                    # A part of a fused q/k/v Linear: W'[L_p] = W[L_p] + update, on one copy of W for all
+                    # its parts, put in place once they are all added (`fused.py`).
+                    weight = layer.base.fused.weight
+                    if id(weight) not in fused:
+                        fused[id(weight)] = (weight, weight.data.to(update.dtype, copy=True))
+                    layout = layer.base.layout
+                    layout.of_rows(fused[id(weight)][1]).add_(update.view(layout.groups, -1, update.shape[1]))
+                    continue
                 weight = layer.base.weight
                 original = weight.data
                 # A new tensor, not an in-place add: the original is kept untouched for the restore.
                 weight.data = (original.to(update.dtype) + update).to(original.dtype)
+                originals.append((weight, original))
+            for weight, merged_weight in fused.values():
+                original = weight.data
+                weight.data = merged_weight.to(original.dtype)
                 originals.append((weight, original))
         state.merged = True
         yield

@@ -1,0 +1,191 @@
+"""What a continual-learning method is to the loop (`sapt.train`): a few hooks on one `SAPTModel` (frozen
+backbone + one block per task + router), in the manner of Avalanche's strategy plugins, and a registry.
+
+The loop never asks which method it runs; it calls, for a run over `tasks`:
+
+    stages(tasks)                                 what each stage trains on: one per task, or one joint stage
+    reflects(cfg)                                 does attentive reflection apply (and its replay phase run)?
+    for each stage t:
+        add_stage(model, t, name)                 add (or reuse) the block and say what trains
+        block_index(t)                            the block stage t trains and saves
+        prepare_stage(model, task, t, cfg, old)   before training: initialise the new block (and router)
+        training_items(model, task, tasks, cfg)   the stage's (train, val) items; None: the task's own
+        warmup_steps(cfg, t, steps_per_epoch)     optimiser steps the new block trains alone at weight 1
+        weights(model, batch, task, training)     the mixing weights (batch, n_blocks); None: the router's
+        extra_loss(model, t)                      a term added to every micro-batch's loss
+        stage_files(sdir, task, cfg)              main process, after training: extra files of the stage
+        after_stage(model, task, sdir, cfg)       every process, trained or loaded (replay reads its memory)
+        eval_tasks(tasks, t)                      the tasks scored after stage t
+    run_metrics(matrix, single)                   AP, F.Ra, FWT, BWT from the score matrix
+    cannot_extend()                               why `sapt learn` may not add a task, or None
+
+and reads a few facts: `name`; `routed` (the router makes the weights, so routing accuracy and the
+reflection's routing targets are defined); `needs_task_id` (the weights need the true task id, so `sapt
+predict` refuses the run); `trained_as` (another method whose training this one's is, bit for bit:
+bench/quality.py evaluates a copy of its stages instead of training again). The defaults below are a new block per task, the router
+frozen, every block at weight 1 (inc-lora). Options come from the run config through `from_config`.
+
+Adding a method is one new file in this folder; the package imports every module in it, and the method's
+name then works in `--method`, the config check, `sapt run --help` and bench/quality.py. For example,
+sapt/methods/last_block.py, "a new block per task, only the newest one used":
+
+    from sapt.methods.base import Method, one_hot_weights, register
+
+
+    @register
+    class LastBlock(Method):
+        name = "last-block"
+
+        def weights(self, model, batch, task_index, training):
+            return one_hot_weights(model, batch, model.n_blocks - 1)
+
+A module here is imported by `sapt --help`: import torch (and model code) inside the hooks, as the
+helpers below do, so that the command line starts without it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from sapt.data import Task
+from sapt.metrics import cl_metrics
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
+    from sapt.config import RunConfig
+    from sapt.modules.sapt_model import SAPTModel
+
+__all__ = ["METHODS", "Method", "make_method", "method_names", "one_hot_weights", "register", "top1_weights",
+           "uniform_weights"]
+
+
+class Method:
+    """A new block per task, every block mixed at weight 1, the router frozen (inc-lora). Subclasses
+    override the hooks they change; see the module docstring for when the loop calls each."""
+
+    name: str = ""
+    routed: bool = False  # weights come from the router (routing accuracy is defined)
+    needs_task_id: bool = False  # the weights need the true task id (no `sapt predict`)
+    trained_as: str | None = None  # a method whose training this one's is, bit for bit (bench/quality.py)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Method:
+        """The method with its options from the run config (e.g. O-LoRA's lambdas)."""
+        return cls()
+
+    # ---- the run -------------------------------------------------------------------------------------------
+    def stages(self, tasks: list[Task]) -> list[Task]:
+        """What each stage trains on: one task per stage."""
+        return tasks
+
+    def reflects(self, cfg: RunConfig) -> bool:
+        """Whether attentive reflection applies (SAPT's, when `cfg.reflection`)."""
+        return False
+
+    def cannot_extend(self) -> str | None:
+        """Why `sapt learn` cannot add a task to a run of this method; None if it can."""
+        return None
+
+    def run_metrics(self, matrix: list[list[float | None]], single: Callable[[], list[float] | None]) -> dict[str, Any]:
+        """ap, fra, bwt, fwt of the score matrix; `single()` gives FWT's single-task scores (or None)."""
+        return cl_metrics(matrix, single())
+
+    # ---- a stage -------------------------------------------------------------------------------------------
+    def block_index(self, t: int) -> int:
+        """The block stage t trains and saves."""
+        return t
+
+    def add_stage(self, model: SAPTModel, t: int, task_name: str) -> None:
+        """Give stage t its block (and the router its key) and make only what the stage trains trainable."""
+        model.add_task(task_name)
+        model.set_trainable(self.block_index(t), router=self.routed)
+
+    def prepare_stage(self, model: SAPTModel, task: Task, t: int, cfg: RunConfig,
+                      old_prompts: Sequence[list] = ()) -> None:
+        """Before stage t trains (not when it is loaded): with `block_init: previous`, a new block starts as
+        a copy of the previous stage's. `old_prompts`: the encoded reflection inputs of the earlier tasks."""
+        b = self.block_index(t)
+        if cfg.block_init == "previous" and t > 0 and b != self.block_index(t - 1):
+            model.load_block(b, model.block_state(self.block_index(t - 1)))  # train_stage broadcasts it
+
+    def training_items(self, model: SAPTModel, task: Task, tasks: list[Task],
+                       cfg: RunConfig) -> tuple[list | None, list | None]:
+        """The stage's encoded training and validation items; None for the task's own."""
+        return None, None
+
+    def warmup_steps(self, cfg: RunConfig, t: int, steps_per_epoch: int) -> int:
+        """How many of stage t's first optimiser steps train the new block alone (weight 1, router frozen)."""
+        return 0
+
+    def weights(self, model: SAPTModel, batch: dict[str, torch.Tensor], task_index: int,
+                training: bool) -> torch.Tensor | None:
+        """Mixing weights (batch, n_blocks), or None for the router's. `task_index` is the true task."""
+        return uniform_weights(model, batch)
+
+    def extra_loss(self, model: SAPTModel, t: int) -> torch.Tensor | None:
+        """A term added to the loss of every micro-batch of stage t (divided by the accumulation)."""
+        return None
+
+    def stage_files(self, sdir: Path, task: Task, cfg: RunConfig) -> list[str]:
+        """Main process, after stage training: write the method's own files of the stage into `sdir`
+        (recorded and checksummed with the trained phase); returns their names."""
+        return []
+
+    def after_stage(self, model: SAPTModel, task: Task, sdir: Path, cfg: RunConfig) -> None:
+        """Every process, once the stage is trained or loaded (its files are on disk)."""
+
+    def eval_tasks(self, tasks: list[Task], t: int) -> list[Task]:
+        """The tasks scored after stage t: those seen so far."""
+        return tasks[: t + 1]
+
+
+# ---- mixing weights, for the `weights` hook (torch imported here, not at the top: see the docstring) ---------
+def uniform_weights(model: SAPTModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Weight 1 on every block."""
+    import torch
+
+    return torch.ones(batch["input_ids"].shape[0], model.n_blocks, device=batch["input_ids"].device)
+
+
+def one_hot_weights(model: SAPTModel, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+    """Weight 1 on block `index`, 0 on the others."""
+    import torch
+
+    w = torch.zeros(batch["input_ids"].shape[0], model.n_blocks, device=batch["input_ids"].device)
+    w[:, index] = 1.0
+    return w
+
+
+def top1_weights(w: torch.Tensor) -> torch.Tensor:
+    """Each row's largest weight set to 1, the others to 0."""
+    import torch
+
+    return torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype)
+
+
+# ---- the registry ------------------------------------------------------------------------------------------
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make `cls` available as `--method cls.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__}: a method needs a name")
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"two methods named {cls.name!r}: {METHODS[cls.name].__qualname__} and {cls.__qualname__}")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def make_method(name: str, cfg: RunConfig | None = None, **options: Any) -> Method:
+    """The method `name`, with its options from the run config `cfg` or given as keywords
+    (e.g. `make_method("o-lora", lambda_1=2.0)`); neither: its defaults."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} (available: {', '.join(METHODS)})")
+    return METHODS[name].from_config(cfg) if cfg is not None else METHODS[name](**options)

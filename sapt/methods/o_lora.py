@@ -1,0 +1,34 @@
+"""O-LoRA (Wang et al., 2023): inc-lora whose new block's A is pushed orthogonal to every earlier block's A,
+`lambda_1 * sum_layers sum_{i<t} |A_i A_t^T|_1`, plus `lambda_2 * sum ||theta_t||_2` on the new block
+(`--olora-lambda1/2`). The block type computes both terms (`sapt.modules.blocks.lora.losses`)."""
+from __future__ import annotations
+
+from sapt.methods.base import register
+from sapt.methods.inc_lora import IncLoRA
+
+
+@register
+class OLoRA(IncLoRA):
+    name = "o-lora"
+
+    def __init__(self, lambda_1: float = 0.5, lambda_2: float = 0.0):
+        self.lambda_1 = lambda_1
+        self.lambda_2 = lambda_2
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(cfg.olora_lambda1, cfg.olora_lambda2)
+
+    def extra_loss(self, model, t):
+        return self.lambda_1 * orthogonality_loss(model, t) + self.lambda_2 * l2_loss(model, t)
+
+
+def orthogonality_loss(model, t: int):
+    """sum over adapted projections and earlier blocks i of sum |A_i A_t^T| (zero iff every row of A_t is
+    orthogonal to every row of every earlier A)."""
+    return model.blocks.extra_loss("orthogonality", t)
+
+
+def l2_loss(model, t: int):
+    """sum over adapted projections of ||A_t||_2 + ||B_t||_2."""
+    return model.blocks.extra_loss("l2", t)

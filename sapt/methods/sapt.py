@@ -1,0 +1,37 @@
+"""SAPT (Zhao et al., 2024): a new block per task, mixed per input by the shared attention router, which
+trains with every stage; attentive reflection keeps the router from forgetting old tasks.
+
+Two deviations, both configurable (docs/method.md): the router warm-up (`warmup_steps`: the new block
+first learns alone) and the router centre; optionally a new key fitted to the task (`router_key_init: task`).
+"""
+from __future__ import annotations
+
+from sapt.methods.base import Method, register
+
+
+@register
+class SAPT(Method):
+    name = "sapt"
+    routed = True
+
+    def reflects(self, cfg):
+        return cfg.reflection
+
+    def weights(self, model, batch, task_index, training):
+        return None  # the router's
+
+    def warmup_steps(self, cfg, t, steps_per_epoch):
+        """The first `router_warmup` share of stage t's steps, for t > 0 (see `sapt.stage_trainer`)."""
+        return round(cfg.router_warmup * cfg.epochs * steps_per_epoch) if t > 0 else 0
+
+    def prepare_stage(self, model, task, t, cfg, old_prompts=()):
+        from sapt.distributed import get_dist
+        from sapt.router_setup import init_key_from_task, update_centre
+
+        super().prepare_stage(model, task, t, cfg, old_prompts)
+        if cfg.router_centre:
+            update_centre(model, task, t, cfg)
+            get_dist().broadcast_parameters([model.router.centre])  # bit-identical on every process
+        if cfg.router_key_init == "task" and t > 0:
+            # train_stage broadcasts the trainable parameters, the key with them
+            init_key_from_task(model, task, t, cfg, old_prompts)

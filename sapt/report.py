@@ -1,0 +1,131 @@
+"""What a run reports: metrics.json (the score matrix and the CL metrics of the method, with the replay
+statistics and any config change) and timing.json, the table printed after each stage (`render`, also
+`sapt report`), and FWT's reference: a per-task run of the same tasks (`check_reference`, `reference_scores`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sapt import io
+from sapt.config import ConfigError, RunConfig, default_value, to_dict
+from sapt.data import Task
+from sapt.manifest import Manifest
+from sapt.methods import make_method
+from sapt.metrics import format_table
+from sapt.rundir import CONFIG, METRICS, TIMING, collect_matrices, replay_stats, run_timing
+
+__all__ = ["REFERENCE_KEYS", "RunResult", "check_reference", "reference_scores", "render", "timing_note",
+           "write_metrics"]
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, Any]
+    table: str
+    timing: dict[str, float] | None = None  # run_timing's numbers (main process only)
+
+
+def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult:
+    names = [t.name for t in tasks]
+    method = make_method(cfg.method, cfg)
+    stages = method.stages(tasks)
+    matrix, routing = collect_matrices(run_dir, tasks, stages)
+    m = method.run_metrics(matrix, lambda: reference_scores(cfg.reference, tasks)
+                           if cfg.reference and len(matrix) == len(tasks) else None)
+    splits = sorted({t.eval_split for t in tasks})
+    metrics = {
+        "tasks": names,
+        "matrix": matrix,
+        **m,
+        "routing_accuracy": routing if method.routed else None,
+        "eval_split": splits[0] if len(splits) == 1 else "mixed",
+        "eval_splits": {t.name: t.eval_split for t in tasks},
+        "metric": {t.name: t.metric for t in tasks},
+        "method": cfg.method,
+        "model": cfg.model,
+        "reflection": cfg.reflection,
+        "replay": replay_stats(run_dir, tasks),
+        "stages_done": len(matrix),
+    }
+    if cfg.reference:
+        metrics["fwt_reference"] = cfg.reference
+    changes = Manifest(run_dir).config_changes
+    if changes:  # resumed with --allow-config-change: say so where the results are
+        metrics["config_changes"] = changes
+    io.write_json(run_dir / METRICS, metrics)
+    # Wall-clock seconds apart from the results: metrics.json stays byte-identical across resumes.
+    timing = run_timing(run_dir, stages)
+    io.write_json(run_dir / TIMING, timing)
+    return RunResult(metrics, render(metrics), timing)
+
+
+def timing_note(timing: dict[str, float] | None) -> str:
+    """"; time so far: training 61%, reflection 9%, evaluation 30%" from `run_timing`'s numbers."""
+    if not timing or not timing.get("total_s"):
+        return ""
+    parts = {"training": "train_s", "reflection": "reflection_s", "evaluation": "eval_s"}
+    return "; time so far: " + ", ".join(f"{name} {100 * timing[key] / timing['total_s']:.0f}%"
+                                         for name, key in parts.items())
+
+
+def render(metrics: dict[str, Any]) -> str:
+    title = f"{metrics['method']} on {metrics['model']} (eval split: {metrics['eval_split']}; rows: after training task i)"
+    extra = {}
+    if metrics.get("routing_accuracy"):
+        extra["routing accuracy (% of inputs whose top weight is their own task's block)"] = metrics["routing_accuracy"]
+    lines = [format_table(metrics["tasks"], metrics["matrix"], metrics, title=title, extra=extra or None)]
+    for name, r in (metrics.get("replay") or {}).items():
+        line = f"replay inputs of {name}: {r.get('count', 0)}/{r.get('wanted', 0)} ({r.get('source')})"
+        if "well_formed_fraction" in r:
+            line += (f", well-formed {100 * r['well_formed_fraction']:.0f}%, distinct {100 * r['distinct_fraction']:.0f}%,"
+                     f" not a training input {100 * r['novel_fraction']:.0f}%")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# What a per-task reference run must share with the run it serves, for its diagonal to be the single-task
+# scores of *these* tasks as this run learns them: the same model, data, subsets, seed and optimisation.
+REFERENCE_KEYS = ("model", "data_dir", "benchmark", "val_size", "max_train_per_task", "max_eval_per_task", "seed",
+                  "lr", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_source_length",
+                  "max_target_length", "max_new_tokens", "backbone_dtype", "stop_at_newline")
+
+
+def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
+    """Refuse a `--reference` that is not a finished per-task run of the same tasks under the same settings
+    (REFERENCE_KEYS), before anything is trained: FWT would otherwise compare unlike runs."""
+    ref = Path(cfg.reference)
+    reference_scores(cfg.reference, tasks)  # a finished per-task run of these tasks, in this order
+    try:
+        saved = yaml.safe_load((ref / CONFIG).read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--reference {cfg.reference}: its config.yaml cannot be read")
+    now = to_dict(cfg)
+    old = {k: saved[k] if k in saved else default_value(k) for k in REFERENCE_KEYS}
+
+    def same(key: str) -> bool:
+        if key == "data_dir" and old[key] is not None and now[key] is not None:  # one folder, however written
+            return Path(old[key]).resolve() == Path(now[key]).resolve()
+        return old[key] == now[key]
+
+    differ = [k for k in REFERENCE_KEYS if not same(k)]
+    if differ:
+        shown = ", ".join(f"{k} {old[k]!r} there, {now[k]!r} here" for k in differ)
+        raise ConfigError(f"--reference {cfg.reference}: a per-task run with other settings ({shown}); "
+                          "FWT needs the same model, data, subsets, seed and optimisation")
+
+
+def reference_scores(reference: str, tasks: list[Task]) -> list[float]:
+    """The single-task scores s_j of FWT: the diagonal of a per-task run of the same tasks."""
+    path = Path(reference) / METRICS
+    if not path.exists():
+        raise ConfigError(f"--reference {reference}: no metrics.json there")
+    ref = io.read_json(path)
+    names = [t.name for t in tasks]
+    if ref.get("tasks") != names or ref.get("method") != "per-task" or ref.get("stages_done") != len(names):
+        raise ConfigError(f"--reference {reference}: not a finished per-task run of the tasks {', '.join(names)}")
+    return [ref["matrix"][j][j] for j in range(len(names))]

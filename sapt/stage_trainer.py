@@ -1,0 +1,352 @@
+"""One stage of the recipe: train the stage's block (and, for SAPT, the router) on its task, keep the epoch
+with the lowest validation loss. `train_stage` is the entry point; `StageTrainer` holds the stage's state
+and reads in the order a stage runs:
+
+    __init__        the items, the optimiser and its two parameter groups, the shuffling generator
+    resume          continue after the last epoch of a checkpoint, if there is a usable one
+    train           epoch after epoch, then the best epoch's parameters back, and a summary
+      epoch         the micro-batches of one epoch: forward, extra terms, checks, backward, optimiser step
+      end_epoch     validation, history, the best epoch so far, the checkpoint
+
+Every process runs it in step (see sapt.distributed); only the main one writes the log and the checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sapt.batching import collate_train, length_sorted_batches
+from sapt.config import RunConfig
+from sapt.data import Task
+from sapt.distributed import Dist, get_dist
+from sapt.evaluate import encode_task_split, evaluation_loss
+from sapt.methods import Method, make_method
+from sapt.methods.base import one_hot_weights
+from sapt.modules.sapt_model import SAPTModel
+from sapt.recovery import CheckpointError, as_random_state, kill_point, load_checkpoint, save_checkpoint, trim_log
+from sapt.reflection import Reflection, routing_target
+from sapt.rundir.layout import log
+from sapt.tracking import Trackers
+
+__all__ = ["StageTrainer", "TrainingError", "distributed_loss", "stage_seed", "train_stage"]
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def train_stage(
+    model: SAPTModel, task: Task, t: int, cfg: RunConfig, log_path: Path, reflection: Reflection | None = None, *,
+    checkpoint: Path | None = None, method: Method | None = None, items: list | None = None,
+    val_items: list | None = None, trackers: Trackers | None = None, step_offset: int = 0,
+) -> dict[str, Any]:
+    """Train block t on `task`; keep the epoch with the lowest validation loss. Returns a summary.
+
+    With `reflection`, the replay KL is added once per `replay_every` optimiser steps, at the first
+    micro-batch of the step and not divided by `grad_accum`: its weight per step is the same whatever
+    the accumulation.
+
+    With `checkpoint` (a path), the whole training state (trainable parameters, the best epoch's
+    parameters, optimiser, the torch / shuffling / reflection RNG states, history) is saved there after
+    every epoch, and if the file exists training continues after its epoch, exactly as if never
+    stopped. The learning rates always come from `cfg` (they may have been lowered to resume).
+
+    Router warm-up (SAPT's `warmup_steps`): a new block starts at zero (B = 0), so at the start of stage
+    t > 1 it cannot help and every old block that fits the answer format a little can; Adam then moves the
+    whole query MLP toward the old blocks within a few steps, the new block's weight collapses towards 0
+    and it stops learning (seen on SmolLM2 at lr 3e-4: the second task's validation loss did not move in 2
+    epochs). So during the first `router_warmup` share of the stage's optimiser steps the router is not
+    updated (nor is the reflection KL, which only moves the router) and the new block learns its task alone
+    (weight 1 on it, 0 on the others): it reaches the scale at which it is useful on its own, so that
+    when the router starts learning, sending the task's inputs to the new block is what lowers the loss.
+    (Trained under the router's small initial weight instead, Adam scales the block up to work at that
+    weight, and the router then has no reason to move towards it.) Then all train together as in the
+    paper. `router_warmup` 0 is the paper's schedule.
+
+    `method` (default: SAPT) decides the mixing weights and any extra loss; `items` replaces the task's
+    encoded training examples (replay mixes in stored ones; mtl trains on every task at once), and
+    `val_items` its validation examples. `trackers` get the losses, at `step_offset` + this stage's step.
+    """
+    trainer = StageTrainer(model, task, t, cfg, method or make_method("sapt"), items, val_items, reflection)
+    return trainer.run(log_path, checkpoint, trackers, step_offset)
+
+
+def stage_seed(cfg: RunConfig, t: int) -> int:
+    """Each stage reseeds, so a resumed run draws the same numbers as an uninterrupted one."""
+    return cfg.seed * 1000 + t
+
+
+class StageTrainer:
+    """The state of one stage's training: what it trains in the constructor, where it reports in `run`
+    (see the module docstring for the order of its parts)."""
+
+    def __init__(self, model: SAPTModel, task: Task, t: int, cfg: RunConfig, method: Method,
+                 items: list | None = None, val_items: list | None = None, reflection: Reflection | None = None):
+        self.model, self.task, self.t, self.cfg, self.method = model, task, t, cfg, method
+        self.reflection = reflection
+        lengths = (cfg.max_source_length, cfg.max_target_length)
+        self.items = items if items is not None else encode_task_split(model, task, "train", *lengths)
+        self.val = val_items if val_items is not None else encode_task_split(model, task, "val", *lengths)
+        self.dist = get_dist()
+        self.router, self.lrs, self.optimizer = self._optimiser()
+        self.scaler = self.dist.grad_scaler(cfg.mixed_precision)
+        self.gen = torch.Generator().manual_seed(stage_seed(cfg, t))  # the order of the examples, per epoch
+        self.n_batches = math.ceil(len(self.items) / cfg.batch_size)
+        self.warmup = method.warmup_steps(cfg, t, math.ceil(self.n_batches / cfg.grad_accum))
+        self.best: dict[str, Any] = {"val_loss": math.inf}
+        self.history: list[dict[str, Any]] = []
+        self.steps = 0  # optimiser steps so far
+        self.start = 0  # the first epoch to run (after a checkpoint's)
+        self.seconds = 0.0  # spent before a resume
+        self.t0 = time.time()
+        self.params = model.trainable_parameters()
+        self.dist.broadcast_parameters(self.params)  # the new block and key start identical on every process
+
+    def _optimiser(self) -> tuple[list, tuple[float, float], torch.optim.Optimizer]:
+        """AdamW over two groups, the blocks at `lr` and the router at `router_lr` (default: `lr`)."""
+        router = [p for p in self.model.router.parameters() if p.requires_grad]
+        router_ids = {id(p) for p in router}
+        blocks = [p for p in self.model.trainable_parameters() if id(p) not in router_ids]
+        lrs = (self.cfg.lr, self.cfg.router_lr or self.cfg.lr)
+        optimizer = torch.optim.AdamW(
+            [{"params": blocks, "lr": lrs[0]}, {"params": router, "lr": lrs[1]}], weight_decay=0.0
+        )
+        return router, lrs, optimizer
+
+    # ---- the stage -----------------------------------------------------------------------------------------
+    def run(self, log_path: Path, checkpoint: Path | None = None, trackers: Trackers | None = None,
+            step_offset: int = 0) -> dict[str, Any]:
+        """Train, appending to the log at `log_path`, checkpointing to `checkpoint`, reporting to `trackers`
+        at `step_offset` (the optimiser steps of the earlier stages) + this stage's step."""
+        self.log_path, self.checkpoint, self.trackers, self.step_offset = log_path, checkpoint, trackers, step_offset
+        self.resume()
+        for group, lr in zip(self.optimizer.param_groups, self.lrs):  # after load_state_dict, which restores the old ones
+            group["lr"] = lr
+        if self.checkpoint is not None and self.dist.is_main:
+            trim_log(self.log_path, self.t, self.start)
+        self.model.train()
+        # Only the main process writes the log; the others write to nowhere.
+        with (open(self.log_path, "a", encoding="utf-8") if self.dist.is_main else open(os.devnull, "w")) as logf:
+            for epoch in range(self.start, self.cfg.epochs):
+                losses, kls = self.epoch(epoch, logf)
+                self.end_epoch(epoch, losses, kls, logf)
+        with torch.no_grad():
+            for p, saved in zip(self.model.trainable_parameters(), self.best["params"]):
+                p.copy_(saved)
+        return self.summary()
+
+    def resume(self) -> None:
+        """Continue after the checkpoint's epoch; an unusable checkpoint is deleted and the stage starts over."""
+        checkpoint, task, t = self.checkpoint, self.task, self.t
+        if checkpoint is None or not checkpoint.exists():
+            return
+        try:
+            state = load_checkpoint(checkpoint)
+            if state.get("task") != task.name or state.get("stage") != t or \
+                    [tuple(p.shape) for p in state["params"]] != [tuple(p.shape) for p in self.params]:
+                raise CheckpointError("it belongs to another stage or model")
+        except (CheckpointError, KeyError, TypeError) as e:
+            log(f"sapt: stage {t + 1} ({task.name}): the checkpoint {checkpoint} is not usable ({e}); "
+                "the stage restarts from its beginning")
+            checkpoint.unlink()
+            return
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["params"]):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best = state["best"]
+        self.history, self.steps, self.start, self.seconds = state["history"], state["steps"], state["epoch"], state["seconds"]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.gen.set_state(state["rng"]["perm"])
+        if self.reflection is not None and state["rng"]["reflection"] is not None:
+            self.reflection.rng.setstate(as_random_state(state["rng"]["reflection"]))
+        log(f"sapt: stage {t + 1} ({task.name}) resumes after epoch {self.start}/{self.cfg.epochs} from its checkpoint")
+
+    def summary(self) -> dict[str, Any]:
+        dist, val = self.dist, self.val
+        return {"task": self.task.name, "best_epoch": self.best["epoch"], "best_val_loss": self.best["val_loss"],
+                "history": self.history, "n_train": len(self.items), "n_val": len(val), "steps": self.steps,
+                # which examples the epoch was chosen on: their encoded prompts and answers, hashed
+                "val_sha256": hashlib.sha256(json.dumps([[e.prompt, e.target] for e in val]).encode()).hexdigest(),
+                # one process computes it, so that every process replays towards exactly the same target
+                "routing_target": dist.broadcast(routing_target(self.model, val, self.cfg.eval_batch_size)
+                                                 if dist.is_main else None) if self.method.routed else None,
+                "seconds": round(self.seconds + time.time() - self.t0, 1)}
+
+    # ---- an epoch ------------------------------------------------------------------------------------------
+    def epoch(self, epoch: int, logf: IO[str]) -> tuple[list[float], list[float]]:
+        """The micro-batches of one epoch, one log line each. Returns their losses and reflection KLs."""
+        perm = torch.randperm(len(self.items), generator=self.gen).tolist()
+        bar = tqdm(range(self.n_batches), desc=f"[{self.t + 1}] {self.task.name} epoch {epoch + 1}/{self.cfg.epochs}",
+                   leave=False, disable=not self.dist.is_main)
+        losses: list[float] = []
+        kls: list[float] = []
+        for b in bar:
+            # Every process draws the same global micro-batch and takes its slice (see sapt.distributed).
+            global_items = [self.items[i] for i in perm[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]]
+            record = self.micro_batch(epoch, b, global_items, kls)
+            losses.append(record["loss"])
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            logf.write(json.dumps(record) + "\n")
+            if b == 0:
+                kill_point(f"stage{self.t}:epoch{epoch + 1}:mid", logf)
+        return losses, kls
+
+    def micro_batch(self, epoch: int, b: int, global_items: list, kls: list[float]) -> dict[str, Any]:
+        """Forward, the method's extra loss and the reflection KL, backward; an optimiser step at the end of
+        an accumulation. Returns the log record."""
+        cfg = self.cfg
+        loss, loss_value = self.forward(global_items)
+        total = loss / cfg.grad_accum
+        record = {"stage": self.t, "task": self.task.name, "epoch": epoch, "step": b, "loss": loss_value}
+        extra = self.method.extra_loss(self.model, self.t)
+        if extra is not None:
+            total = total + extra / cfg.grad_accum
+            record["extra"] = extra.item()
+        if self.reflection and self.steps >= self.warmup and b % cfg.grad_accum == 0 and \
+                (self.steps % cfg.replay_every == 0):
+            with self.dist.autocast(cfg.mixed_precision):
+                kl = self.reflection.loss(self.model).float()
+            total = total + kl
+            record["kl"] = kl.item()
+            kls.append(record["kl"])
+        self.check_finite(total, epoch, b)
+        if total.requires_grad:  # not for a process left without examples and with no extra term
+            (self.scaler.scale(total) if self.scaler is not None else total).backward()
+        if (b + 1) % cfg.grad_accum == 0 or b + 1 == self.n_batches:
+            self.optimiser_step(record)
+        return record
+
+    def forward(self, global_items: list) -> tuple[torch.Tensor, float]:
+        """This process's loss on its slice of the global micro-batch, scaled so that the processes' losses
+        sum to the one-process loss, and the global loss's value."""
+        dist, model, cfg = self.dist, self.model, self.cfg
+        pad = model.tokenizer.pad_token_id
+        local_items = dist.shard(global_items)
+        if local_items:
+            batch = collate_train(local_items, model.family, pad)
+            with dist.autocast(cfg.mixed_precision):
+                loss = model(batch, self.train_weights(batch)).float()
+        elif model.sharded:  # nothing left for this process, but FSDP needs its forward and backward
+            stand_in = collate_train(global_items[:1], model.family, pad)
+            with dist.autocast(cfg.mixed_precision):
+                loss = model(stand_in, self.train_weights(stand_in)).float() * 0.0
+            batch = None
+        else:  # a last, short global batch leaves this process nothing
+            batch, loss = None, torch.zeros((), device=model.device)
+        if dist.world == 1:
+            return loss, loss.item()
+        # token sum over the global token count: the 1-process loss
+        n_global = sum(len(e.target) for e in global_items)
+        local_tokens = target_tokens(batch, model.family) if batch is not None else 0
+        loss = loss * (local_tokens * dist.world / max(n_global, 1))
+        return loss, dist.sum(float(loss.detach()) / dist.world)
+
+    def train_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The method's mixing weights; during the warm-up, weight 1 on the new block alone."""
+        if self.steps < self.warmup:
+            return one_hot_weights(self.model, batch, self.method.block_index(self.t))
+        return self.method.weights(self.model, batch, self.t, training=True)
+
+    def check_finite(self, total: torch.Tensor, epoch: int, b: int) -> None:
+        finite = bool(torch.isfinite(total))
+        if self.dist.world > 1:  # every process stops, or none does
+            finite = self.dist.sum(0.0 if finite else 1.0) == 0
+        if not finite:
+            raise TrainingError(non_finite_message(f"loss ({float(total.detach())})", self.task, self.t,
+                                                   f"epoch {epoch + 1}, batch {b + 1}", epoch, self.checkpoint))
+
+    def optimiser_step(self, record: dict[str, Any]) -> None:
+        """Average the gradients over the processes and step (the router not during the warm-up)."""
+        self.dist.average_gradients(self.params)
+        if self.steps < self.warmup:
+            for p in self.router:
+                p.grad = None  # AdamW skips a parameter without gradient: no update, no state
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        if self.trackers is not None:
+            self.trackers.log({"train/loss": record["loss"], **({"train/kl": record["kl"]} if "kl" in record else {}),
+                               "stage": self.t + 1}, step=self.step_offset + self.steps)
+
+    # ---- after an epoch ------------------------------------------------------------------------------------
+    def end_epoch(self, epoch: int, losses: list[float], kls: list[float], logf: IO[str]) -> None:
+        """Validate, record the epoch, keep it if it is the best so far, checkpoint."""
+        logf.flush()
+        if self.dist.is_main:
+            os.fsync(logf.fileno())  # the epoch's lines are on disk before its checkpoint says it is done
+        weights_fn = lambda batch: self.method.weights(self.model, batch, self.t, training=True)  # noqa: E731
+        val_loss = distributed_loss(self.dist, self.model, self.val, self.cfg, weights_fn)
+        if not math.isfinite(val_loss):
+            raise TrainingError(non_finite_message(f"validation loss ({val_loss})", self.task, self.t,
+                                                   f"after epoch {epoch + 1}", epoch, self.checkpoint))
+        self.history.append({"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_loss": val_loss,
+                             "lr": self.lrs[0], "router_lr": self.lrs[1]})
+        if self.trackers is not None:
+            self.trackers.log({"val/loss": val_loss, "stage": self.t + 1}, step=self.step_offset + self.steps)
+        kl_note = ""
+        if kls:
+            self.history[-1]["kl"] = sum(kls) / len(kls)
+            kl_note = f", reflection KL {self.history[-1]['kl']:.4f}"
+        log(f"  [{self.t + 1}] {self.task.name} epoch {epoch + 1}: train loss {self.history[-1]['train_loss']:.4f}, "
+            f"val loss {val_loss:.4f}{kl_note}")
+        if val_loss < self.best["val_loss"]:
+            self.best = {"val_loss": val_loss, "epoch": epoch + 1,
+                         "params": [p.detach().clone() for p in self.model.trainable_parameters()]}
+        if self.checkpoint is not None and self.dist.is_main:
+            self.save_checkpoint(epoch)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        save_checkpoint(self.checkpoint, {
+            "format": 1, "stage": self.t, "task": self.task.name, "epoch": epoch + 1, "steps": self.steps,
+            "params": [p.detach().clone() for p in self.params], "best": self.best,
+            "optimizer": self.optimizer.state_dict(), "history": self.history,
+            "seconds": self.seconds + time.time() - self.t0,
+            "rng": {"torch": torch.get_rng_state(), "perm": self.gen.get_state(),
+                    "reflection": self.reflection.rng.getstate() if self.reflection is not None else None},
+        })
+        kill_point(f"stage{self.t}:epoch{epoch + 1}")
+
+
+# ---- pieces --------------------------------------------------------------------------------------------------
+def target_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
+    """How many target tokens the batch's mean loss averages over (a causal LM predicts position i+1)."""
+    labels = batch["labels"][:, 1:] if family == "causal" else batch["labels"]
+    return int((labels != -100).sum())
+
+
+def distributed_loss(dist: Dist, model: SAPTModel, items: list, cfg: RunConfig, weights_fn) -> float:
+    """evaluation_loss over `items`, each process scoring its slice; the same value on every process."""
+    if dist.fsdp:  # whole batches per process, as many on each (see Dist.lockstep_batches)
+        batches = dist.lockstep_batches(length_sorted_batches(items, cfg.eval_batch_size))
+        with dist.autocast(cfg.mixed_precision):
+            return dist.sum(evaluation_loss(model, items, cfg.eval_batch_size, weights_fn, batches)) / len(items)
+    mine = dist.shard(items)
+    with dist.autocast(cfg.mixed_precision):
+        local = evaluation_loss(model, mine, cfg.eval_batch_size, weights_fn) if mine else 0.0
+    return local if dist.world == 1 else dist.sum(local * len(mine)) / len(items)
+
+
+def non_finite_message(what: str, task: Task, t: int, where: str, epochs_done: int, ckpt: Path | None) -> str:
+    if ckpt is not None and epochs_done:
+        kept = f"stages 1-{t} and the checkpoint of stage {t + 1} after epoch {epochs_done} ({ckpt}) are kept"
+    elif t:
+        kept = f"stages 1-{t} are kept; stage {t + 1} restarts from its beginning"
+    else:
+        kept = "nothing was trained yet; stage 1 restarts from its beginning"
+    return (f"non-finite {what} in task {task.name!r} (stage {t + 1}), {where}; {kept}. The usual cause is a "
+            "step too large for the model (a high --lr, or a large --lora-alpha, --kl-ratio or --olora-lambda1 "
+            "scaling it up). Lower the learning rate and run the same command again with --lr NEW_LR --allow-config-change lr "
+            "(and router_lr if you set --router-lr) to resume from there")

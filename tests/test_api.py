@@ -1,0 +1,149 @@
+"""The Python API (sapt.run, sapt.load): the README's example runs as written, and the CLI's `run` and
+`predict` give what the API gives."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sapt
+from sapt.cli import main
+from sapt.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"model": "tiny-llama", "tasks": ["topic", "sentiment"], "epochs": 1, "max_train_per_task": 8,
+        "max_eval_per_task": 4, "max_new_tokens": 3, "reflection_source": "real"}
+
+
+def readme_example() -> str:
+    """The ```python block of README.md's "Python API" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1, "README's Python API section should hold one python example"
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """The README example, run as written in a fresh folder (its output is relative: runs/api-demo)."""
+    where = tmp_path_factory.mktemp("readme")
+    before = os.getcwd()
+    os.chdir(where)
+    try:
+        namespace: dict = {}
+        exec(compile(readme_example(), "README.md", "exec"), namespace)
+    finally:
+        os.chdir(before)
+    namespace["where"] = where
+    return namespace
+
+
+def test_import_sapt_is_light():
+    code = ("import sys, sapt; sapt.run, sapt.load, sapt.Answer, sapt.TrainedRun; import sapt.api; "
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_example_runs(readme_run):
+    result, trained, where = readme_run["result"], readme_run["trained"], readme_run["where"]
+    assert result.run_dir == Path("runs/api-demo")
+    assert result.metrics == json.loads((where / "runs/api-demo/metrics.json").read_text())
+    assert trained.tasks == ["topic", "sentiment"] == result.metrics["tasks"]
+    assert trained.config.model == "tiny-llama" and trained.metrics == result.metrics
+    assert set(readme_run["answer"].routing) == {"topic", "sentiment"}
+    assert sum(readme_run["answer"].routing.values()) == pytest.approx(1.0, abs=1e-5)
+    assert [a.routing for a in readme_run["one_block"]] == [{"topic": 1.0, "sentiment": 0.0}]
+    assert len(readme_run["sampled"]) == 1 and isinstance(readme_run["sampled"][0].text, str)
+
+
+def test_predict_gives_what_the_cli_prints(readme_run, capsys):
+    trained = readme_run["trained"]
+    run_dir = readme_run["where"] / readme_run["result"].run_dir
+    texts = ["Review: the headset is well made and excellent.", "There was a video online about the orchestra."]
+    assert main(["predict", "--run", str(run_dir), "--json", *texts]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    answers = trained.predict(texts)
+    assert [r["input"] for r in rows] == [a.input for a in answers] == texts
+    assert [r["answer"] for r in rows] == [a.text for a in answers]
+    assert [r["routing"] for r in rows] == [{k: round(v, 4) for k, v in a.routing.items()} for a in answers]
+    # generate is greedy by default: predict's answers, the same routing
+    assert [(a.text, a.routing) for a in trained.generate(texts)] == [(a.text, a.routing) for a in answers]
+    assert [a.routing for a in answers] == trained.routing(texts)
+    assert [a.text for a in trained.predict(texts, merge=True)] == [a.text for a in answers]
+    assert len(trained.generate(texts[0], do_sample=True, num_return_sequences=3)) == 3
+
+
+def test_answering_refuses_bad_arguments_in_one_line(readme_run):
+    trained = readme_run["trained"]
+    for call, needle in [(lambda: trained.predict("x", max_new_tokens=0), "max_new_tokens"),
+                         (lambda: trained.predict([1]), "strings"),
+                         (lambda: trained.generate("x", routing={"nope": 1.0}), "unknown task(s) nope"),
+                         (lambda: trained.generate("x", input_ids=[1]), "input_ids")]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            call()
+
+
+@pytest.mark.parametrize("kwargs, argv, needle", [
+    ({"lr": -1.0}, ["--lr", "-1"], "lr must be > 0"),
+    ({"epochs": 0}, ["--epochs", "0"], "epochs must be >= 1"),
+    ({"method": "nope"}, ["--config", "{file}"], "unknown method 'nope'"),
+])
+def test_run_refuses_what_sapt_run_refuses_with_the_same_message(kwargs, argv, needle, tmp_path, capsys):
+    out = tmp_path / "out"
+    config = tmp_path / "c.yaml"
+    config.write_text("method: nope\n")
+    with pytest.raises(ConfigError) as api_error:
+        sapt.run(**{**TINY, **kwargs, "output": str(out)})
+    argv = [a.replace("{file}", str(config)) for a in argv]
+    assert main(["run", "--model", "tiny-llama", "--output", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in str(api_error.value) and err.endswith(str(api_error.value))
+    assert not out.exists()
+
+
+def test_run_refuses_unknown_keys_and_reads_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key\\(s\\): bogus"):
+        sapt.run(bogus=1, output=str(tmp_path / "o"))
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        sapt.run(config_file=config, output=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_force_new_returns_the_directory_it_wrote(readme_run):
+    where = readme_run["where"]
+    before = os.getcwd()
+    os.chdir(where)
+    try:
+        with pytest.raises(ConfigError, match="different config"):
+            sapt.run(**{**TINY, "reflection_source": "generated", "seed": 7, "output": "runs/api-demo"})
+        result = sapt.run(**{**TINY, "reflection_source": "generated", "seed": 7, "output": "runs/api-demo"},
+                          force_new=True)
+        assert result.run_dir == Path("runs/api-demo-2") and (where / "runs/api-demo-2/metrics.json").exists()
+        assert sapt.load(result.run_dir).config.seed == 7
+        again = sapt.run(**{**TINY, "reflection_source": "generated", "output": "runs/api-demo"}, force_new=True)
+        assert again.run_dir == Path("runs/api-demo")  # the README's run itself: resumed, nothing to do
+    finally:
+        os.chdir(before)
+
+
+def test_load_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(ConfigError, match="not a sapt run directory"):
+        sapt.load(tmp_path)
+
+
+def test_a_per_task_run_answers_only_with_a_given_task(tmp_path):
+    result = sapt.run(**{**TINY, "method": "per-task", "output": str(tmp_path / "pt")})
+    trained = result.load()
+    with pytest.raises(ConfigError, match="true task id"):
+        trained.predict("x")
+    with pytest.raises(ConfigError, match="routing="):
+        trained.generate("x")
+    [answer] = trained.generate("x", routing={"sentiment": 1.0})
+    assert answer.routing == {"topic": 0.0, "sentiment": 1.0}
