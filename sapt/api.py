@@ -89,35 +89,8 @@ def run(config_file: str | Path | None = None, *, force_new: bool = False,
     from sapt.train import run as train_run  # torch, transformers: only now
 
     result = train_run(cfg, force_new=force_new, allow_changes=tuple(allow_config_change or ()))
-    return RunResult(metrics=result.metrics, run_dir=_run_dir_of(cfg, force_new), table=result.table,
+    return RunResult(metrics=result.metrics, run_dir=result.run_dir, table=result.table,
                      timing=result.timing, config=cfg)
-
-
-def _run_dir_of(cfg: RunConfig, force_new: bool) -> Path:
-    """The directory `sapt.train.run` wrote: cfg.output, or with `force_new` the first of OUTPUT,
-    OUTPUT-2, ... that holds a run of this config (what sapt.rundir.plan_run_dir chose; it is that
-    directory now, and no earlier one held this config, else that one would have been chosen)."""
-    import yaml
-
-    from sapt.config import differences
-
-    out = Path(cfg.output)
-    if not force_new:
-        return out
-    base = out if out.name else out.resolve()
-    for candidate in [out] + [base.with_name(f"{base.name}-{k}") for k in range(2, 10_000)]:
-        path = candidate / "config.yaml"
-        if not path.exists():
-            if candidate != out:
-                break
-            continue
-        try:
-            saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
-        if isinstance(saved, dict) and not differences(saved, cfg):
-            return candidate
-    return out
 
 
 class TrainedRun:
@@ -161,7 +134,7 @@ class TrainedRun:
 
         texts = _texts(texts)
         max_new_tokens = self._max_new_tokens(max_new_tokens)
-        if self.method.name == "per-task":
+        if self.method.needs_task_id:
             raise ConfigError(PER_TASK_REFUSAL)
         if merge and self.model.sharded:
             raise ConfigError("merge (--merge) needs whole base weights; it cannot be used under FSDP")
@@ -216,7 +189,7 @@ class TrainedRun:
                 raise ConfigError(f"generate: {key} is set by sapt (from the texts), not a keyword to pass")
         model, method = self.model, self.method
         fixed = self._fixed_weights(routing) if routing is not None else None
-        if fixed is None and method.name == "per-task":
+        if fixed is None and method.needs_task_id:
             raise ConfigError(PER_TASK_REFUSAL.replace("score it with `sapt eval`",
                                                        "pass routing={task: 1.0}, or score it with `sapt eval`"))
         from sapt.batching import collate_prompts, length_sorted_batches

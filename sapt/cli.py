@@ -177,7 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     trained = load(args.run)
-    if trained.method.name == "per-task":
+    if trained.method.needs_task_id:
         raise ConfigError(PER_TASK_REFUSAL)
     if args.merge and trained.model.sharded:
         raise ConfigError("--merge needs whole base weights; it cannot be used under FSDP")

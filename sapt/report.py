@@ -26,6 +26,7 @@ class RunResult:
     metrics: dict[str, Any]
     table: str
     timing: dict[str, float] | None = None  # run_timing's numbers (main process only)
+    run_dir: Path | None = None  # the directory written (OUTPUT, or OUTPUT-2, ... under --force-new)
 
 
 def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult:

@@ -47,6 +47,7 @@ from sapt import io
 from sapt.config import ConfigError, RunConfig, to_dict
 from sapt.data import Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
+from sapt.data.formats import has_train
 from sapt.distributed import get_dist
 from sapt.evaluate import encode_task_split, evaluate_task
 from sapt.manifest import Manifest
@@ -110,7 +111,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
             + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
         if dist.is_main and not (run_dir / CONFIG).exists():
             io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return _run_stages(cfg, tasks, run_dir, model, changes)
+        return dataclasses.replace(_run_stages(cfg, tasks, run_dir, model, changes), run_dir=run_dir)
     except BaseException:
         if created:
             drop_if_bare(run_dir)  # a model that cannot be loaded leaves no new run directory behind
@@ -277,13 +278,13 @@ class StageLoop:
 
 
 def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
-    """Extend a run with one more task (a folder in the CL_Benchmark layout: <benchmark>/<task>/train.json):
+    """Extend a run with one more task (a task folder in any layout sapt.data.formats reads):
     a new block, key and reflection data; every task is re-scored and the matrix gets a row and a column.
     The earlier stages are loaded, not redone (their checksums are verified as on any resume)."""
     cfg = load_run_config(run_dir)
     folder = Path(task_folder).resolve()
-    if not (folder / "train.json").is_file():
-        raise ConfigError(f"{task_folder}: not a task folder (no train.json)")
+    if not has_train(folder):
+        raise ConfigError(f"{task_folder}: not a task folder (no train.json, train.jsonl, train.csv or train/)")
     if str(folder) in cfg.extra_tasks:
         raise ConfigError(f"{run_dir} has already learned {task_folder}")
     refused = make_method(cfg.method, cfg).cannot_extend()

@@ -44,3 +44,16 @@ def test_learn_refuses_a_folder_without_train_json(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["learn", "--run", str(tmp_path), "--task", str(tmp_path / "empty")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_learn_takes_a_task_folder_in_jsonl(tmp_path):
+    out = tmp_path / "run"
+    run(tiny_config(out, tasks=["topic", "sentiment"], reflection_source="real"))
+    folder = tmp_path / "MyBench" / "capitals"
+    folder.mkdir(parents=True)
+    (folder / "definition.txt").write_text("Write the country name backwards.")
+    (folder / "train.jsonl").write_text("".join(json.dumps({"input": f"Country: {c}", "output": c[::-1]}) + "\n"
+                                                for c in ["France", "Spain", "Italy", "Japan", "Peru", "Chad",
+                                                          "Togo", "Iran", "Laos", "Fiji", "Cuba", "Oman"]))
+    after = learn(out, folder).metrics
+    assert after["tasks"] == ["topic", "sentiment", "capitals"] and after["matrix"][2][2] is not None

@@ -10,7 +10,7 @@ import yaml
 import sapt.export
 from sapt.cli import main
 from sapt.config import resolve
-from sapt.export import base_license, base_model_id, model_card
+from sapt.model_card import base_license, base_model_id, model_card
 
 TINY = {"model": "tiny-llama", "tasks": ["sentiment", "topic"], "epochs": 1, "max_train_per_task": 8,
         "max_eval_per_task": 4, "max_new_tokens": 3, "reflection_source": "real"}

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import random
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sapt.data.formats import DEFINITION_FILE, find_source, has_train, load_definition, load_source, missing_message
 from sapt.data.schema import effective_labels, load_labels
-from sapt.data.types import DataError, Task
+from sapt.data.types import DataError, Example, Task
 
 # The standard task orders of the public release's launch scripts.
 TASK_ORDERS: dict[str, dict[int, list[str]]] = {
@@ -165,6 +166,40 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
     (seed, task name, file contents, sizes), never on global random state.
     input_field, output_field: the names of the two fields in train/test .jsonl, .csv and datasets folders.
     """
+    _check_split_args(val_size, max_train, max_eval)
+    check_fields(input_field, output_field)
+    fields = dict(input_key=input_field, output_key=output_field)
+
+    task_dir = _benchmark_dir(data_dir, benchmark) / name
+    train_src = find_source(task_dir, "train")
+    if train_src is None:
+        raise DataError(f"{task_dir / 'train.json'}: {missing_message(task_dir)}")
+    train_file = load_source(train_src, **fields)
+    examples, definition = train_file.examples, train_file.definition
+    if definition is None:  # no definition of its own: definition.txt, when there is one
+        definition = load_definition(task_dir / DEFINITION_FILE)
+    labels = _task_labels(task_dir, examples, train_src.path.name)
+    metric = BENCHMARK_METRIC.get(benchmark, "em" if labels is not None else "rougeL")
+
+    rng = random.Random(f"{seed}:{name}")
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    held = _evaluation_split(task_dir, train_src.path, examples, order, rng, max_eval, fields)
+    pool = _training_pool(examples, order, held, train_src.path)
+    train_idx, val_idx = _train_val(pool, examples, labels, val_size, max_train, train_src.path)
+    return Task(
+        name=name,
+        definition=definition,
+        metric=metric,
+        train=[examples[i] for i in sorted(train_idx)],
+        val=[examples[i] for i in sorted(val_idx)],
+        eval=held.examples,
+        eval_split=held.split,
+        labels=labels,
+    )
+
+
+def _check_split_args(val_size: float | int, max_train: int | None, max_eval: int | None) -> None:
     if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
         raise ValueError(f"val_size must be an int or a float, got {val_size!r}")
     if (isinstance(val_size, int) and val_size < 0) or (isinstance(val_size, float) and not 0 <= val_size < 1):
@@ -172,64 +207,67 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
     for arg, value in (("max_train", max_train), ("max_eval", max_eval)):
         if value is not None and value < 1:
             raise ValueError(f"{arg} must be at least 1, got {value}")
-    check_fields(input_field, output_field)
-    fields = dict(input_key=input_field, output_key=output_field)
 
-    bench_dir = _benchmark_dir(data_dir, benchmark)
-    task_dir = bench_dir / name
-    train_src = find_source(task_dir, "train")
-    if train_src is None:
-        raise DataError(f"{task_dir / 'train.json'}: {missing_message(task_dir)}")
-    train_path, train_name = train_src.path, train_src.path.name
-    train_file = load_source(train_src, **fields)
-    examples, definition = train_file.examples, train_file.definition
-    if definition is None:  # no definition of its own: definition.txt, when there is one
-        definition = load_definition(task_dir / DEFINITION_FILE)
 
-    labels = None
-    if (task_dir / "labels.json").is_file():
-        listed = load_labels(task_dir / "labels.json")
-        labels, missing = effective_labels(listed, examples)
-        if missing:  # the public qqp labels.json says False/True, its outputs are no/yes
-            warnings.warn(f"{task_dir / 'labels.json'}: labels {listed} do not cover the {train_name} "
-                          f"outputs {labels}; using the outputs as the label set", stacklevel=2)
-    metric = BENCHMARK_METRIC.get(benchmark, "em" if labels is not None else "rougeL")
+def _task_labels(task_dir: Path, examples: list[Example], train_name: str) -> list[str] | None:
+    """The label set from labels.json (or the outputs themselves, when labels.json does not cover them)."""
+    if not (task_dir / "labels.json").is_file():
+        return None
+    listed = load_labels(task_dir / "labels.json")
+    labels, missing = effective_labels(listed, examples)
+    if missing:  # the public qqp labels.json says False/True, its outputs are no/yes
+        warnings.warn(f"{task_dir / 'labels.json'}: labels {listed} do not cover the {train_name} "
+                      f"outputs {labels}; using the outputs as the label set", stacklevel=3)
+    return labels
 
-    rng = random.Random(f"{seed}:{name}")
-    order = list(range(len(examples)))
-    rng.shuffle(order)
 
+@dataclass
+class _HeldOut:
+    examples: list[Example]  # what is evaluated
+    split: str  # "test" or "heldout-train"
+    taken: list[int]  # positions of `order` used for evaluation (heldout-train)
+    blocked: set[str]  # inputs that must not be trained or validated on
+    source: str  # the evaluation file's name, for warnings
+
+
+def _evaluation_split(task_dir: Path, train_path: Path, examples: list[Example], order: list[int],
+                      rng: random.Random, max_eval: int | None, fields: dict[str, str]) -> _HeldOut:
+    """The test split (a seeded subset of max_eval) when the task has one, else a held-out part of train."""
     test_src = find_source(task_dir, "test")
     if test_src is not None:
-        test_name = test_src.path.name
         test = load_source(test_src, **fields, definition=False).examples
         keep = sorted(rng.sample(range(len(test)), max_eval)) if max_eval and max_eval < len(test) else None
-        eval_examples = test if keep is None else [test[i] for i in keep]
-        eval_split, taken = "test", []
-        blocked = {ex.input for ex in test}  # all of test.json, whatever subset is evaluated
-    else:
-        heldout = max_eval if max_eval is not None else max(1, len(examples) // 10)
-        if heldout > len(examples) - 2:
-            raise DataError(f"{train_path}: {len(examples)} instances are too few to hold out {heldout} "
-                            "for evaluation and keep validation and training data")
-        taken = order[:heldout]
-        eval_examples = [examples[i] for i in sorted(taken)]
-        eval_split = "heldout-train"
-        blocked = {ex.input for ex in eval_examples}
+        chosen = test if keep is None else [test[i] for i in keep]
+        # all of the test file is kept out of training, whatever subset is evaluated
+        return _HeldOut(chosen, "test", [], {ex.input for ex in test}, test_src.path.name)
+    heldout = max_eval if max_eval is not None else max(1, len(examples) // 10)
+    if heldout > len(examples) - 2:
+        raise DataError(f"{train_path}: {len(examples)} instances are too few to hold out {heldout} "
+                        "for evaluation and keep validation and training data")
+    taken = order[:heldout]
+    chosen = [examples[i] for i in sorted(taken)]
+    return _HeldOut(chosen, "heldout-train", taken, {ex.input for ex in chosen}, train_path.name)
 
-    # The pool for validation and training: no input that is evaluated, and no input twice,
-    # so validation and training can never share an input either.
-    pool, dropped = [], 0
-    for i in order[len(taken):]:
+
+def _training_pool(examples: list[Example], order: list[int], held: _HeldOut, train_path: Path) -> list[int]:
+    """The pool for validation and training: no input that is evaluated, and no input twice, so
+    validation and training can never share an input either."""
+    pool, dropped, blocked = [], 0, set(held.blocked)
+    for i in order[len(held.taken):]:
         if examples[i].input in blocked:
             dropped += 1
             continue
         blocked.add(examples[i].input)
         pool.append(i)
-    if dropped and eval_split == "test":
-        warnings.warn(f"{train_path}: dropped {dropped} instances whose input also appears in {test_name}",
-                      stacklevel=2)
+    if dropped and held.split == "test":
+        warnings.warn(f"{train_path}: dropped {dropped} instances whose input also appears in {held.source}",
+                      stacklevel=3)
+    return pool
 
+
+def _train_val(pool: list[int], examples: list[Example], labels: list[str] | None, val_size: float | int,
+               max_train: int | None, train_path: Path) -> tuple[list[int], list[int]]:
+    """Validation (stratified by label where there are labels) and training indices from the pool."""
     if isinstance(val_size, int):
         n_val = val_size
     else:
@@ -237,24 +275,12 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
     if n_val >= len(pool):
         raise DataError(f"{train_path}: {len(pool)} usable instances are too few for {n_val} "
                         "validation examples and at least one training example")
-
     if labels is not None:
         val_idx = _stratified(pool, [ex.outputs[0] for ex in examples], n_val) if n_val else []
     else:
         val_idx = pool[:n_val]
     in_val = set(val_idx)
-    train_idx = [i for i in pool if i not in in_val][:max_train]
-
-    return Task(
-        name=name,
-        definition=definition,
-        metric=metric,
-        train=[examples[i] for i in sorted(train_idx)],
-        val=[examples[i] for i in sorted(val_idx)],
-        eval=eval_examples,
-        eval_split=eval_split,
-        labels=labels,
-    )
+    return [i for i in pool if i not in in_val][:max_train], val_idx
 
 
 def check_fields(input_field: str, output_field: str) -> None:

@@ -69,6 +69,11 @@ class Method:
     routed: bool = False  # weights come from the router (routing accuracy is defined)
     needs_task_id: bool = False  # the weights need the true task id (no `sapt predict`)
     trained_as: str | None = None  # a method whose training this one's is, bit for bit (bench/quality.py)
+    summary: str = ""  # one line for the model card of an export (sapt.model_card)
+
+    def settings(self, cfg: RunConfig) -> list[tuple[str, str]]:
+        """(name, value) rows of this method's own settings, for the model card."""
+        return []
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Method:

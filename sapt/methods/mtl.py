@@ -9,6 +9,7 @@ from sapt.methods.seq_lora import SeqLoRA
 @register
 class MTL(SeqLoRA):
     name = "mtl"
+    summary = "one LoRA block trained on all tasks at once, the multi-task upper bound, not continual"
 
     def stages(self, tasks):
         """A single stage named "all", over every task's items, each with its own definition."""

@@ -10,6 +10,11 @@ from sapt.methods.inc_lora import IncLoRA
 @register
 class OLoRA(IncLoRA):
     name = "o-lora"
+    summary = ("O-LoRA, one LoRA block per task with each new A kept orthogonal to the earlier ones; at test time "
+               "every block with weight 1")
+
+    def settings(self, cfg):
+        return [("O-LoRA lambda1 / lambda2", f"{cfg.olora_lambda1:g} / {cfg.olora_lambda2:g}")]
 
     def __init__(self, lambda_1: float = 0.5, lambda_2: float = 0.0):
         self.lambda_1 = lambda_1

@@ -12,6 +12,10 @@ from sapt.methods.seq_lora import SeqLoRA
 @register
 class Replay(SeqLoRA):
     name = "replay"
+    summary = "one LoRA block trained on each task in turn, with stored real examples of earlier tasks mixed in"
+
+    def settings(self, cfg):
+        return [("stored real examples per task", str(cfg.replay_memory))]
 
     def __init__(self):
         self.memory: list = []  # encoded real examples of the old tasks

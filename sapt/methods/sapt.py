@@ -12,6 +12,19 @@ from sapt.methods.base import Method, register
 @register
 class SAPT(Method):
     name = "sapt"
+    summary = "one LoRA block per task, mixed per input by the shared attention router, with no task id at test time"
+
+    def settings(self, cfg):
+        rows = [("router: query MLP hidden width", str(cfg.query_hidden)),
+                ("router: learning rate", f"{cfg.router_lr:g}" if cfg.router_lr is not None else f"{cfg.lr:g} (= lr)"),
+                ("router: frozen share of each later stage's steps", f"{cfg.router_warmup:g}"),
+                ("router: centred query", str(cfg.router_centre).lower()),
+                ("router: a new task's key", cfg.router_key_init)]
+        if not cfg.reflection:
+            return rows + [("attentive reflection", "off (ablated)")]
+        kl = f"{cfg.kl_ratio:g}" if cfg.kl_ratio is not None else "per model family and benchmark"
+        return rows + [("attentive reflection", f"on: {cfg.reflection_source} inputs of earlier tasks, KL weight {kl}"),
+                       ("replay inputs per task", f"{cfg.pseudo_ratio:g} of its training size, at most {cfg.pseudo_max}")]
     routed = True
 
     def reflects(self, cfg):

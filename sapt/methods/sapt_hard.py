@@ -8,6 +8,7 @@ from sapt.methods.sapt import SAPT
 @register
 class SAPTHard(SAPT):
     name = "sapt-hard"
+    summary = "SAPT's router in training; at test time each input uses the one block the router ranks first"
     trained_as = "sapt"  # only evaluation differs
 
     def weights(self, model, batch, task_index, training):

@@ -7,6 +7,7 @@ from sapt.methods.base import Method, register
 @register
 class SeqLoRA(Method):
     name = "seq-lora"
+    summary = "one LoRA block trained on each task in turn, i.e. sequential fine-tuning"
 
     def block_index(self, t):
         return 0

