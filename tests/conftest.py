@@ -28,3 +28,49 @@ def tiny_config(out, **settings):
     from sapt.config import resolve  # here: the environment above is set before sapt loads
 
     return resolve({**TINY_RUN, "output": str(out), **settings})
+
+
+def peft_matches_sapt_one_hot(run_dir, out, kw) -> list:
+    """For each task of an exported run: its PEFT adapter on a fresh base model gives the logits of SAPT with
+    all routing weight on that task (to 1e-5), and differs from the bare base. Returns the PEFT logits."""
+    import peft
+    import torch
+
+    from sapt.models import load_model
+    from sapt.train import load_trained
+
+    cfg, model, names = load_trained(run_dir)
+    outputs = []
+    for t, task in enumerate(names):
+        base = load_model(cfg.model, seed=cfg.seed).model
+        with torch.no_grad():
+            plain = base(**kw).logits
+        peft_model = peft.PeftModel.from_pretrained(base, str(out / task)).eval()
+        one_hot = torch.zeros(kw["input_ids"].shape[0], len(names))
+        one_hot[:, t] = 1.0
+        with torch.no_grad(), model.routed(one_hot):
+            expected = model.base(**kw).logits
+        with torch.no_grad():
+            got = peft_model(**kw).logits
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert (got - plain).abs().max() > 1e-4  # the adapter was loaded and does something
+        outputs.append(got)
+    return outputs
+
+
+def validator_agrees_with_loader(data_dir, benchmark: str, task: str = "t") -> None:
+    """validate_benchmark never crashes, gives one-line messages naming files under the benchmark, and when
+    it finds no error the loader loads the task with train, validation and evaluation examples."""
+    import warnings
+
+    from sapt.data import load_task
+    from sapt.data.validate import validate_benchmark
+
+    errors, warns = validate_benchmark(data_dir, benchmark, [task])
+    assert all(isinstance(m, str) and m and "\n" not in m for m in errors + warns)
+    assert all(m.startswith(str(Path(data_dir) / benchmark)) for m in errors + warns)
+    if not errors:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = load_task(data_dir, benchmark, task)
+        assert loaded.train and loaded.val and loaded.eval

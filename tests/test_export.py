@@ -10,7 +10,7 @@ import sapt.export
 from sapt import io
 from sapt.cli import main
 from sapt.config import FIELDS, resolve
-from sapt.models import load_model
+from conftest import peft_matches_sapt_one_hot
 from sapt.train import load_trained, run
 
 peft = pytest.importorskip("peft")
@@ -65,20 +65,7 @@ def test_export_writes_peft_adapters_and_the_router(exported):
 def test_peft_adapter_logits_equal_sapt_routed_one_hot(exported):
     run_dir, out = exported
     cfg, model, names = load_trained(run_dir)
-    kw = inputs(model.family)
-    for t, task in enumerate(names):
-        base = load_model(cfg.model, seed=cfg.seed).model
-        with torch.no_grad():
-            plain = base(**kw).logits
-        peft_model = peft.PeftModel.from_pretrained(base, str(out / task)).eval()
-        one_hot = torch.zeros(2, len(names))
-        one_hot[:, t] = 1.0
-        with torch.no_grad(), model.routed(one_hot):
-            expected = model.base(**kw).logits
-        with torch.no_grad():
-            got = peft_model(**kw).logits
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-        assert (got - plain).abs().max() > 1e-4  # the adapter was loaded and does something
+    peft_matches_sapt_one_hot(run_dir, out, inputs(model.family))
 
 
 def test_router_tensors_reproduce_the_routing_weights(exported):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import peft_matches_sapt_one_hot, tiny_config
 
 from sapt import io
 from sapt.cli import main
@@ -70,26 +70,8 @@ def test_fused_export_is_a_rank_2r_adapter_on_the_fused_module(exported):
 
 
 def test_fused_peft_adapter_logits_equal_sapt_routed_one_hot(exported):
-    from sapt.train import load_trained
-
     run_dir, out = exported
-    cfg, model, names = load_trained(run_dir)
-    kw = inputs()
-    outputs = []
-    for t, task in enumerate(names):
-        base = load_model(cfg.model, seed=cfg.seed).model
-        with torch.no_grad():
-            plain = base(**kw).logits
-        peft_model = peft.PeftModel.from_pretrained(base, str(out / task)).eval()
-        one_hot = torch.zeros(2, len(names))
-        one_hot[:, t] = 1.0
-        with torch.no_grad(), model.routed(one_hot):
-            expected = model.base(**kw).logits
-        with torch.no_grad():
-            got = peft_model(**kw).logits
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
-        assert (got - plain).abs().max() > 1e-4  # the adapter was loaded and does something
-        outputs.append(got)
+    outputs = peft_matches_sapt_one_hot(run_dir, out, inputs())
     assert (outputs[0] - outputs[1]).abs().max() > 1e-4  # each folder holds its own task's block
 
 
