@@ -134,6 +134,8 @@ def run_methods(protocol: dict, methods: list[str], root: Path) -> list[dict]:
             "routing": sum(last_routing) / len(last_routing) if last_routing else None,
             "seconds": round(seconds, 1), "eval_split": metrics["eval_split"], "run": str(out), "eval_only": shared,
         })
+        if "unseen" in metrics:  # the protocol sets `unseen`: the mean unseen score after the last stage
+            rows[-1]["unseen"] = unseen_mean(metrics)
         print(f"[{method}] AP {metrics['ap']:.1f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
     return rows
 
@@ -150,7 +152,8 @@ def seed_from_trained(src: Path, dst: Path, method: str) -> bool:
     tmp = dst.with_name(dst.name + ".seeding")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(
-        METRICS, "trackers", "bench_time.json", ".lock", "predictions", "scores.json", "checkpoint*"))
+        METRICS, "trackers", "bench_time.json", ".lock", "predictions", "scores.json", "checkpoint*",
+        "unseen_scores.json", "unseen"))
     cfg = yaml.safe_load((tmp / CONFIG).read_text())
     io.atomic_write_text(tmp / CONFIG, yaml.safe_dump({**cfg, "method": method, "output": str(dst)}, sort_keys=False))
     manifest = Manifest(tmp)
@@ -161,6 +164,17 @@ def seed_from_trained(src: Path, dst: Path, method: str) -> bool:
     io.write_json(tmp / "trained_as.json", {"method": TRAINED_AS[method], "run": str(src)})
     tmp.rename(dst)
     return True
+
+
+def unseen_mean(metrics: dict) -> float | None:
+    """The mean score of the unseen tasks (--unseen) after the last stage; None before it, or where the
+    method scores none (per-task)."""
+    unseen = metrics["unseen"]
+    if not unseen["matrix"] or len(unseen["matrix"]) < len(metrics["matrix"]) or \
+            metrics["stages_done"] < len(metrics["matrix"]):
+        return None
+    values = [v for v in unseen["matrix"][-1] if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _add_wall_time(run_dir: Path, seconds: float) -> float:
@@ -177,11 +191,15 @@ def _f(x: float | None) -> str:
 
 
 def format_rows(protocol: str, rows: list[dict]) -> str:
+    """The table; an "unseen" column (mean unseen score after the last stage) when the protocol sets `unseen`."""
+    unseen = any("unseen" in r for r in rows)
     lines = [f"protocol {protocol} (evaluation split: {', '.join(sorted({r['eval_split'] for r in rows}))})",
-             f"{'method':10s} {'AP':>6s} {'F.Ra':>6s} {'FWT':>6s} {'BWT':>6s} {'diag':>6s} {'route%':>7s} {'time':>7s}"]
+             f"{'method':10s} {'AP':>6s} {'F.Ra':>6s} {'FWT':>6s} {'BWT':>6s} {'diag':>6s} {'route%':>7s}"
+             + (f" {'unseen':>6s}" if unseen else "") + f" {'time':>7s}"]
     for r in rows:
         lines.append(f"{r['method']:10s} {_f(r['ap']):>6s} {_f(r['fra']):>6s} {_f(r['fwt']):>6s} {_f(r['bwt']):>6s} "
-                     f"{_f(r.get('diagonal')):>6s} {_f(r['routing']):>7s} {r['seconds']:>6.0f}s"
+                     f"{_f(r.get('diagonal')):>6s} {_f(r['routing']):>7s}"
+                     + (f" {_f(r.get('unseen')):>6s}" if unseen else "") + f" {r['seconds']:>6.0f}s"
                      + (" (eval only)" if r.get("eval_only") else ""))
     return "\n".join(lines)
 

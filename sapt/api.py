@@ -138,6 +138,9 @@ class TrainedRun:
             raise ConfigError(PER_TASK_REFUSAL)
         if merge and self.model.sharded:
             raise ConfigError("merge (--merge) needs whole base weights; it cannot be used under FSDP")
+        if merge and self.model.blocks.name != "lora":
+            raise ConfigError(f"merge (--merge) folds LoRA blocks into the base weights; this run's blocks are "
+                              f"{self.model.blocks.name} (pet: {self.model.blocks.name})")
         items = self._encode(texts, definition)
         model = self.model
 

@@ -33,6 +33,7 @@ BLOCK_INITS = ("zero", "previous")  # --block-init (sapt.methods.base.Method.pre
 ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.router_setup.init_key_from_task)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
+PETS = ("lora", "prompt")  # --pet: the block type (sapt.train.build_model, sapt.modules.blocks)
 
 # The sections of the config, in the order of the source, of `sapt run --help` and of the docs.
 SECTIONS: dict[str, str] = {
@@ -125,7 +126,10 @@ class RunConfig:
     extra_tasks: list[str] = option([], section="data", flag=False,
                                     help="task folders appended by `sapt learn`")
     order: int | None = option(None, section="data",
-                               help="a built-in task order: SuperNI 1 or 2, Long_Sequence 4 or 6")
+                               help="a built-in task order: SuperNI 1 or 2, Long_Sequence 1-6 (O-LoRA's numbering)")
+    unseen: list[str] = option([], section="data",
+                               help="comma-separated tasks of the same benchmark (or built-in suite) never trained on, "
+                                    "scored on the base model and after every stage")
     val_size: float = option(0.1, section="data", type=_num,
                              help="validation carved from train: a fraction, or a count if >= 1")
     max_train_per_task: int | None = option(None, section="data",
@@ -146,6 +150,11 @@ class RunConfig:
     # A new task's block: "zero" (the paper: LoRA's B = 0, so the block starts as no change) or "previous"
     # (a copy of the block before it, so that a task starts from what the last one learned, as a single
     # sequentially trained LoRA does; the old blocks stay frozen). Methods with one shared block ignore it.
+    # The kind of per-task block: LoRA on q/v (the paper) or a soft prompt of prompt_len virtual tokens
+    # prepended to the input (sapt.modules.blocks.prompt); methods whose math is LoRA's refuse "prompt".
+    pet: str = option("lora", section="block", choices=PETS,
+                      help="the per-task block: lora (LoRA on q/v) or prompt (a soft prompt per task)")
+    prompt_len: int = option(20, section="block", help="virtual tokens of each task's soft prompt (--pet prompt)")
     block_init: str = option("zero", section="block", choices=BLOCK_INITS,
                              help="a new task's block: zero (the paper) or previous: a copy of the previous "
                                   "task's block")
@@ -234,6 +243,16 @@ class RunConfig:
         for name in ("max_train_per_task", "max_eval_per_task"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pet not in PETS:
+            raise ConfigError(f"pet must be one of {', '.join(PETS)}, got {self.pet!r}")
+        if self.prompt_len < 1:
+            raise ConfigError(f"prompt_len must be >= 1, got {self.prompt_len}")
+        if self.method in method_names():  # a method whose math needs one kind of block refuses the others
+            from sapt.methods import make_method
+
+            refused = make_method(self.method, self).refuses_pet(self.pet)
+            if refused:
+                raise ConfigError(refused)
         if self.block_init not in BLOCK_INITS:
             raise ConfigError(f"block_init must be one of {', '.join(BLOCK_INITS)}, got {self.block_init!r}")
         if self.router_key_init not in ROUTER_KEY_INITS:
@@ -266,6 +285,12 @@ class RunConfig:
             raise ConfigError("--benchmark is required with --data-dir (e.g. Long_Sequence or SuperNI)")
         if self.data_dir is None and self.benchmark is not None:
             raise ConfigError("--benchmark needs --data-dir")
+        dupes = sorted({t for t in self.unseen if self.unseen.count(t) > 1})
+        if dupes:
+            raise ConfigError(f"unseen: duplicate task(s) {', '.join(dupes)}")
+        trained = sorted(set(self.unseen) & set(self.tasks or []))
+        if trained:
+            raise ConfigError(f"unseen: task(s) {', '.join(trained)} are also in --tasks; an unseen task is never trained on")
 
 
 # The built-in suite is a few hundred short examples for a CPU demo: larger steps than the paper's
@@ -309,7 +334,8 @@ SAVED_ORDER = (
     "pseudo_steps", "pseudo_lr", "pseudo_r", "pseudo_top_k", "pseudo_repetition_penalty", "pseudo_max_new_tokens",
     "notes",
     "block_init",  # keys added later go here, at the end
-    "input_field", "output_field",
+    "input_field", "output_field", "unseen",
+    "pet", "prompt_len",
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")
@@ -367,6 +393,12 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
         if str(values.get("model", RunConfig.model)).startswith("tiny-"):
             del preset["backbone_dtype"]
         values = {**preset, **values}
+    if "pet" not in values:  # a method made for one kind of block (seq-prompt, progprompt) brings its kind
+        from sapt.methods import METHODS
+
+        method = METHODS.get(values.get("method", RunConfig.method))
+        if method is not None and method.pet is not None:
+            values["pet"] = method.pet
     cfg = RunConfig(**values)
     cfg.validate()
     return cfg

@@ -77,17 +77,25 @@ def one_line_answers(task: Task) -> bool:
 
 def evaluate_task(
     model: SAPTModel, task: Task, items: Sequence[Encoded], batch_size: int, max_new_tokens: int,
-    task_index: int, method: Method, stop_at_newline: bool = False,
+    task_index: int | None, method: Method | None, stop_at_newline: bool = False,
 ) -> tuple[float, float | None, list[dict]]:
     """The task's score (0-100), its routing accuracy (% of inputs whose largest routing weight is on the
     task's own block `task_index`; None for methods that don't route) and one record per example:
     input, prediction, references, score, the mixing weights `method` used, and `routed_to_own`.
 
     `stop_at_newline` (and the task's answers are all one line, `one_line_answers`): each answer ends at
-    its first line break, as the answers the model was trained on do."""
+    its first line break, as the answers the model was trained on do.
+
+    An unseen task (`--unseen`): `task_index` None, no task id is given to the method's weights (-1) and
+    there is no routing accuracy; `method` None as well: the base model, no block at all (zero weights)."""
     stop_at_newline = stop_at_newline and one_line_answers(task)
     dist = get_dist()
-    weights_fn = lambda batch: method.weights(model, batch, task_index, training=False)  # noqa: E731
+    routed = method is not None and method.routed and task_index is not None
+    if method is None:
+        weights_fn = lambda batch: torch.zeros(batch["input_ids"].shape[0], model.n_blocks)  # noqa: E731
+    else:
+        index = -1 if task_index is None else task_index
+        weights_fn = lambda batch: method.weights(model, batch, index, training=False)  # noqa: E731
     desc = f"eval {task.name}" if dist.is_main else None
     if dist.fsdp:  # whole batches per process, as many on each (see Dist.lockstep_batches)
         batches = dist.lockstep_batches(length_sorted_batches(items, batch_size))
@@ -113,9 +121,9 @@ def evaluate_task(
             "score": score_example(task.metric, pred, ex.outputs),
             "weights": [round(float(x), 6) for x in w],
         }
-        if method.routed:
+        if routed:
             rec["routed_to_own"] = int(torch.argmax(w)) == task_index
         records.append(rec)
     score = sum(r["score"] for r in records) / len(records)
-    routing = 100.0 * sum(r["routed_to_own"] for r in records) / len(records) if method.routed else None
+    routing = 100.0 * sum(r["routed_to_own"] for r in records) / len(records) if routed else None
     return score, routing, records

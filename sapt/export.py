@@ -267,10 +267,69 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
     return info
 
 
+PROMPT_ROUTING_DESCRIPTION = ROUTING_DESCRIPTION.split(" The output of every adapted projection")[0] + (
+    " The soft prompt P = sum_t weights[t] * P_t (P_t = prompt_embeddings of the PEFT prompt-tuning adapter "
+    "of task t, [num_virtual_tokens, d_model]) is prepended to the input embeddings (T5: the encoder's) with "
+    "attention mask 1. A one-hot weight vector gives exactly the single PEFT adapter of that task."
+)
+
+
+def model_family(cfg: Any) -> str:
+    """"seq2seq" or "causal" for the run's base model, from its config only (no weights)."""
+    if cfg.model in RESERVED:
+        return "seq2seq" if cfg.model == "tiny-t5" else "causal"
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model)
+    except Exception as e:  # hub/network/path errors come in many types; one line is what users need
+        raise ConfigError(f"cannot read the config of model {cfg.model!r}: {str(e).splitlines()[0]}") from None
+    return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
+
+
+def prompt_adapter_config(cfg: Any, family: str, prompt: torch.Tensor) -> dict[str, Any]:
+    """A PEFT PromptTuningConfig as a JSON dict: one soft prompt before the input (T5: the encoder's)."""
+    return {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": TASK_TYPE.get(family),
+        "base_model_name_or_path": cfg.model,
+        "revision": None,
+        "inference_mode": True,
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": int(prompt.shape[1]),
+        "num_transformer_submodules": 1,
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+    }
+
+
+def _write_prompt_adapters(cfg: Any, stages: list[tuple[str, Path]], out: Path) -> tuple[list, dict, str, torch.Tensor]:
+    """One PEFT prompt-tuning adapter per task (`pet: prompt`): its `prompt_embeddings`."""
+    from sapt.modules.blocks.prompt import KEY
+
+    family = model_family(cfg)
+    keys, adapters, prompt = [], {}, None
+    for task, sdir in stages:
+        block = _load(sdir / "adapter.safetensors")
+        if set(block) != {KEY}:
+            raise ConfigError(f"{sdir}/adapter.safetensors holds no soft prompt (tensors: {', '.join(sorted(block))})")
+        prompt = block[KEY].float().contiguous()
+        io.save_tensors(out / task / "adapter_model.safetensors", {"prompt_embeddings": prompt}, {"format": "pt"})
+        io.write_json(out / task / "adapter_config.json", prompt_adapter_config(cfg, family, prompt))
+        keys.append(_load(sdir / "router.safetensors")["key"].float())
+        adapters[task] = task
+    return keys, adapters, family, prompt
+
+
 def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
     """Write the export into the (new, empty) folder `out`; returns router.json's content."""
     keys, adapters, all_modules, layouts = [], {}, None, None
-    for t, (task, sdir) in enumerate(stages):
+    prompt_blocks = getattr(cfg, "pet", "lora") == "prompt"
+    if prompt_blocks:
+        keys, adapters, family, prompt = _write_prompt_adapters(cfg, stages, out)
+        targets, all_modules, layouts = [], [], {}
+    for t, (task, sdir) in enumerate(stages if not prompt_blocks else ()):
         block = _load(sdir / "adapter.safetensors")
         fused = fused_modules(block)
         if layouts is None:
@@ -318,6 +377,10 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
         "routing": ROUTING_DESCRIPTION,
         "source_run": str(run_dir.resolve()),
     }
+    if prompt_blocks:  # soft prompts, not LoRA: what the adapters are and how they mix
+        for k in ("lora_r", "lora_alpha", "lora_scaling", "fused_qkv_modules"):
+            del info[k]
+        info.update(pet="prompt", num_virtual_tokens=int(prompt.shape[0]), routing=PROMPT_ROUTING_DESCRIPTION)
     if cfg.model in RESERVED:
         how = f"sapt.models.load_model({cfg.model!r}" + (f", seed={cfg.seed})" if cfg.model.startswith("tiny-") else ")")
         info["model_note"] = f"{cfg.model!r} is a name reserved by sapt: the base model is {how}.model"

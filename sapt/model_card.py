@@ -122,8 +122,11 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
     """The settings worth knowing to read or reproduce the adapters, from config.yaml."""
     rows = [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {_v(float(cfg.lora_alpha))} / {_v(float(cfg.lora_dropout))}"),
             ("adapted projections", _v(info["target_modules"]))]
+    if getattr(cfg, "pet", "lora") == "prompt":
+        rows = [("blocks", f"soft prompts of {cfg.prompt_len} virtual tokens (prompt tuning), mixed per input")]
     if not method.shared_block:
-        rows.append(("a new task's block starts as", "zeros (B = 0)" if cfg.block_init == "zero" else
+        rows.append(("a new task's block starts as", ("embeddings of sampled vocabulary tokens" if getattr(cfg, "pet", "lora") == "prompt" else "zeros (B = 0)")
+                     if cfg.block_init == "zero" else
                      "a copy of the previous task's block"))
     rows += method.settings
     data = "the built-in generated suite" if cfg.data_dir is None else f"{cfg.benchmark} (CL_Benchmark layout)"
@@ -251,8 +254,9 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     order = list(metrics["tasks"]) if metrics else (exported if not joint else list(cfg.tasks or exported))
     family = info["model_family"]
 
+    kind = "prompt-tuning" if getattr(cfg, "pet", "lora") == "prompt" else "LoRA"  # the block type (config `pet`)
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-             f"# Continual-learning LoRA adapters: {' → '.join(order)}", "",
+             f"# Continual-learning {kind} adapters: {' → '.join(order)}", "",
              f"{len(order)} task{'s' if len(order) != 1 else ''} learned one after another on `{cfg.model}` with "
              f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{cfg.method}`"
              + (f": {method.summary}" if method.summary else "")
@@ -287,7 +291,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
 
     first = exported[0]
     lines += ["## How to load it", "",
-              f"**One task with PEFT.** `{first}/` (and each task folder) is a standard PEFT LoRA adapter: the base "
+              f"**One task with PEFT.** `{first}/` (and each task folder) is a standard PEFT {kind} adapter: the base "
               "model with that task's block alone, exactly what sapt computes with all routing weight on that "
               "task.", "", "```python", "from peft import PeftModel", "", _base_loading(cfg, family),
               "ADAPTERS = \"path/to/this/folder\"  # or huggingface_hub.snapshot_download(\"USER/REPO\")",

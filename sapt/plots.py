@@ -5,6 +5,8 @@
     routing_weights.png  mean routing weight of each block over each task's evaluation inputs, after the
                          last evaluated stage (from stages/NN_<task>/predictions/<task>.jsonl "weights")
     score_curves.png     each task's score across the stages from the one that learned it, and the AP
+    unseen_curves.png    with --unseen: each unseen task's score on the base model and after every stage,
+                         and their mean
     compare.png          AP and BWT of several runs, grouped bars (`sapt compare`)
 
 Matplotlib is used without pyplot (an explicit `Figure` on the Agg canvas): no global state, no display
@@ -208,6 +210,47 @@ def plot_score_curves(metrics: dict[str, Any], path: str | Path) -> tuple[np.nda
     return a, ap
 
 
+def unseen_array(metrics: dict[str, Any]) -> np.ndarray:
+    """metrics["unseen"] as floats: row 0 the base model (NaN if not scored), then a row per stage; NaN where
+    a method scores nothing (per-task)."""
+    unseen = metrics["unseen"]
+    rows = [unseen.get("base") or [None] * len(unseen["tasks"]), *unseen["matrix"]]
+    return np.array([[np.nan if x is None else float(x) for x in row] for row in rows], dtype=float).reshape(
+        len(rows), len(unseen["tasks"]))
+
+
+def plot_unseen_curves(metrics: dict[str, Any], path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Each unseen task's score (--unseen) on the base model and after every stage, and their mean.
+    Returns (scores, mean): scores = `unseen_array`, mean[i] over the tasks scored in row i."""
+    a = unseen_array(metrics)
+    tasks = metrics["unseen"]["tasks"]
+    mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in a])
+    x = np.arange(len(a))
+    fig = _figure(max(6.0, 2.5 + 0.6 * len(a)), 4.8)
+    ax = fig.add_subplot()
+    import matplotlib
+
+    colours = matplotlib.colormaps["tab20" if len(tasks) > 10 else "tab10"]
+    for j, task in enumerate(tasks):
+        ok = np.isfinite(a[:, j])
+        if ok.any():
+            ax.plot(x[ok], a[ok, j], marker="o", ms=4, lw=1.5, color=colours(j % colours.N),
+                    label=short_name(task, NAME_WIDTH))
+    ok = np.isfinite(mean)
+    ax.plot(x[ok], mean[ok], color="black", ls="--", lw=2, marker="s", ms=4, label="mean over unseen tasks")
+    ax.set_xticks(x, labels=["base", *stage_labels(metrics["tasks"], len(a) - 1)], rotation=40, ha="right",
+                  rotation_mode="anchor")
+    ax.set_xlim(-0.5, len(a) - 0.5)
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("stage (after training task)")
+    ax.set_ylabel("score (0-100)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Unseen tasks across stages: {_title(metrics)}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _save(fig, path)
+    return a, mean
+
+
 @dataclass
 class RunPlots:
     files: dict[str, Path]  # written, by figure name
@@ -228,6 +271,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots
     plot_score_matrix(metrics, files["score_matrix"])
     files["score_curves"] = out / "score_curves.png"
     plot_score_curves(metrics, files["score_curves"])
+    if metrics.get("unseen"):
+        files["unseen_curves"] = out / "unseen_curves.png"
+        plot_unseen_curves(metrics, files["unseen_curves"])
     try:
         plot_routing_weights(run_dir, out / "routing_weights.png", metrics)
         files["routing_weights"] = out / "routing_weights.png"

@@ -15,7 +15,7 @@ from sapt.data import Task
 from sapt.manifest import Manifest
 from sapt.methods import make_method
 from sapt.metrics import format_table
-from sapt.rundir import CONFIG, METRICS, TIMING, collect_matrices, replay_stats, run_timing
+from sapt.rundir import CONFIG, METRICS, TIMING, collect_matrices, collect_unseen, replay_stats, run_timing
 
 __all__ = ["REFERENCE_KEYS", "RunResult", "check_reference", "reference_scores", "render", "timing_note",
            "write_metrics"]
@@ -53,6 +53,12 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
     }
     if cfg.reference:
         metrics["fwt_reference"] = cfg.reference
+    if cfg.unseen:  # only then: the metrics.json of a run without --unseen stays byte-identical
+        base, rows = collect_unseen(run_dir, stages, list(cfg.unseen))
+        metrics["unseen"] = {"tasks": list(cfg.unseen), "base": base, "matrix": rows}
+        if method.needs_task_id:
+            metrics["unseen"]["note"] = (f"{cfg.method} needs a task id, which an unseen task has none of: "
+                                         "scored on the base model only (null after every stage)")
     changes = Manifest(run_dir).config_changes
     if changes:  # resumed with --allow-config-change: say so where the results are
         metrics["config_changes"] = changes
@@ -84,7 +90,34 @@ def render(metrics: dict[str, Any]) -> str:
             line += (f", well-formed {100 * r['well_formed_fraction']:.0f}%, distinct {100 * r['distinct_fraction']:.0f}%,"
                      f" not a training input {100 * r['novel_fraction']:.0f}%")
         lines.append(line)
+    lines.extend(render_unseen(metrics))
     return "\n".join(lines)
+
+
+def render_unseen(metrics: dict[str, Any]) -> list[str]:
+    """The unseen tasks' rows (--unseen): the base model, then after each stage, with their mean."""
+    unseen = metrics.get("unseen")
+    if not unseen:
+        return []
+
+    def cell(v: float | None) -> str:
+        return f"{v:7.1f}" if v is not None else "      -"
+
+    def mean(row: list) -> str:
+        vals = [v for v in row if v is not None]
+        return cell(sum(vals) / len(vals) if vals else None)
+
+    names = unseen["tasks"]
+    rows = ([("base model", unseen["base"])] if unseen.get("base") is not None else [])
+    rows += [(f"after stage {i + 1}", r) for i, r in enumerate(unseen["matrix"])]
+    width = max(len(label) for label, _ in rows) if rows else 10
+    lines = ["", "unseen tasks (never trained on; scored with no task id)",
+             " " * width + "".join(f" {n[:7]:>7}" for n in names) + "    mean"]
+    for label, row in rows:
+        lines.append(f"{label:<{width}}" + "".join(f" {cell(v)}" for v in row) + f" {mean(row)}")
+    if unseen.get("note"):
+        lines.append(unseen["note"])
+    return lines
 
 
 # What a per-task reference run must share with the run it serves, for its diagonal to be the single-task

@@ -17,6 +17,8 @@ reading it back) is `sapt.rundir`. What a stage writes there:
     stages/NN_<task>/stage.json      training summary and routing target
     stages/NN_<task>/replay.jsonl    reflection inputs of task NN (pseudo or real), with replay_stats.json
     stages/NN_<task>/scores.json     scores on tasks 0..NN, with predictions/<task>.jsonl
+    stages/NN_<task>/unseen_scores.json   with --unseen: scores on the tasks never trained on, with unseen/<task>.jsonl
+    unseen_base/scores.json          with --unseen: the same on the base model (no block), before stage 1
 
 Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.manifest`)
 is skipped only if manifest.json records it and its files pass their checksums (`sapt.rundir.verify_stages`);
@@ -36,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -59,7 +62,8 @@ from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_repl
 from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
-    CONFIG, METRICS, PHASE_FILES, load_run_config, lock_run_dir, stage_dir, trained_stages, verify_stages,
+    CONFIG, METRICS, PHASE_FILES, UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES, load_run_config, lock_run_dir,
+    stage_dir, trained_stages, verify_stages,
 )
 from sapt.rundir.layout import log
 from sapt.rundir.plan import drop_if_bare
@@ -68,7 +72,8 @@ from sapt.tracking import Trackers, check_trackers
 
 __all__ = [  # with the names of sapt.report, sapt.stage_trainer and sapt.router_setup that callers import from here
     "REFERENCE_KEYS", "RunResult", "StageLoop", "TrainingError", "build_model", "check_reference",
-    "init_key_from_task", "learn", "load_run_config", "load_run_tasks", "load_trained", "make_replay_inputs",
+    "init_key_from_task", "learn", "load_run_config", "load_run_tasks", "load_trained", "load_unseen_tasks",
+    "make_replay_inputs",
     "place", "reference_scores", "render", "run", "stage_seed", "timing_note", "train_stage", "update_centre",
     "write_metrics",
 ]
@@ -83,6 +88,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     change is recorded in manifest.json and config.yaml is updated."""
     # Everything that can be refused without the directory is checked first; nothing is written yet.
     tasks = load_run_tasks(cfg)
+    unseen = load_unseen_tasks(cfg, tasks)
     check_trackers(cfg.log_with)
     if cfg.reference:
         check_reference(cfg, tasks)
@@ -107,11 +113,13 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         t0 = time.time()
         model = build_model(cfg)
         place(model)
-        log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; {len(model.lora_layers)} projections adapted"
+        log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; "
+            + (f"{len(model.lora_layers)} projections adapted" if model.blocks.name == "lora" else
+               f"{model.blocks.name} blocks")
             + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
         if dist.is_main and not (run_dir / CONFIG).exists():
             io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return dataclasses.replace(_run_stages(cfg, tasks, run_dir, model, changes), run_dir=run_dir)
+        return dataclasses.replace(_run_stages(cfg, tasks, run_dir, model, changes, unseen), run_dir=run_dir)
     except BaseException:
         if created:
             drop_if_bare(run_dir)  # a model that cannot be loaded leaves no new run directory behind
@@ -122,7 +130,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
 
 
 def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel,
-                changes: dict[str, list] | None = None) -> RunResult:
+                changes: dict[str, list] | None = None, unseen: list[Task] | None = None) -> RunResult:
     log(f"sapt: {len(tasks)} tasks ({', '.join(t.name for t in tasks)}), model {cfg.model}, output {run_dir}")
     dist = get_dist()
     main = dist.is_main  # only the main process writes; every process computes (see sapt.distributed)
@@ -138,7 +146,7 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
             f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
     trackers = Trackers(cfg.log_with, run_dir, to_dict(cfg), active=main)
     try:
-        result = StageLoop(cfg, tasks, run_dir, model, method, manifest, trackers).run(done)
+        result = StageLoop(cfg, tasks, run_dir, model, method, manifest, trackers, unseen).run(done)
     finally:
         trackers.finish()
     return result
@@ -150,8 +158,10 @@ class StageLoop:
     writes; the others compute in step and wait at the barriers for what they read back."""
 
     def __init__(self, cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel, method: Method,
-                 manifest: Manifest, trackers: Trackers):
+                 manifest: Manifest, trackers: Trackers, unseen: list[Task] | None = None):
         self.cfg, self.tasks, self.run_dir, self.model, self.method = cfg, tasks, run_dir, model, method
+        # --unseen: tasks never trained on, scored on the base model and after every stage
+        self.unseen = unseen if unseen is not None else load_unseen_tasks(cfg, tasks)
         self.manifest, self.trackers = manifest, trackers
         self.dist = get_dist()
         self.main = self.dist.is_main
@@ -167,6 +177,8 @@ class StageLoop:
     def run(self, done: set[tuple[int, str]]) -> RunResult:
         """`done`: the (stage, phase) pairs on disk and intact (`verify_stages`)."""
         cfg, method = self.cfg, self.method
+        if self.unseen:
+            self.evaluate_unseen_base()
         for t, task in enumerate(self.stages):
             sdir = stage_dir(self.run_dir, t, task.name)
             torch.manual_seed(stage_seed(cfg, t))
@@ -257,13 +269,68 @@ class StageLoop:
             scores[other.name] = score
             if accuracy is not None:
                 routing[other.name] = accuracy
+        seconds = round(time.time() - eval_t0, 2)
+        unseen_scores = self.score_unseen(sdir, self.method, files) if self.unseen else {}
         self.trackers.log({**{f"eval/{k}": v for k, v in scores.items()}, "eval/ap": sum(scores.values()) / len(scores),
+                           **{f"unseen/{k}": v for k, v in unseen_scores.items() if v is not None},
                            "stage": t + 1}, step=self.step_offset)
         if self.main:
-            io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing,
-                                                 "seconds": round(time.time() - eval_t0, 2)})
+            io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing, "seconds": seconds})
             self.manifest.record(sdir, "evaluated", ["scores.json", *files])
             kill_point(f"stage{t}:metrics")
+
+    def score_unseen(self, folder: Path, method: Method | None, files: list[str], predictions: str = UNSEEN_PREDICTIONS,
+                     scores_file: str = UNSEEN_SCORES) -> dict[str, float | None]:
+        """Score the unseen tasks through `method`'s evaluation weights with no task id (None: the base model,
+        no block), writing `folder`/`predictions`/<task>.jsonl and `scores_file` (main process); their names
+        are appended to `files`. A method whose weights need the task id (per-task) scores nothing: None."""
+        cfg, dist = self.cfg, self.dist
+        t0 = time.time()
+        scores: dict[str, float | None] = {}
+        note = None
+        if method is not None and method.needs_task_id:
+            scores = {task.name: None for task in self.unseen}
+            note = f"{method.name} needs a task id, which an unseen task has none of: scored on the base model only"
+        else:
+            for task in self.unseen:
+                if task.name not in self.eval_items:
+                    self.eval_items[task.name] = encode_task_split(self.model, task, "eval", cfg.max_source_length,
+                                                                   cfg.max_target_length)
+                with dist.autocast(cfg.mixed_precision):
+                    score, _, records = evaluate_task(self.model, task, self.eval_items[task.name], cfg.eval_batch_size,
+                                                      cfg.max_new_tokens, None, method, cfg.stop_at_newline)
+                name = f"{predictions}/{task.name}.jsonl"
+                if self.main:
+                    io.write_jsonl(folder / name, records)
+                files.append(name)
+                scores[task.name] = score
+        if self.main:
+            summary = {"scores": scores, "seconds": round(time.time() - t0, 2)}
+            if note:
+                summary["note"] = note
+            io.write_json(folder / scores_file, summary)
+        files.append(scores_file)
+        return scores
+
+    def evaluate_unseen_base(self) -> None:
+        """The unseen tasks on the base model (no block), once, before stage 1: RUN_DIR/unseen_base/, recorded
+        in manifest.json (as a stage named unseen_base, phase evaluated); redone if missing or damaged."""
+        folder = self.run_dir / UNSEEN_BASE
+        done = self.dist.broadcast(self.manifest.problems(folder, "evaluated") == [] if self.main else None)
+        if done:
+            return
+        if self.main:
+            self.manifest.forget(UNSEEN_BASE, ("evaluated",))
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        self.dist.barrier()
+        files: list[str] = []
+        self.score_unseen(folder, None, files, predictions="predictions", scores_file="scores.json")
+        if self.main:
+            self.manifest.record(folder, "evaluated", files)
+            log("sapt: unseen tasks on the base model: "
+                + ", ".join(f"{n} {v:.1f}" for n, v in io.read_json(folder / "scores.json")["scores"].items()))
+        self.dist.barrier()
 
     def report(self, t: int) -> RunResult:
         """metrics.json and timing.json after stage t (main process), and the progress line."""
@@ -328,6 +395,31 @@ def load_run_tasks(cfg: RunConfig) -> list[Task]:
     return tasks
 
 
+def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
+    """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
+    the run trains on one of them. Only their evaluation split is used."""
+    if not cfg.unseen:
+        return []
+    trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
+    if trained:
+        raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
+    split = dict(val_size=cfg.val_size, max_train=cfg.max_train_per_task, max_eval=cfg.max_eval_per_task, seed=cfg.seed,
+                 input_field=cfg.input_field, output_field=cfg.output_field)
+    if cfg.data_dir is None:
+        by_name = {t.name: t for t in builtin_suite(seed=cfg.seed)}
+        unknown = [n for n in cfg.unseen if n not in by_name]
+        if unknown:
+            raise ConfigError(f"unseen: unknown built-in task(s): {', '.join(unknown)} (have: {', '.join(by_name)})")
+        out = [by_name[n] for n in cfg.unseen]
+        for t in out:
+            if cfg.max_eval_per_task:
+                t.eval = t.eval[: cfg.max_eval_per_task]
+        return out
+    names = resolve_task_names(cfg.data_dir, cfg.benchmark, list(cfg.unseen), None)
+    validate_or_raise(cfg.data_dir, cfg.benchmark, names, **split)
+    return load_benchmark(cfg.data_dir, cfg.benchmark, tasks=names, **split)
+
+
 def _base_tasks(cfg: RunConfig) -> list[Task]:
     if cfg.data_dir is None:
         tasks = builtin_suite(seed=cfg.seed)
@@ -356,7 +448,13 @@ def build_model(cfg: RunConfig) -> SAPTModel:
     if cfg.backbone_dtype != "float32" and get_dist().device.type == "cpu":
         eager_attention_on_cpu(loaded.model, cfg.max_source_length + cfg.max_target_length)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation
-    return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden)
+    block_type = None  # pet: lora, SAPTModel's default LoRA blocks from r, alpha, dropout
+    if cfg.pet == "prompt":
+        from sapt.modules.blocks.prompt import PromptBlocks, PromptConfig
+
+        block_type = PromptBlocks(PromptConfig(n_virtual=cfg.prompt_len, seed=cfg.seed))
+    return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden,
+                     block_type=block_type)
 
 
 def place(model: SAPTModel) -> None:

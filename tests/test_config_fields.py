@@ -37,7 +37,7 @@ def test_every_flag_sets_its_key_and_the_help_shows_the_fields_default():
             want = not f.default
         else:
             sample = {str: "x", int: 2, float: 0.5, list: ["a", "b"]}[config.base_type(name)]
-            want = default_value(name) if default_value(name) is not None else sample
+            want = default_value(name) if default_value(name) not in (None, []) else sample
             if name in ("router_key_init", "mixed_precision", "backbone_dtype", "reflection_source"):
                 want = f.metadata["choices"][-1]
             text = ",".join(want) if isinstance(want, list) else str(want)

@@ -66,11 +66,20 @@ TASK_ORDERS: dict[str, dict[int, list[str]]] = {
             "task875_emotion_classification",
         ],
     },
-    "Long_Sequence": {  # O-LoRA's orders 4 and 6
+    # O-LoRA's numbering: 4-6 are the 15-task long sequences, 1-3 the 4-task Standard CL benchmark (its
+    # tasks live in the same folder). Order 4 stays first: it is the default when no order is given. The
+    # public SAPT release calls the yelp-first list (6 here) "Order 4" and the mnli-first one (4 here)
+    # "Order 5" or "Order 3" (README "Task orders").
+    "Long_Sequence": {
         4: ["mnli", "cb", "wic", "copa", "qqp", "boolq", "rte", "imdb", "yelp", "amazon", "sst2",
             "dbpedia", "agnews", "multirc", "yahoo"],
+        5: ["multirc", "boolq", "wic", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst2", "dbpedia",
+            "agnews", "yelp", "amazon", "yahoo"],
         6: ["yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst2", "dbpedia", "agnews",
             "yahoo", "multirc", "boolq", "wic"],
+        1: ["dbpedia", "amazon", "yahoo", "agnews"],
+        2: ["dbpedia", "amazon", "agnews", "yahoo"],
+        3: ["yahoo", "amazon", "agnews", "dbpedia"],
     },
 }
 
@@ -95,7 +104,7 @@ def _has_task(bench_dir: Path, name: str) -> bool:
 def _order_names(bench_dir: Path, benchmark: str, order: int) -> list[str]:
     orders = TASK_ORDERS.get(benchmark, {})
     if order not in orders:
-        known = ", ".join(map(str, orders)) or "none"
+        known = ", ".join(map(str, sorted(orders))) or "none"
         raise DataError(f"{bench_dir}: unknown task order {order} for {benchmark} (known orders: {known})")
     names = orders[order]
     missing = [n for n in names if not _has_task(bench_dir, n)]

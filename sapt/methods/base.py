@@ -70,6 +70,7 @@ class Method:
     needs_task_id: bool = False  # the weights need the true task id (no `sapt predict`)
     trained_as: str | None = None  # a method whose training this one's is, bit for bit (bench/quality.py)
     summary: str = ""  # one line for the model card of an export (sapt.model_card)
+    pet: str | None = None  # the block kind (config `pet`) the method is made for, taken when the config names none
 
     def settings(self, cfg: RunConfig) -> list[tuple[str, str]]:
         """(name, value) rows of this method's own settings, for the model card."""
@@ -91,6 +92,11 @@ class Method:
 
     def cannot_extend(self) -> str | None:
         """Why `sapt learn` cannot add a task to a run of this method; None if it can."""
+        return None
+
+    def refuses_pet(self, pet: str) -> str | None:
+        """Why this method cannot use blocks of kind `pet` (the config's `pet`); None if it can. Checked when
+        the config is validated, before anything is written."""
         return None
 
     def run_metrics(self, matrix: list[list[float | None]], single: Callable[[], list[float] | None]) -> dict[str, Any]:

@@ -24,6 +24,11 @@ class OLoRA(IncLoRA):
     def from_config(cls, cfg):
         return cls(cfg.olora_lambda1, cfg.olora_lambda2)
 
+    def refuses_pet(self, pet):
+        if pet == "lora":
+            return None
+        return f"o-lora's orthogonality loss is defined on LoRA's A matrices; it cannot use pet: {pet} (use --pet lora)"
+
     def extra_loss(self, model, t):
         return self.lambda_1 * orthogonality_loss(model, t) + self.lambda_2 * l2_loss(model, t)
 

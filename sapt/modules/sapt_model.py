@@ -134,7 +134,7 @@ class SAPTModel(nn.Module):
         with self.routed(weights.to(self.device)):
             inputs = self.backbone_inputs(batch, labels=True)
             if self.family == "causal":
-                return causal_lm_loss(self.base, **inputs)
+                return causal_lm_loss(self.base, **{"input_ids": None, **inputs})  # a prefix gives inputs_embeds
             out = self.base(**inputs)
         return out.loss
 

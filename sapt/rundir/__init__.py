@@ -7,12 +7,14 @@
     ├── train_log.jsonl            one line per optimiser step: stage, task, epoch, step, loss
     ├── metrics.json               tasks, matrix, AP, F.Ra, FWT, BWT, routing accuracy, eval split
     ├── timing.json                seconds of training, reflection and evaluation so far, and their total
+    ├── unseen_base/               --unseen only: scores.json and predictions/<task>.jsonl of the base model
     └── stages/
         └── NN_<task>/             stage NN (0-based, two digits) learned <task>
             ├── checkpoint.pt      while the stage trains: its state after the last finished epoch
             ├── adapter.safetensors, router.safetensors, memory.jsonl, stage.json   phase "trained"
             ├── replay.jsonl, replay_stats.json                                    phase "replay"
             └── scores.json, predictions/<task>.jsonl                              phase "evaluated"
+                (with --unseen: unseen_scores.json, unseen/<task>.jsonl)
 
 Why it is built this way. Every file is written atomically (`sapt.io`: a temporary file renamed into
 place), so a killed process leaves the old file or the new one, never half of one. A phase of a stage
@@ -29,14 +31,15 @@ counts as done only once manifest.json records it, after its files, with the sha
 from __future__ import annotations
 
 from sapt.rundir.layout import (
-    CONFIG, METRICS, PHASE_FILES, STAGES, TIMING, TRAIN_LOG, stage_dir, stage_folders, stage_name, stage_task,
+    CONFIG, METRICS, PHASE_FILES, STAGES, TIMING, TRAIN_LOG, UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES,
+    stage_dir, stage_folders, stage_name, stage_task,
 )
 from sapt.rundir.plan import CHANGEABLE_KEYS, check_run_dir, lock_run_dir, plan_run_dir
-from sapt.rundir.read import collect_matrices, load_run_config, replay_stats, run_timing
+from sapt.rundir.read import collect_matrices, collect_unseen, load_run_config, replay_stats, run_timing
 from sapt.rundir.verify import trained_stages, verify_stages
 
 __all__ = [
     "CHANGEABLE_KEYS", "CONFIG", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG",
-    "check_run_dir", "collect_matrices", "load_run_config", "lock_run_dir", "plan_run_dir", "replay_stats",
+    "UNSEEN_BASE", "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "check_run_dir", "collect_matrices", "collect_unseen", "load_run_config", "lock_run_dir", "plan_run_dir", "replay_stats",
     "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_task", "trained_stages", "verify_stages",
 ]

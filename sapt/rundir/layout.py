@@ -13,13 +13,20 @@ METRICS = "metrics.json"  # the score matrix and the CL metrics
 TIMING = "timing.json"  # seconds spent so far (apart from metrics.json, which stays byte-identical on resume)
 TRAIN_LOG = "train_log.jsonl"  # one line per optimiser step
 STAGES = "stages"  # the folder of the stage folders NN_<task>
+# --unseen: the scores (and unseen/<task>.jsonl predictions) of tasks never trained on, in each stage folder
+# (phase "evaluated") and, for the base model before stage 1, in RUN_DIR/unseen_base/ (recorded in
+# manifest.json as a stage named "unseen_base", phase "evaluated").
+UNSEEN_SCORES = "unseen_scores.json"
+UNSEEN_PREDICTIONS = "unseen"
+UNSEEN_BASE = "unseen_base"
 
 # What each phase of a stage writes (inside its directory), in the order a run writes them.
 PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.jsonl", "stage.json"),
                "replay": ("replay.jsonl", "replay_stats.json"),
-               "evaluated": ("scores.json", "predictions")}
+               "evaluated": ("scores.json", "predictions", UNSEEN_SCORES, UNSEEN_PREDICTIONS)}
 
-__all__ = ["CONFIG", "MANIFEST", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG", "log",
+__all__ = ["CONFIG", "MANIFEST", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG", "UNSEEN_BASE",
+           "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "log",
            "stage_dir", "stage_folders", "stage_name", "stage_task"]
 
 

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from sapt import io
 from sapt.config import RunConfig, from_saved
-from sapt.rundir.layout import stage_dir
+from sapt.rundir.layout import UNSEEN_BASE, UNSEEN_SCORES, stage_dir
 
 if TYPE_CHECKING:
     from sapt.data import Task
 
-__all__ = ["collect_matrices", "load_run_config", "replay_stats", "run_timing"]
+__all__ = ["collect_matrices", "collect_unseen", "load_run_config", "replay_stats", "run_timing"]
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -31,6 +31,24 @@ def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None
         matrix.append([data["scores"].get(t.name) for t in tasks])
         routing.append([data["routing_accuracy"].get(t.name) for t in tasks])
     return matrix, routing
+
+
+def collect_unseen(run_dir: Path, stages: list[Task], names: list[str]) -> tuple[list | None, list[list]]:
+    """The scores of the unseen tasks `names` (--unseen): on the base model (None until scored) and one row
+    per stage evaluated so far (rows stop at the first gap; a task a method cannot score is None)."""
+    base_path = run_dir / UNSEEN_BASE / "scores.json"
+    base = None
+    if base_path.exists():
+        scores = io.read_json(base_path)["scores"]
+        base = [scores.get(n) for n in names]
+    matrix = []
+    for i, stage in enumerate(stages):
+        path = stage_dir(run_dir, i, stage.name) / UNSEEN_SCORES
+        if not path.exists():
+            break
+        scores = io.read_json(path)["scores"]
+        matrix.append([scores.get(n) for n in names])
+    return base, matrix
 
 
 def run_timing(run_dir: Path, stages: list[Task]) -> dict[str, float]:

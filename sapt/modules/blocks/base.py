@@ -26,8 +26,8 @@ Two attach points, so that every PET kind fits:
 - Inside the backbone (LoRA, IA3, adapters): `attach` replaces modules matched by a name pattern with
   layers that read `state` (a `RoutingState`: the current batch's weights) in their forward; `prefix`
   is the identity (`has_prefix = False`) and the backbone is called with `input_ids`.
-- Before the backbone (prompt tuning, P-tuning): the blocks are prompt embeddings. A prompt type would
-  be one new file, `blocks/prompt.py`, with `has_prefix = True` and:
+- Before the backbone (prompt tuning, P-tuning): the blocks are prompt embeddings. The prompt type is
+  one file, `blocks/prompt.py` (`PromptBlocks`, config `pet: prompt`), with `has_prefix = True` and:
 
       attach        creates a `PromptBank(n_virtual, d_model)` module (one (n_virtual, d) parameter per
                     task) and returns it; SAPTModel registers the module it returns as its child `pet`,
@@ -38,7 +38,7 @@ Two attach points, so that every PET kind fits:
                     causal LM, "labels" = [-100...-100; labels]. `SAPTModel.forward` and `generate` call it
                     inside `routed(w)` and pass what it returns to the backbone (and to
                     `causal_lm_loss`), so the router's gradient reaches w through P.
-      block_state   {"prompt_embeddings.<t>": P_t}; `merged` stays unsupported.
+      block_state   {"prompt_embeddings": P_t} (PEFT's name; one block per file); `merged` stays unsupported.
 
 The router reads the prompt's own token embeddings (`SAPTModel.pooled_prompt`), never the prefix.
 """
