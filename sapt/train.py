@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -62,13 +61,14 @@ from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_repl
 from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
-    CONFIG, METRICS, PHASE_FILES, UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES, load_run_config, lock_run_dir,
+    CONFIG, METRICS, PHASE_FILES, load_run_config, lock_run_dir,
     stage_dir, trained_stages, verify_stages,
 )
 from sapt.rundir.layout import log
 from sapt.rundir.plan import drop_if_bare
 from sapt.stage_trainer import TrainingError, stage_seed, train_stage
 from sapt.tracking import Trackers, check_trackers
+from sapt.unseen import UnseenScoring, load_unseen_tasks
 
 __all__ = [  # with the names of sapt.report, sapt.stage_trainer and sapt.router_setup that callers import from here
     "REFERENCE_KEYS", "RunResult", "StageLoop", "TrainingError", "build_model", "check_reference",
@@ -152,7 +152,7 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
     return result
 
 
-class StageLoop:
+class StageLoop(UnseenScoring):
     """The stages of a run, in order. Each is trained (or, if done, loaded), then gives its reflection
     inputs (methods that reflect), is evaluated, and the metrics so far are written. Only the main process
     writes; the others compute in step and wait at the barriers for what they read back."""
@@ -279,59 +279,6 @@ class StageLoop:
             self.manifest.record(sdir, "evaluated", ["scores.json", *files])
             kill_point(f"stage{t}:metrics")
 
-    def score_unseen(self, folder: Path, method: Method | None, files: list[str], predictions: str = UNSEEN_PREDICTIONS,
-                     scores_file: str = UNSEEN_SCORES) -> dict[str, float | None]:
-        """Score the unseen tasks through `method`'s evaluation weights with no task id (None: the base model,
-        no block), writing `folder`/`predictions`/<task>.jsonl and `scores_file` (main process); their names
-        are appended to `files`. A method whose weights need the task id (per-task) scores nothing: None."""
-        cfg, dist = self.cfg, self.dist
-        t0 = time.time()
-        scores: dict[str, float | None] = {}
-        note = None
-        if method is not None and method.needs_task_id:
-            scores = {task.name: None for task in self.unseen}
-            note = f"{method.name} needs a task id, which an unseen task has none of: scored on the base model only"
-        else:
-            for task in self.unseen:
-                if task.name not in self.eval_items:
-                    self.eval_items[task.name] = encode_task_split(self.model, task, "eval", cfg.max_source_length,
-                                                                   cfg.max_target_length)
-                with dist.autocast(cfg.mixed_precision):
-                    score, _, records = evaluate_task(self.model, task, self.eval_items[task.name], cfg.eval_batch_size,
-                                                      cfg.max_new_tokens, None, method, cfg.stop_at_newline)
-                name = f"{predictions}/{task.name}.jsonl"
-                if self.main:
-                    io.write_jsonl(folder / name, records)
-                files.append(name)
-                scores[task.name] = score
-        if self.main:
-            summary = {"scores": scores, "seconds": round(time.time() - t0, 2)}
-            if note:
-                summary["note"] = note
-            io.write_json(folder / scores_file, summary)
-        files.append(scores_file)
-        return scores
-
-    def evaluate_unseen_base(self) -> None:
-        """The unseen tasks on the base model (no block), once, before stage 1: RUN_DIR/unseen_base/, recorded
-        in manifest.json (as a stage named unseen_base, phase evaluated); redone if missing or damaged."""
-        folder = self.run_dir / UNSEEN_BASE
-        done = self.dist.broadcast(self.manifest.problems(folder, "evaluated") == [] if self.main else None)
-        if done:
-            return
-        if self.main:
-            self.manifest.forget(UNSEEN_BASE, ("evaluated",))
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-        self.dist.barrier()
-        files: list[str] = []
-        self.score_unseen(folder, None, files, predictions="predictions", scores_file="scores.json")
-        if self.main:
-            self.manifest.record(folder, "evaluated", files)
-            log("sapt: unseen tasks on the base model: "
-                + ", ".join(f"{n} {v:.1f}" for n, v in io.read_json(folder / "scores.json")["scores"].items()))
-        self.dist.barrier()
-
     def report(self, t: int) -> RunResult:
         """metrics.json and timing.json after stage t (main process), and the progress line."""
         if self.main:
@@ -385,8 +332,7 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
 def load_run_tasks(cfg: RunConfig) -> list[Task]:
     """The run's tasks in training order: its benchmark's (or the built-in suite's), then `extra_tasks`."""
     tasks = _base_tasks(cfg)
-    split = dict(val_size=cfg.val_size, max_train=cfg.max_train_per_task, max_eval=cfg.max_eval_per_task, seed=cfg.seed,
-                 input_field=cfg.input_field, output_field=cfg.output_field)
+    split = split_settings(cfg)
     for folder in map(Path, cfg.extra_tasks):
         if folder.name in {t.name for t in tasks}:
             raise ConfigError(f"{folder}: the run already has a task named {folder.name!r}")
@@ -395,52 +341,37 @@ def load_run_tasks(cfg: RunConfig) -> list[Task]:
     return tasks
 
 
-def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
-    """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
-    the run trains on one of them. Only their evaluation split is used."""
-    if not cfg.unseen:
-        return []
-    trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
-    if trained:
-        raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
-    split = dict(val_size=cfg.val_size, max_train=cfg.max_train_per_task, max_eval=cfg.max_eval_per_task, seed=cfg.seed,
-                 input_field=cfg.input_field, output_field=cfg.output_field)
-    if cfg.data_dir is None:
-        by_name = {t.name: t for t in builtin_suite(seed=cfg.seed)}
-        unknown = [n for n in cfg.unseen if n not in by_name]
-        if unknown:
-            raise ConfigError(f"unseen: unknown built-in task(s): {', '.join(unknown)} (have: {', '.join(by_name)})")
-        out = [by_name[n] for n in cfg.unseen]
-        for t in out:
-            if cfg.max_eval_per_task:
-                t.eval = t.eval[: cfg.max_eval_per_task]
-        return out
-    names = resolve_task_names(cfg.data_dir, cfg.benchmark, list(cfg.unseen), None)
-    validate_or_raise(cfg.data_dir, cfg.benchmark, names, **split)
-    return load_benchmark(cfg.data_dir, cfg.benchmark, tasks=names, **split)
-
-
 def _base_tasks(cfg: RunConfig) -> list[Task]:
     if cfg.data_dir is None:
-        tasks = builtin_suite(seed=cfg.seed)
-        if cfg.tasks:
-            by_name = {t.name: t for t in tasks}
-            unknown = [n for n in cfg.tasks if n not in by_name]
-            if unknown:
-                raise ConfigError(f"unknown built-in task(s): {', '.join(unknown)} (have: {', '.join(by_name)})")
-            tasks = [by_name[n] for n in cfg.tasks]
-        # subsets apply to the built-in suite too, so a quick run can be made quicker
-        for t in tasks:
-            if cfg.max_train_per_task:
-                t.train = t.train[: cfg.max_train_per_task]
-            if cfg.max_eval_per_task:
-                t.eval = t.eval[: cfg.max_eval_per_task]
-        return tasks
+        return builtin_tasks(cfg, cfg.tasks)
     names = resolve_task_names(cfg.data_dir, cfg.benchmark, cfg.tasks, cfg.order)
-    split = dict(val_size=cfg.val_size, max_train=cfg.max_train_per_task, max_eval=cfg.max_eval_per_task, seed=cfg.seed,
-                 input_field=cfg.input_field, output_field=cfg.output_field)
+    split = split_settings(cfg)
     validate_or_raise(cfg.data_dir, cfg.benchmark, names, **split)  # every file, all problems at once
     return load_benchmark(cfg.data_dir, cfg.benchmark, tasks=names, **split)
+
+
+def builtin_tasks(cfg: RunConfig, names: list[str] | None, what: str = "") -> list[Task]:
+    """Tasks of the built-in suite (all when `names` is None), with the run's subsets applied: they apply
+    to the built-in suite too, so a quick run can be made quicker. `what` prefixes the error (a config key)."""
+    tasks = builtin_suite(seed=cfg.seed)
+    if names:
+        by_name = {t.name: t for t in tasks}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ConfigError(f"{what}unknown built-in task(s): {', '.join(unknown)} (have: {', '.join(by_name)})")
+        tasks = [by_name[n] for n in names]
+    for t in tasks:
+        if cfg.max_train_per_task:
+            t.train = t.train[: cfg.max_train_per_task]
+        if cfg.max_eval_per_task:
+            t.eval = t.eval[: cfg.max_eval_per_task]
+    return tasks
+
+
+def split_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The keyword arguments of `sapt.data.load_task` that the run config sets."""
+    return dict(val_size=cfg.val_size, max_train=cfg.max_train_per_task, max_eval=cfg.max_eval_per_task, seed=cfg.seed,
+                input_field=cfg.input_field, output_field=cfg.output_field)
 
 
 def build_model(cfg: RunConfig) -> SAPTModel:

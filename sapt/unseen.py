@@ -1,0 +1,100 @@
+"""`--unseen`: tasks of the benchmark that a run never trains on, scored on the base model before stage 1
+and after every stage through the method's evaluation weights, with no task id (what the paper calls
+generalisation to unseen tasks). Written per stage as STAGE/unseen_scores.json and STAGE/unseen/<task>.jsonl
+(the predictions with their routing weights), and once as RUN_DIR/unseen_base/, all in the manifest's
+evaluated phase, so a resume redoes only what is missing or damaged; metrics.json gets an "unseen" block.
+
+`UnseenScoring` is the part of the stage loop (sapt.train.StageLoop) that does the scoring: it uses the
+loop's config, model, manifest and evaluation cache.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from sapt import io
+from sapt.config import ConfigError, RunConfig
+from sapt.data import Task, load_benchmark, resolve_task_names
+from sapt.data.validate import validate_or_raise
+from sapt.evaluate import encode_task_split, evaluate_task
+from sapt.methods import Method
+from sapt.rundir import UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES
+from sapt.rundir.layout import log
+
+__all__ = ["UnseenScoring", "load_unseen_tasks"]
+
+
+def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
+    """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
+    the run trains on one of them. Only their evaluation split is used."""
+    if not cfg.unseen:
+        return []
+    trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
+    if trained:
+        raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
+    from sapt.train import builtin_tasks, split_settings
+
+    if cfg.data_dir is None:
+        return builtin_tasks(cfg, list(cfg.unseen), what="unseen: ")
+    split = split_settings(cfg)
+    names = resolve_task_names(cfg.data_dir, cfg.benchmark, list(cfg.unseen), None)
+    validate_or_raise(cfg.data_dir, cfg.benchmark, names, **split)
+    return load_benchmark(cfg.data_dir, cfg.benchmark, tasks=names, **split)
+
+
+class UnseenScoring:
+    """The unseen-task scoring of the stage loop (a mixin of sapt.train.StageLoop)."""
+
+    def score_unseen(self, folder: Path, method: Method | None, files: list[str], predictions: str = UNSEEN_PREDICTIONS,
+                     scores_file: str = UNSEEN_SCORES) -> dict[str, float | None]:
+        """Score the unseen tasks through `method`'s evaluation weights with no task id (None: the base model,
+        no block), writing `folder`/`predictions`/<task>.jsonl and `scores_file` (main process); their names
+        are appended to `files`. A method whose weights need the task id (per-task) scores nothing: None."""
+        cfg, dist = self.cfg, self.dist
+        t0 = time.time()
+        scores: dict[str, float | None] = {}
+        note = None
+        if method is not None and method.needs_task_id:
+            scores = {task.name: None for task in self.unseen}
+            note = f"{method.name} needs a task id, which an unseen task has none of: scored on the base model only"
+        else:
+            for task in self.unseen:
+                if task.name not in self.eval_items:
+                    self.eval_items[task.name] = encode_task_split(self.model, task, "eval", cfg.max_source_length,
+                                                                   cfg.max_target_length)
+                with dist.autocast(cfg.mixed_precision):
+                    score, _, records = evaluate_task(self.model, task, self.eval_items[task.name], cfg.eval_batch_size,
+                                                      cfg.max_new_tokens, None, method, cfg.stop_at_newline)
+                name = f"{predictions}/{task.name}.jsonl"
+                if self.main:
+                    io.write_jsonl(folder / name, records)
+                files.append(name)
+                scores[task.name] = score
+        if self.main:
+            summary = {"scores": scores, "seconds": round(time.time() - t0, 2)}
+            if note:
+                summary["note"] = note
+            io.write_json(folder / scores_file, summary)
+        files.append(scores_file)
+        return scores
+
+    def evaluate_unseen_base(self) -> None:
+        """The unseen tasks on the base model (no block), once, before stage 1: RUN_DIR/unseen_base/, recorded
+        in manifest.json (as a stage named unseen_base, phase evaluated); redone if missing or damaged."""
+        folder = self.run_dir / UNSEEN_BASE
+        done = self.dist.broadcast(self.manifest.problems(folder, "evaluated") == [] if self.main else None)
+        if done:
+            return
+        if self.main:
+            self.manifest.forget(UNSEEN_BASE, ("evaluated",))
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        self.dist.barrier()
+        files: list[str] = []
+        self.score_unseen(folder, None, files, predictions="predictions", scores_file="scores.json")
+        if self.main:
+            self.manifest.record(folder, "evaluated", files)
+            log("sapt: unseen tasks on the base model: "
+                + ", ".join(f"{n} {v:.1f}" for n, v in io.read_json(folder / "scores.json")["scores"].items()))
+        self.dist.barrier()
