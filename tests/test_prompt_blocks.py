@@ -218,3 +218,22 @@ def test_prompt_baselines_run_and_bring_their_block_kind(tmp_path, method):
         assert torch.equal(first, model.block_state(0)["prompt_embeddings"])
     with pytest.raises(ConfigError, match="--pet prompt"):
         cfg_of(tmp_path / "x", method=method, pet="lora")
+
+
+@pytest.mark.parametrize("model_name", list(FAMILIES))
+def test_zero_weights_are_the_frozen_backbone(tmp_path, model_name):
+    """All routing weights zero means the blocks are off (the pseudo-sample generator trains so, and
+    --unseen scores the base model so): no prefix at all, where a zero-vector prefix would be another model;
+    any non-zero weight brings the prefix back."""
+    from sapt.train import build_model
+
+    cfg = cfg_of(tmp_path / "unused", model=model_name)
+    model = build_model(cfg).eval()
+    model.add_task("a")
+    train, _ = _batch(model)
+    n = train["input_ids"].shape[0]
+    with torch.no_grad(), model.routed(torch.zeros(n, 1)):
+        assert model.blocks.prefix(model.base, dict(train)) == dict(train)
+    with torch.no_grad(), model.routed(torch.tensor([[0.0], [1.0]])):
+        out = model.blocks.prefix(model.base, dict(train))
+    assert out["inputs_embeds"].shape[1] == train["input_ids"].shape[1] + N_VIRTUAL

@@ -115,7 +115,13 @@ class PromptBlocks(BlockType):
             prompt = torch.cat(list(self.bank.prompts._parameters.values())[::-1])
             prompt = prompt.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         else:
-            prompt = self.bank.mixture(self.state.for_batch(batch)).to(embeds.dtype)
+            weights = self.state.for_batch(batch)
+            if not bool(weights.detach().any()):
+                # Every weight zero means "the blocks are off" (the pseudo-sample generator's training, the
+                # base model of --unseen): the frozen backbone exactly, as zero weights are for LoRA; a
+                # prefix of zero vectors would be another model (and gave a NaN loss in bf16 on SmolLM2).
+                return inputs
+            prompt = self.bank.mixture(weights).to(embeds.dtype)
         n = prompt.shape[1]
         out = {"inputs_embeds": torch.cat([prompt, embeds], dim=1),
                "attention_mask": torch.cat([mask.new_ones(batch, n), mask], dim=1)}
