@@ -297,7 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sapt.train import TrainingError
 
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        from sapt.distributed import finish
+
+        finish()  # several processes (accelerate launch): they end together
+        return code
     except (ConfigError, DataError, DistributedError, ModelLoadError, TrainingError, ValueError) as e:
         print(f"sapt: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -194,6 +194,19 @@ class Dist:
 _DIST: Dist | None = None
 
 
+def finish() -> None:
+    """End a successful command of several processes together: a last barrier, then the process group is
+    destroyed, so that no process exits while another still talks to it (gloo aborts the survivor,
+    SIGABRT, when its peer's sockets close under it). Nothing happens in a single process."""
+    if _DIST is None or _DIST.world == 1:
+        return
+    import torch.distributed as torch_dist
+
+    _DIST.barrier()
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def get_dist() -> Dist:
     """This process's Dist (one Accelerator per process, as accelerate requires)."""
     global _DIST
