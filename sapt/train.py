@@ -331,7 +331,7 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
 # ---- pieces ------------------------------------------------------------------------------------------
 def load_run_tasks(cfg: RunConfig) -> list[Task]:
     """The run's tasks in training order: its benchmark's (or the built-in suite's), then `extra_tasks`."""
-    tasks = _base_tasks(cfg)
+    tasks = configured_tasks(cfg, cfg.tasks, cfg.order)
     split = split_settings(cfg)
     for folder in map(Path, cfg.extra_tasks):
         if folder.name in {t.name for t in tasks}:
@@ -341,10 +341,12 @@ def load_run_tasks(cfg: RunConfig) -> list[Task]:
     return tasks
 
 
-def _base_tasks(cfg: RunConfig) -> list[Task]:
+def configured_tasks(cfg: RunConfig, names: list[str] | None, order: int | None = None, what: str = "") -> list[Task]:
+    """Tasks of the run's benchmark by name (or order; all when neither), or of the built-in suite when
+    it has no data_dir, checked first and split as the run splits them. `what` prefixes a built-in error."""
     if cfg.data_dir is None:
-        return builtin_tasks(cfg, cfg.tasks)
-    names = resolve_task_names(cfg.data_dir, cfg.benchmark, cfg.tasks, cfg.order)
+        return builtin_tasks(cfg, names, what)
+    names = resolve_task_names(cfg.data_dir, cfg.benchmark, names, order)
     split = split_settings(cfg)
     validate_or_raise(cfg.data_dir, cfg.benchmark, names, **split)  # every file, all problems at once
     return load_benchmark(cfg.data_dir, cfg.benchmark, tasks=names, **split)

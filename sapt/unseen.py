@@ -15,8 +15,7 @@ from pathlib import Path
 
 from sapt import io
 from sapt.config import ConfigError, RunConfig
-from sapt.data import Task, load_benchmark, resolve_task_names
-from sapt.data.validate import validate_or_raise
+from sapt.data import Task
 from sapt.evaluate import encode_task_split, evaluate_task
 from sapt.methods import Method
 from sapt.rundir import UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES
@@ -33,14 +32,9 @@ def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
     trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
     if trained:
         raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
-    from sapt.train import builtin_tasks, split_settings
+    from sapt.train import configured_tasks
 
-    if cfg.data_dir is None:
-        return builtin_tasks(cfg, list(cfg.unseen), what="unseen: ")
-    split = split_settings(cfg)
-    names = resolve_task_names(cfg.data_dir, cfg.benchmark, list(cfg.unseen), None)
-    validate_or_raise(cfg.data_dir, cfg.benchmark, names, **split)
-    return load_benchmark(cfg.data_dir, cfg.benchmark, tasks=names, **split)
+    return configured_tasks(cfg, list(cfg.unseen), what="unseen: ")
 
 
 class UnseenScoring:
@@ -92,9 +86,8 @@ class UnseenScoring:
             folder.mkdir(parents=True)
         self.dist.barrier()
         files: list[str] = []
-        self.score_unseen(folder, None, files, predictions="predictions", scores_file="scores.json")
+        scores = self.score_unseen(folder, None, files, predictions="predictions", scores_file="scores.json")
         if self.main:
             self.manifest.record(folder, "evaluated", files)
-            log("sapt: unseen tasks on the base model: "
-                + ", ".join(f"{n} {v:.1f}" for n, v in io.read_json(folder / "scores.json")["scores"].items()))
+            log("sapt: unseen tasks on the base model: " + ", ".join(f"{n} {v:.1f}" for n, v in scores.items()))
         self.dist.barrier()
