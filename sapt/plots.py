@@ -261,7 +261,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots
     """Write the three figures of a run into out_dir (default RUN_DIR/plots).
 
     The score figures need metrics.json alone; the routing figure also needs the last evaluated stage's
-    prediction files, and is skipped (with the reason) when they are missing.
+    prediction files, and is skipped (with the reason) when they are missing. A method without a router
+    (metrics.json's routing_accuracy null) gets no routing figure and no reason: there is nothing to show.
     """
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "plots"
@@ -274,6 +275,8 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots
     if metrics.get("unseen"):
         files["unseen_curves"] = out / "unseen_curves.png"
         plot_unseen_curves(metrics, files["unseen_curves"])
+    if "routing_accuracy" in metrics and metrics["routing_accuracy"] is None:
+        return RunPlots(files, skipped)  # no router (seq-lora, inc-lora, ...): its mixing weights are fixed
     try:
         plot_routing_weights(run_dir, out / "routing_weights.png", metrics)
         files["routing_weights"] = out / "routing_weights.png"

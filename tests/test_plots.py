@@ -57,6 +57,15 @@ def test_report_prints_the_table_and_writes_three_pngs(run_dir, capsys):
         assert_png(run_dir / "plots" / f"{name}.png")
 
 
+def test_a_method_without_a_router_gets_no_routing_figure_and_no_complaint(tmp_path, capsys):
+    out = tmp_path / "seq"
+    run(tiny_config(out, method="seq-lora", max_train_per_task=4, max_new_tokens=2, tasks=TASKS[:2]))
+    capsys.readouterr()
+    assert main(["report", "--run", str(out)]) == 0
+    assert "not drawn" not in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["score_curves.png", "score_matrix.png"]
+
+
 def test_report_no_plots_writes_nothing(run_dir, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("plots"))
