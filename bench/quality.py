@@ -2,6 +2,11 @@
 
     python bench/quality.py --protocol builtin --methods sapt,seq-lora,o-lora
     python bench/quality.py --protocol long-mini --data-dir ../shared/data/CL_Benchmark --out runs/bench
+    python bench/quality.py --protocol superni-mini --set pet=prompt --set lr=3e-2 --set router_lr=1e-3 --out runs/prompt
+
+Without --methods, every method made for the protocol's block kind runs (`default_methods`): the LoRA
+methods by default, the prompt ones (seq-prompt, progprompt, and the others on prompt blocks) with
+`--set pet=prompt`.
 
 Each protocol fixes model, tasks, order, subset sizes, epochs, lr and seed; every method runs through
 the same loop (`sapt.train.run`) into its own run directory (resumable: rerunning skips finished stages).
@@ -31,12 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sapt import io  # noqa: E402
 from sapt.config import coerce_all, load_yaml, resolve  # noqa: E402
 from sapt.manifest import Manifest  # noqa: E402
-from sapt.methods import METHODS  # noqa: E402
+from sapt.methods import METHODS, make_method  # noqa: E402
 from sapt.rundir import CONFIG, METRICS, stage_folders  # noqa: E402
 from sapt.train import run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"
-ALL_METHODS = list(METHODS)  # the registry's (sapt.methods): a new method file is benchmarked with the others
 # methods whose training is another method's, bit for bit (the method's `trained_as`)
 TRAINED_AS = {name: m.trained_as for name, m in METHODS.items() if m.trained_as}
 
@@ -60,7 +64,8 @@ def load_protocol(name: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="builtin")
-    p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated; default all")
+    p.add_argument("--methods", help="comma-separated; default every method made for the protocol's block kind "
+                                     "(pet: lora unless --set pet=prompt)")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="runs/bench", help="run directories go to OUT/<protocol>/<method>")
     p.add_argument("--model", help="override the protocol's model (e.g. tiny-llama for a smoke test)")
@@ -75,9 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = p.parse_args(argv)
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    # per-task first: its diagonal is the single-task reference that FWT of the others needs
-    methods.sort(key=lambda m: m != "per-task")
     protocol = load_protocol(args.protocol)
     if args.protocol != "builtin":
         protocol["data_dir"] = args.data_dir
@@ -89,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--set {item}: expected KEY=VALUE")
         protocol[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+               else default_methods(protocol.get("pet", "lora")))
+    # per-task first: its diagonal is the single-task reference that FWT of the others needs
+    methods.sort(key=lambda m: m != "per-task")
 
     if args.seeds:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -105,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     return 0
+
+
+def default_methods(pet: str) -> list[str]:
+    """Every registered method that runs on blocks of kind `pet` and is not made for another kind: on LoRA
+    blocks, not seq-prompt and progprompt (which would bring prompt blocks at a learning rate set for
+    LoRA); on prompt blocks, not o-lora (which refuses them)."""
+    return [name for name, m in METHODS.items()
+            if m.pet in (None, pet) and make_method(name).refuses_pet(pet) is None]
 
 
 def run_methods(protocol: dict, methods: list[str], root: Path) -> list[dict]:

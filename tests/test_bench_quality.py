@@ -78,3 +78,14 @@ def yaml_seed(run_dir: Path) -> int:
     import yaml
 
     return yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
+
+
+def test_the_default_methods_are_those_made_for_the_protocols_block_kind():
+    from sapt.methods import METHODS
+
+    q = quality()
+    lora, prompt = q.default_methods("lora"), q.default_methods("prompt")
+    assert {"sapt", "seq-lora", "o-lora", "per-task"} <= set(lora)
+    assert not {"seq-prompt", "progprompt"} & set(lora)  # they would bring prompt blocks at a LoRA lr
+    assert {"sapt", "seq-prompt", "progprompt"} <= set(prompt) and "o-lora" not in prompt
+    assert set(lora) | set(prompt) == set(METHODS)  # every method is benchmarked under one kind or the other
