@@ -37,7 +37,7 @@ from sapt import io  # noqa: E402
 from sapt.config import coerce_all, load_yaml, resolve  # noqa: E402
 from sapt.manifest import Manifest  # noqa: E402
 from sapt.methods import METHODS, make_method  # noqa: E402
-from sapt.rundir import CONFIG, METRICS, stage_folders  # noqa: E402
+from sapt.rundir import CONFIG, METRICS, TIMING, stage_folders  # noqa: E402
 from sapt.train import run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"
@@ -133,9 +133,11 @@ def run_methods(protocol: dict, methods: list[str], root: Path) -> list[dict]:
         overrides = {**protocol, "method": method, "output": str(out)}
         if reference is not None and method != "per-task":
             overrides["reference"] = str(reference)
+        work_before = _work_seconds(out)
         t0 = time.time()
         metrics = run(resolve(overrides)).metrics
-        seconds = _add_wall_time(out, time.time() - t0)
+        idle = work_before is not None and _work_seconds(out) == work_before  # re-tabled: nothing trained or scored
+        seconds = _add_wall_time(out, 0.0 if idle else time.time() - t0)
         if method == "per-task":
             reference = out
         routing = metrics.get("routing_accuracy") or []
@@ -191,9 +193,17 @@ def unseen_mean(metrics: dict) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _work_seconds(run_dir: Path) -> float | None:
+    """The run's own seconds of training, reflection and evaluation so far (RUN_DIR/timing.json); None
+    before it has any."""
+    path = run_dir / TIMING
+    return io.read_json(path)["total_s"] if path.exists() else None
+
+
 def _add_wall_time(run_dir: Path, seconds: float) -> float:
     """Wall time of a run over all the invocations that worked on it (a resumed or re-scored run adds
-    its model load and scoring), kept in RUN_DIR/bench_time.json so the table survives a resume."""
+    its model load and scoring; an invocation that found it finished and did nothing adds nothing), kept
+    in RUN_DIR/bench_time.json so the table survives a resume."""
     path = run_dir / "bench_time.json"
     total = seconds + (io.read_json(path)["seconds"] if path.exists() else 0.0)
     io.write_json(path, {"seconds": round(total, 1)})

@@ -89,3 +89,14 @@ def test_the_default_methods_are_those_made_for_the_protocols_block_kind():
     assert not {"seq-prompt", "progprompt"} & set(lora)  # they would bring prompt blocks at a LoRA lr
     assert {"sapt", "seq-prompt", "progprompt"} <= set(prompt) and "o-lora" not in prompt
     assert set(lora) | set(prompt) == set(METHODS)  # every method is benchmarked under one kind or the other
+
+
+def test_re_tabling_a_finished_run_adds_no_wall_time(tmp_path, capsys):
+    q = quality()
+    args = [*SMALL, "--methods", "seq-lora", "--out", str(tmp_path), "--set", "tasks=[topic, sentiment]"]
+    assert q.main(args) == 0
+    time_file = tmp_path / "builtin" / "seq-lora" / "bench_time.json"
+    first = json.loads(time_file.read_text())["seconds"]
+    assert first > 0
+    assert q.main(args) == 0  # finished: the model loads, nothing is trained or scored
+    assert json.loads(time_file.read_text())["seconds"] == first
