@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import peft_matches_sapt_one_hot, tiny_config
 
 from sapt.config import ConfigError
 
@@ -108,11 +108,8 @@ def test_gradients_reach_only_the_current_prompt_and_the_router(tmp_path, model_
 
 @pytest.mark.parametrize("model_name", list(FAMILIES))
 def test_run_reflect_resume_export_predict(tmp_path, model_name, capsys):
-    import peft
-
     from sapt import io
     from sapt.cli import main
-    from sapt.models import load_model
     from sapt.train import load_trained
 
     out = tmp_path / "run"
@@ -153,17 +150,9 @@ def test_run_reflect_resume_export_predict(tmp_path, model_name, capsys):
     kw = {"input_ids": train["input_ids"], "attention_mask": train["attention_mask"]}
     if model.family == "seq2seq":
         kw["labels"] = train["labels"]
-    for t, task in enumerate(names):
+    for task in names:
         assert json.loads((exp / task / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
-        base = load_model(cfg.model, seed=cfg.seed).model
-        pm = peft.PeftModel.from_pretrained(base, str(exp / task)).eval()
-        one_hot = torch.zeros(2, len(names))
-        one_hot[:, t] = 1.0
-        with torch.no_grad(), model.routed(one_hot):
-            expected = model.base(**model.blocks.prefix(model.base, dict(kw))).logits
-        with torch.no_grad():
-            got = pm(**kw).logits
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    peft_matches_sapt_one_hot(out, exp, kw)
 
 
 def test_lora_only_methods_refuse_prompt_blocks(tmp_path, capsys):
@@ -246,10 +235,7 @@ def test_the_embedded_smollm2_runs_prompt_blocks_with_reflection_resume_and_expo
     """The same path as the tiny models, on the real embedded model in bf16: two stages (the second with
     reflection), a resume that retrains nothing, and an export whose PEFT adapter equals SAPT with all weight
     on that task (both computed in float32 from the same bf16-rounded backbone)."""
-    import peft
-
     from sapt.cli import main
-    from sapt.models import load_model
     from sapt.train import load_trained
 
     out = tmp_path / "run"
@@ -266,17 +252,7 @@ def test_the_embedded_smollm2_runs_prompt_blocks_with_reflection_resume_and_expo
     assert capsys.readouterr().err.count("already trained, loaded") == 2
 
     assert main(["export", "--run", str(out), "--out", str(tmp_path / "export")]) == 0
-    cfg, model, names = load_trained(out)
-    model.to(torch.float32)
+    _, model, _ = load_trained(out)
     train, _ = _batch(model)
     kw = {"input_ids": train["input_ids"], "attention_mask": train["attention_mask"]}
-    real = train["attention_mask"].bool()
-    base = load_model("smollm2", dtype=torch.bfloat16).model.to(torch.float32)
-    pm = peft.PeftModel.from_pretrained(base, str(tmp_path / "export" / names[1])).eval()
-    one_hot = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
-    with torch.no_grad(), model.routed(one_hot):
-        expected = model.base(**model.blocks.prefix(model.base, dict(kw))).logits
-    with torch.no_grad():
-        got = pm(**kw).logits
-    n = expected.shape[1] - real.shape[1]  # the virtual tokens' positions come first on both sides
-    torch.testing.assert_close(got[:, n:][real], expected[:, n:][real], rtol=0, atol=1e-3)
+    peft_matches_sapt_one_hot(out, tmp_path / "export", kw, dtype=torch.float32, atol=1e-3)
