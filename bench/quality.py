@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                                    "(OUT/<protocol>/seed<S>/<method>), then mean and spread over seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key of the protocol (YAML value, e.g. --set pseudo_steps=8); repeatable")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE...]",
+                   help="one more row, LABEL, run into OUT/<protocol>/[seed<S>/]LABEL with these config keys over the "
+                        "protocol (method: sapt unless a key names it), e.g. sapt-ltr:router_schedule=learn-then-route; "
+                        "repeatable")
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = p.parse_args(argv)
 
@@ -95,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                else default_methods(protocol.get("pet", "lora")))
     # per-task first: its diagonal is the single-task reference that FWT of the others needs
     methods.sort(key=lambda m: m != "per-task")
+    try:
+        methods += [parse_variant(v) for v in args.variant]
+    except ValueError as e:
+        p.error(str(e))
 
     if args.seeds:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -121,21 +129,39 @@ def default_methods(pet: str) -> list[str]:
             if m.pet in (None, pet) and make_method(name).refuses_pet(pet) is None]
 
 
-def run_methods(protocol: dict, methods: list[str], root: Path) -> list[dict]:
-    """Each method of the protocol into root/<method> (resumed where done); one table row per method."""
+def parse_variant(text: str) -> tuple[str, dict]:
+    """"LABEL:key=value,key=value" -> (LABEL, {key: value}); the method is sapt unless a key names it."""
+    label, sep, body = text.partition(":")
+    if not sep or not label.strip():
+        raise ValueError(f"--variant {text}: expected LABEL:KEY=VALUE[,KEY=VALUE...]")
+    keys = {"method": "sapt"}
+    for item in filter(None, (x.strip() for x in body.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--variant {text}: {item!r} is not KEY=VALUE")
+        keys[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return label.strip(), keys
+
+
+def run_methods(protocol: dict, methods: list, root: Path) -> list[dict]:
+    """Each method (a name, or a (label, config keys) variant) of the protocol into root/<method or label>
+    (resumed where done); one table row per method."""
     rows = []
     reference = None
-    for method in methods:
+    for entry in methods:
+        method, keys = (entry, {"method": entry}) if isinstance(entry, str) else entry
         out = root / method
         if method in TRAINED_AS:
             seed_from_trained(root / TRAINED_AS[method], out, method)
         shared = (out / "trained_as.json").exists()
-        overrides = {**protocol, "method": method, "output": str(out)}
+        overrides = {**protocol, **keys, "output": str(out)}
         if reference is not None and method != "per-task":
             overrides["reference"] = str(reference)
         work_before = _work_seconds(out)
         t0 = time.time()
         metrics = run(resolve(overrides)).metrics
+        if METHODS[overrides["method"]].routed and "oracle_routed" not in metrics:
+            metrics = oracle_routing(out)
         idle = work_before is not None and _work_seconds(out) == work_before  # re-tabled: nothing trained or scored
         seconds = _add_wall_time(out, 0.0 if idle else time.time() - t0)
         if method == "per-task":
@@ -148,12 +174,26 @@ def run_methods(protocol: dict, methods: list[str], root: Path) -> list[dict]:
             "method": method, "ap": metrics["ap"], "fra": metrics["fra"], "fwt": metrics["fwt"], "bwt": metrics["bwt"],
             "diagonal": sum(diagonal) / len(diagonal) if diagonal else None,
             "routing": sum(last_routing) / len(last_routing) if last_routing else None,
+            # each new task's routing after its own stage; the lowest (starvation shows here)
+            "new_routing_min": min(routing[j][j] for j in range(len(routing))) if routing and all(
+                routing[j][j] is not None for j in range(len(routing))) else None,
+            "routing_loss": (metrics.get("oracle_routed") or {}).get("routing_loss"),
             "seconds": round(seconds, 1), "eval_split": metrics["eval_split"], "run": str(out), "eval_only": shared,
         })
         if "unseen" in metrics:  # the protocol sets `unseen`: the mean unseen score after the last stage
             rows[-1]["unseen"] = unseen_mean(metrics)
         print(f"[{method}] AP {metrics['ap']:.1f} ({seconds:.0f}s)", file=sys.stderr, flush=True)
     return rows
+
+
+def oracle_routing(run_dir: Path) -> dict:
+    """`sapt eval --run RUN --routing oracle` (each task by its own block alone), which adds the routing loss
+    to metrics.json; returns the new metrics.json. Its seconds count as evaluation in the wall time."""
+    from sapt.cli import main as sapt_main
+
+    if sapt_main(["eval", "--run", str(run_dir), "--routing", "oracle"]) != 0:
+        raise SystemExit(f"{run_dir}: the oracle-routed evaluation failed")
+    return io.read_json(run_dir / METRICS)
 
 
 def seed_from_trained(src: Path, dst: Path, method: str) -> bool:
@@ -219,10 +259,11 @@ def format_rows(protocol: str, rows: list[dict]) -> str:
     unseen = any("unseen" in r for r in rows)
     lines = [f"protocol {protocol} (evaluation split: {', '.join(sorted({r['eval_split'] for r in rows}))})",
              f"{'method':10s} {'AP':>6s} {'F.Ra':>6s} {'FWT':>6s} {'BWT':>6s} {'diag':>6s} {'route%':>7s}"
-             + (f" {'unseen':>6s}" if unseen else "") + f" {'time':>7s}"]
+             f" {'new%min':>7s} {'r.loss':>6s}" + (f" {'unseen':>6s}" if unseen else "") + f" {'time':>7s}"]
     for r in rows:
         lines.append(f"{r['method']:10s} {_f(r['ap']):>6s} {_f(r['fra']):>6s} {_f(r['fwt']):>6s} {_f(r['bwt']):>6s} "
-                     f"{_f(r.get('diagonal')):>6s} {_f(r['routing']):>7s}"
+                     f"{_f(r.get('diagonal')):>6s} {_f(r['routing']):>7s} {_f(r.get('new_routing_min')):>7s}"
+                     f" {_f(r.get('routing_loss')):>6s}"
                      + (f" {_f(r.get('unseen')):>6s}" if unseen else "") + f" {r['seconds']:>6.0f}s"
                      + (" (eval only)" if r.get("eval_only") else ""))
     return "\n".join(lines)
@@ -246,9 +287,11 @@ def format_seeds(protocol: str, per_seed: dict[int, list[dict]]) -> str:
         for r in per_seed[seed]:
             by_method.setdefault(r["method"], {})[seed] = r
     lines = [f"protocol {protocol}, seeds {', '.join(map(str, seeds))}: mean +- sd [min, max]",
-             f"{'method':10s} {'AP':>28s} {'BWT':>28s} {'FWT':>28s} {'diagonal':>28s}"]
+             f"{'method':10s} {'AP':>28s} {'BWT':>28s} {'FWT':>28s} {'diagonal':>28s} {'new-task routing, min':>28s}"
+             f" {'routing loss':>28s}"]
+    keys = ("ap", "bwt", "fwt", "diagonal", "new_routing_min", "routing_loss")
     for method, runs in by_method.items():
-        cols = [_spread([runs[s][k] if s in runs else None for s in seeds]) for k in ("ap", "bwt", "fwt", "diagonal")]
+        cols = [_spread([runs[s].get(k) if s in runs else None for s in seeds]) for k in keys]
         lines.append(f"{method:10s} " + " ".join(f"{c:>28s}" for c in cols))
     if "sapt" in by_method:
         lines.append("")

@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run", required=True, help="run directory")
     ev.add_argument("--data-dir", help="read the tasks from here instead of the run's data directory")
     ev.add_argument("--max-eval-per-task", type=int, help="override the run's evaluation subset size")
+    ev.add_argument("--routing", choices=("router", "oracle"), default="router",
+                    help="oracle: score each task with its own block alone (the run knows each evaluation set's "
+                         "task); on the run's own data, AP(oracle) - AP(routed), the routing loss, goes into "
+                         "metrics.json and the report")
+
+    dg = sub.add_parser("diagnose", help="per stage: where the router started the new task, how its weight moved, "
+                                         "where it ended")
+    dg.add_argument("--run", required=True, help="run directory")
+    dg.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     pr = sub.add_parser("predict", help="answer a text with the final model, with its routing weights")
     pr.add_argument("--run", required=True, help="run directory")
@@ -134,6 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sapt.distributed import get_dist
     from sapt.evaluate import encode_task_split, evaluate_task
     from sapt.api import method_of
+    from sapt.methods import make_method
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
@@ -144,8 +154,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--max-eval-per-task must be >= 1, got {args.max_eval_per_task}")
         cfg.max_eval_per_task = args.max_eval_per_task
     tasks = load_run_tasks(cfg)
+    oracle = args.routing == "oracle"
+    if oracle and not make_method(cfg.method, cfg).routed:
+        raise ConfigError(f"--routing oracle: {cfg.method} has no router to compare with (a routed method: sapt, sapt-hard)")
     cfg, model, names = load_trained(args.run, cfg)
-    method = method_of(cfg)
+    method = make_method("per-task") if oracle else method_of(cfg)  # per-task: weight 1 on the task's own block
     tasks = method.eval_tasks(tasks, len(names) - 1)  # what the last trained stage scores (mtl: every task)
     main = get_dist().is_main  # under accelerate launch every process evaluates its share; one writes
     scores = {}
@@ -165,8 +178,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(line)
     ap = sum(s["score"] for s in scores.values()) / len(scores)
     if main:
-        io.write_json(out / "scores.json", {"scores": scores, "ap": ap, "after_stage": len(names)})
-        print(f"AP {ap:.1f} over {len(scores)} tasks (written to {out / 'scores.json'})")
+        io.write_json(out / ("oracle_scores.json" if oracle else "scores.json"),
+                      {"scores": scores, "ap": ap, "after_stage": len(names), "routing": args.routing})
+        print(f"AP {ap:.1f} over {len(scores)} tasks (written to {out / ('oracle_scores.json' if oracle else 'scores.json')})")
+        if oracle and args.data_dir is None and args.max_eval_per_task is None:
+            record_oracle_routing(Path(args.run), cfg, {n: s["score"] for n, s in scores.items()}, ap, len(names))
+    return 0
+
+
+def record_oracle_routing(run_dir: Path, cfg, scores: dict[str, float], ap: float, stages: int) -> None:
+    """The oracle-routed scores beside the run's, and metrics.json rewritten with the routing loss."""
+    from sapt import io
+    from sapt.report import write_metrics
+    from sapt.rundir import ORACLE_ROUTING
+    from sapt.train import load_run_tasks
+
+    io.write_json(run_dir / ORACLE_ROUTING, {"after_stage": stages, "scores": scores, "ap": ap})
+    result = write_metrics(run_dir, cfg, load_run_tasks(cfg))
+    if "oracle_routed" in result.metrics:
+        print(f"routing loss {result.metrics['oracle_routed']['routing_loss']:.1f} points: AP {ap:.1f} oracle-routed, "
+              f"{result.metrics['ap']:.1f} routed (metrics.json)")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from sapt.diagnose import diagnose, render
+
+    rows = diagnose(Path(args.run))
+    print(json.dumps(rows, indent=2) if args.json else render(rows))
     return 0
 
 
@@ -270,7 +308,7 @@ def cmd_fetch_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"learn": cmd_learn, "run": cmd_run, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report,
+COMMANDS = {"learn": cmd_learn, "run": cmd_run, "eval": cmd_eval, "diagnose": cmd_diagnose, "predict": cmd_predict, "report": cmd_report,
             "compare": cmd_compare, "export": cmd_export, "fetch-benchmark": cmd_fetch_benchmark}
 
 

@@ -31,6 +31,7 @@ PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")  # --backbone-dtype (sapt.models)
 BLOCK_INITS = ("zero", "previous")  # --block-init (sapt.methods.base.Method.prepare_stage)
 ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.router_setup.init_key_from_task)
+ROUTER_SCHEDULES = ("joint", "learn-then-route")  # --router-schedule (sapt.router_fit)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
 PETS = ("lora", "prompt")  # --pet: the block type (sapt.train.build_model, sapt.modules.blocks)
@@ -176,6 +177,17 @@ class RunConfig:
                                   help="a new task's router key: random (the paper) or task: routed to its block "
                                        "from the start")
 
+    # "joint": the router trains with the new block (the paper). "learn-then-route": the new block trains
+    # alone, as the per-task oracle's does, then the router is fitted with every block frozen
+    # (sapt.router_fit.fit_router).
+    router_schedule: str = option("joint", section="router", choices=ROUTER_SCHEDULES,
+                                  help="joint: the router trains with the new block (the paper); learn-then-route: "
+                                       "the block first learns alone, then the router is fitted to route its task "
+                                       "to it while reflection holds the old tasks")
+    router_fit_steps: int = option(300, section="router",
+                                   help="learn-then-route: optimiser steps of the router fit after each stage's "
+                                        "block (cheap: the router reads only pooled token embeddings)")
+
     # ---- optimisation (docs/method.md: lr 3e-4 constant, no warmup, AdamW) -----------------------------
     # lr and router_lr may be lowered on resume (--allow-config-change), e.g. to get past a non-finite loss;
     # each epoch's rates are in its stage.json history.
@@ -222,7 +234,7 @@ class RunConfig:
 
     def validate(self) -> None:
         positive = ["lora_r", "epochs", "batch_size", "grad_accum", "max_source_length",
-                    "max_target_length", "max_new_tokens", "eval_batch_size", "query_hidden"]
+                    "max_target_length", "max_new_tokens", "eval_batch_size", "query_hidden", "router_fit_steps"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

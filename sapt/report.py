@@ -15,7 +15,7 @@ from sapt.data import Task
 from sapt.manifest import Manifest
 from sapt.methods import make_method
 from sapt.metrics import format_table
-from sapt.rundir import CONFIG, METRICS, TIMING, collect_matrices, collect_unseen, replay_stats, run_timing
+from sapt.rundir import CONFIG, METRICS, ORACLE_ROUTING, TIMING, collect_matrices, collect_unseen, replay_stats, run_timing
 
 __all__ = ["REFERENCE_KEYS", "RunResult", "check_reference", "reference_scores", "render", "timing_note",
            "write_metrics"]
@@ -59,6 +59,9 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
         if method.needs_task_id:
             metrics["unseen"]["note"] = (f"{cfg.method} needs a task id, which an unseen task has none of: "
                                          "scored on the base model only (null after every stage)")
+    oracle = oracle_routed(run_dir, metrics)
+    if oracle is not None:  # only then: a run never scored with oracle routing keeps its metrics.json bytes
+        metrics["oracle_routed"] = oracle
     changes = Manifest(run_dir).config_changes
     if changes:  # resumed with --allow-config-change: say so where the results are
         metrics["config_changes"] = changes
@@ -67,6 +70,19 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
     timing = run_timing(run_dir, stages)
     io.write_json(run_dir / TIMING, timing)
     return RunResult(metrics, render(metrics), timing)
+
+
+def oracle_routed(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The oracle-routed scores of `sapt eval --routing oracle` (ORACLE_ROUTING) with the routing loss,
+    AP(oracle-routed) - AP(routed), when they were measured after the run's last stage on its own data."""
+    path = run_dir / ORACLE_ROUTING
+    if not path.exists() or metrics["ap"] is None:
+        return None
+    oracle = io.read_json(path)
+    last_row = [name for name, v in zip(metrics["tasks"], metrics["matrix"][-1]) if v is not None]
+    if oracle.get("after_stage") != metrics["stages_done"] or list(oracle.get("scores", {})) != last_row:
+        return None  # another stage count (a resumed or extended run) or other tasks: stale
+    return {"scores": oracle["scores"], "ap": oracle["ap"], "routing_loss": round(oracle["ap"] - metrics["ap"], 4)}
 
 
 def timing_note(timing: dict[str, float] | None) -> str:
@@ -90,6 +106,10 @@ def render(metrics: dict[str, Any]) -> str:
             line += (f", well-formed {100 * r['well_formed_fraction']:.0f}%, distinct {100 * r['distinct_fraction']:.0f}%,"
                      f" not a training input {100 * r['novel_fraction']:.0f}%")
         lines.append(line)
+    if metrics.get("oracle_routed"):
+        o = metrics["oracle_routed"]
+        lines.append(f"oracle routing (each task by its own block alone): AP {o['ap']:.1f}; routing loss "
+                     f"{o['routing_loss']:.1f} points (AP oracle-routed - AP routed)")
     lines.extend(render_unseen(metrics))
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 import torch
 from tqdm.auto import tqdm
 
-from sapt.batching import collate_train, length_sorted_batches
+from sapt.batching import collate_prompts, collate_train, length_sorted_batches
 from sapt.config import RunConfig
 from sapt.data import Task
 from sapt.distributed import Dist, get_dist
@@ -100,7 +100,12 @@ class StageTrainer:
         self.scaler = self.dist.grad_scaler(cfg.mixed_precision)
         self.gen = torch.Generator().manual_seed(stage_seed(cfg, t))  # the order of the examples, per epoch
         self.n_batches = math.ceil(len(self.items) / cfg.batch_size)
-        self.warmup = method.warmup_steps(cfg, t, math.ceil(self.n_batches / cfg.grad_accum))
+        steps_per_epoch = math.ceil(self.n_batches / cfg.grad_accum)
+        self.warmup = method.warmup_steps(cfg, t, steps_per_epoch)
+        # learn, then route: the whole stage is the block alone (validated alone too), then the router fit
+        self.fits_router = method.fits_router(cfg) and t > 0
+        self.alone = self.fits_router or self.warmup >= cfg.epochs * steps_per_epoch > 0
+        self.router_fit: dict[str, Any] | None = None
         self.best: dict[str, Any] = {"val_loss": math.inf}
         self.history: list[dict[str, Any]] = []
         self.steps = 0  # optimiser steps so far
@@ -109,6 +114,16 @@ class StageTrainer:
         self.t0 = time.time()
         self.params = model.trainable_parameters()
         self.dist.broadcast_parameters(self.params)  # the new block and key start identical on every process
+        # where the router stands for the new task before any step (before a resume restores later
+        # parameters, so a resumed stage records the same): `sapt diagnose` reads it from stage.json
+        self.router_start = self._probe() if method.routed and t > 0 else None
+
+    def _probe(self) -> dict[str, float]:
+        from sapt.router_fit import routing_probe
+
+        reflection = self.reflection
+        return routing_probe(self.model, self.t, self.items, reflection.sets if reflection else [],
+                             reflection.kl_ratio if reflection else 0.0, self.cfg.eval_batch_size)
 
     def _optimiser(self) -> tuple[list, tuple[float, float], torch.optim.Optimizer]:
         """AdamW over two groups, the blocks at `lr` and the router at `router_lr` (default: `lr`)."""
@@ -141,7 +156,24 @@ class StageTrainer:
         with torch.no_grad():
             for p, saved in zip(self.model.trainable_parameters(), self.best["params"]):
                 p.copy_(saved)
+        if self.fits_router:
+            self.fit_router()
         return self.summary()
+
+    def fit_router(self) -> None:
+        """Learn, then route: the block has learned alone; now the router alone (`sapt.router_fit`). Every
+        process fits the same router from the same data and seed; the main one's is broadcast all the same."""
+        from sapt.router_fit import fit_router
+
+        cfg, reflection = self.cfg, self.reflection
+        self.router_fit = fit_router(
+            self.model, self.t, self.items, self.val, reflection.sets if reflection else [],
+            reflection.kl_ratio if reflection else 0.0, steps=cfg.router_fit_steps, lr=self.lrs[1],
+            batch_size=cfg.batch_size, seed=stage_seed(cfg, self.t), eval_batch_size=cfg.eval_batch_size)
+        self.dist.broadcast_parameters(self.router)
+        w, kl = self.router_fit["new_task_weight"], self.router_fit["old_tasks_kl"]
+        log(f"  [{self.t + 1}] {self.task.name} router fit ({cfg.router_fit_steps} steps): its validation inputs' "
+            f"weight on its block {w[0]:.3f} -> {w[1]:.3f}, old tasks' reflection KL {kl[0]:.4f} -> {kl[1]:.4f}")
 
     def resume(self) -> None:
         """Continue after the checkpoint's epoch; an unusable checkpoint is deleted and the stage starts over."""
@@ -179,6 +211,8 @@ class StageTrainer:
                 # one process computes it, so that every process replays towards exactly the same target
                 "routing_target": dist.broadcast(routing_target(self.model, val, self.cfg.eval_batch_size)
                                                  if dist.is_main else None) if self.method.routed else None,
+                **({"router_start": self.router_start} if self.router_start is not None else {}),
+                **({"router_fit": self.router_fit} if self.router_fit is not None else {}),
                 "seconds": round(self.seconds + time.time() - self.t0, 1)}
 
     # ---- an epoch ------------------------------------------------------------------------------------------
@@ -207,6 +241,8 @@ class StageTrainer:
         loss, loss_value = self.forward(global_items)
         total = loss / cfg.grad_accum
         record = {"stage": self.t, "task": self.task.name, "epoch": epoch, "step": b, "loss": loss_value}
+        if self.router_start is not None:  # the batch's mean weight on the new block (`sapt diagnose`)
+            record["routing_weight"] = self.batch_routing_weight(global_items)
         extra = self.method.extra_loss(self.model, self.t)
         if extra is not None:
             total = total + extra / cfg.grad_accum
@@ -250,6 +286,14 @@ class StageTrainer:
         loss = loss * (local_tokens * dist.world / max(n_global, 1))
         return loss, dist.sum(float(loss.detach()) / dist.world)
 
+    @torch.no_grad()
+    def batch_routing_weight(self, global_items: list) -> float:
+        """The router's mean weight on block t over the micro-batch's prompts (what routing gives, whether
+        or not this step trains with it)."""
+        batch = collate_prompts(global_items, self.model.family, self.model.tokenizer.pad_token_id)
+        w = self.model.routing_weights(batch["input_ids"], batch["prompt_mask"])
+        return round(float(w[:, self.method.block_index(self.t)].float().mean()), 6)
+
     def train_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The method's mixing weights; during the warm-up, weight 1 on the new block alone."""
         if self.steps < self.warmup:
@@ -287,7 +331,10 @@ class StageTrainer:
         logf.flush()
         if self.dist.is_main:
             os.fsync(logf.fileno())  # the epoch's lines are on disk before its checkpoint says it is done
-        weights_fn = lambda batch: self.method.weights(self.model, batch, self.t, training=True)  # noqa: E731
+        if self.alone:  # the block learned alone: it is judged alone, as the per-task oracle's is
+            weights_fn = lambda batch: one_hot_weights(self.model, batch, self.method.block_index(self.t))  # noqa: E731
+        else:
+            weights_fn = lambda batch: self.method.weights(self.model, batch, self.t, training=True)  # noqa: E731
         val_loss = distributed_loss(self.dist, self.model, self.val, self.cfg, weights_fn)
         if not math.isfinite(val_loss):
             raise TrainingError(non_finite_message(f"validation loss ({val_loss})", self.task, self.t,

@@ -65,40 +65,34 @@ class _Positions(nn.Module):
 
 def probe_rows(model: nn.Module) -> dict[str, list[int]]:
     """The fused output positions that the first attention takes as q, k and v, head by head (a key or value
-    head shared by several query heads counted once), on one token (rotary is the identity at position 0)."""
+    head shared by several query heads counted once), on one token (rotary is the identity at position 0).
+
+    The attention is read through transformers' public attention interface: a registered attention function
+    sees the query, key and value every model hands to its attention (batch, heads, seq, d); this is the
+    documented way to add one. An earlier probe
+    patched Falcon's private `_split_heads`, which transformers 5.24 removed."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     name = find_targets(model, TARGET_PATTERNS["causal"])[0]
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
     linear = getattr(parent, child)
     seen = []
-    if model.config.model_type == "falcon":
-        cls = type(parent)
-        original = cls._split_heads
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        seen.append([t[0, :, 0] for t in (query, key, value)])
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
-        def capture(self, fused):
-            q, k, v = original(self, fused)  # (batch, seq, heads, d)
-            seen.append([t[0, 0] for t in (q, k, v)])
-            return q, k, v
-
-        patch = (cls, "_split_heads", original, capture)
-    else:
-        module = __import__(type(parent).__module__, fromlist=["eager_attention_forward"])
-        original = module.eager_attention_forward
-
-        def capture(mod, query, key, value, *args, **kwargs):  # (batch, heads, seq, d)
-            seen.append([t[0, :, 0] for t in (query, key, value)])
-            return original(mod, query, key, value, *args, **kwargs)
-
-        patch = (module, "eager_attention_forward", original, capture)
-        model.set_attn_implementation("eager")
+    AttentionInterface.register("sapt_probe", capture)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("sapt_probe")
     setattr(parent, child, _Positions(linear.out_features))
-    setattr(patch[0], patch[1], patch[3])
     try:
         with torch.no_grad():
             model(input_ids=torch.tensor([[5]]))
     finally:
-        setattr(patch[0], patch[1], patch[2])
         setattr(parent, child, linear)
+        model.set_attn_implementation(previous)
     rows = {}
     for part, t in zip("qkv", seen[0]):
         heads = [tuple(h.long().tolist()) for h in t]

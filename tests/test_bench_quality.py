@@ -3,6 +3,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import yaml
 from sapt import io
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +101,27 @@ def test_re_tabling_a_finished_run_adds_no_wall_time(tmp_path, capsys):
     assert first > 0
     assert q.main(args) == 0  # finished: the model loads, nothing is trained or scored
     assert json.loads(time_file.read_text())["seconds"] == first
+
+
+def test_a_variant_is_its_own_row_and_routed_rows_carry_the_routing_loss(tmp_path, capsys):
+    q = quality()
+    assert q.parse_variant("ltr: router_schedule=learn-then-route, router_fit_steps=50") == (
+        "ltr", {"method": "sapt", "router_schedule": "learn-then-route", "router_fit_steps": 50})
+    assert q.main([*SMALL, "--methods", "seq-lora", "--variant", "ltr:router_schedule=learn-then-route",
+                   "--out", str(tmp_path), "--set", "tasks=[topic, sentiment]", "--set", "reflection_source=real",
+                   "--json"]) == 0
+    out = capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads(out[out.index("["):])}
+    assert set(rows) == {"seq-lora", "ltr"}
+    ltr = yaml.safe_load((tmp_path / "builtin" / "ltr" / "config.yaml").read_text())
+    assert ltr["method"] == "sapt" and ltr["router_schedule"] == "learn-then-route"
+    metrics = json.loads((tmp_path / "builtin" / "ltr" / "metrics.json").read_text())
+    assert rows["ltr"]["routing_loss"] == metrics["oracle_routed"]["routing_loss"]
+    assert rows["ltr"]["new_routing_min"] == min(metrics["routing_accuracy"][j][j] for j in range(2))
+    assert rows["seq-lora"]["routing_loss"] is None  # no router, no routing loss
+    try:
+        q.main([*SMALL, "--variant", "no-colon"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("a malformed --variant was accepted")

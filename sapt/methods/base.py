@@ -11,6 +11,7 @@ The loop never asks which method it runs; it calls, for a run over `tasks`:
         prepare_stage(model, task, t, cfg, old)   before training: initialise the new block (and router)
         training_items(model, task, tasks, cfg)   the stage's (train, val) items; None: the task's own
         warmup_steps(cfg, t, steps_per_epoch)     optimiser steps the new block trains alone at weight 1
+        fits_router(cfg)                          after training, fit the router with the blocks frozen
         weights(model, batch, task, training)     the mixing weights (batch, n_blocks); None: the router's
         extra_loss(model, t)                      a term added to every micro-batch's loss
         stage_files(sdir, task, cfg)              main process, after training: extra files of the stage
@@ -129,6 +130,11 @@ class Method:
     def warmup_steps(self, cfg: RunConfig, t: int, steps_per_epoch: int) -> int:
         """How many of stage t's first optimiser steps train the new block alone (weight 1, router frozen)."""
         return 0
+
+    def fits_router(self, cfg: RunConfig) -> bool:
+        """Whether each stage ends with a router fit, the blocks frozen (`sapt.router_fit`); the stage's
+        block then trains alone for the whole stage (`warmup_steps` covers it)."""
+        return False
 
     def weights(self, model: SAPTModel, batch: dict[str, torch.Tensor], task_index: int,
                 training: bool) -> torch.Tensor | None:

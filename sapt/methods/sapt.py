@@ -19,7 +19,9 @@ class SAPT(Method):
                 ("router: learning rate", f"{cfg.router_lr:g}" if cfg.router_lr is not None else f"{cfg.lr:g} (= lr)"),
                 ("router: frozen share of each later stage's steps", f"{cfg.router_warmup:g}"),
                 ("router: centred query", str(cfg.router_centre).lower()),
-                ("router: a new task's key", cfg.router_key_init)]
+                ("router: a new task's key", cfg.router_key_init),
+                ("router: schedule", cfg.router_schedule if cfg.router_schedule == "joint" else
+                 f"learn, then route ({cfg.router_fit_steps} router steps after each block)")]
         if not cfg.reflection:
             return rows + [("attentive reflection", "off (ablated)")]
         kl = f"{cfg.kl_ratio:g}" if cfg.kl_ratio is not None else "per model family and benchmark"
@@ -34,8 +36,14 @@ class SAPT(Method):
         return None  # the router's
 
     def warmup_steps(self, cfg, t, steps_per_epoch):
-        """The first `router_warmup` share of stage t's steps, for t > 0 (see `sapt.stage_trainer`)."""
+        """The first `router_warmup` share of stage t's steps, for t > 0 (see `sapt.stage_trainer`); with
+        learn-then-route, the whole stage."""
+        if cfg.router_schedule == "learn-then-route":
+            return cfg.epochs * steps_per_epoch
         return round(cfg.router_warmup * cfg.epochs * steps_per_epoch) if t > 0 else 0
+
+    def fits_router(self, cfg):
+        return cfg.router_schedule == "learn-then-route"
 
     def prepare_stage(self, model, task, t, cfg, old_prompts=()):
         from sapt.distributed import get_dist

@@ -7,6 +7,7 @@
     ├── train_log.jsonl            one line per optimiser step: stage, task, epoch, step, loss
     ├── metrics.json               tasks, matrix, AP, F.Ra, FWT, BWT, routing accuracy, eval split
     ├── timing.json                seconds of training, reflection and evaluation so far, and their total
+    ├── oracle_routing.json        `sapt eval --routing oracle`: each task scored by its own block alone
     ├── unseen_base/               --unseen only: scores.json and predictions/<task>.jsonl of the base model
     └── stages/
         └── NN_<task>/             stage NN (0-based, two digits) learned <task>
@@ -31,7 +32,7 @@ counts as done only once manifest.json records it, after its files, with the sha
 from __future__ import annotations
 
 from sapt.rundir.layout import (
-    CONFIG, METRICS, PHASE_FILES, STAGES, TIMING, TRAIN_LOG, UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES,
+    CONFIG, METRICS, ORACLE_ROUTING, PHASE_FILES, STAGES, TIMING, TRAIN_LOG, UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES,
     stage_dir, stage_folders, stage_name, stage_task,
 )
 from sapt.rundir.plan import CHANGEABLE_KEYS, check_run_dir, lock_run_dir, plan_run_dir

@@ -12,6 +12,9 @@ CONFIG = "config.yaml"  # the resolved config of the run
 METRICS = "metrics.json"  # the score matrix and the CL metrics
 TIMING = "timing.json"  # seconds spent so far (apart from metrics.json, which stays byte-identical on resume)
 TRAIN_LOG = "train_log.jsonl"  # one line per optimiser step
+# `sapt eval --routing oracle`: each task scored by its own block alone after the last stage; write_metrics
+# adds the routing loss to metrics.json while it matches the run's stages
+ORACLE_ROUTING = "oracle_routing.json"
 STAGES = "stages"  # the folder of the stage folders NN_<task>
 # --unseen: the scores (and unseen/<task>.jsonl predictions) of tasks never trained on, in each stage folder
 # (phase "evaluated") and, for the base model before stage 1, in RUN_DIR/unseen_base/ (recorded in
@@ -25,7 +28,7 @@ PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.
                "replay": ("replay.jsonl", "replay_stats.json"),
                "evaluated": ("scores.json", "predictions", UNSEEN_SCORES, UNSEEN_PREDICTIONS)}
 
-__all__ = ["CONFIG", "MANIFEST", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG", "UNSEEN_BASE",
+__all__ = ["CONFIG", "MANIFEST", "METRICS", "ORACLE_ROUTING", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG", "UNSEEN_BASE",
            "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "log",
            "stage_dir", "stage_folders", "stage_name", "stage_task"]
 

@@ -1,0 +1,108 @@
+"""Learn, then route (`router_schedule: learn-then-route`): after a stage's block has learned its task alone,
+fit the router with every block frozen.
+
+Why. In the paper's joint schedule the new block and the router learn together. A new key drawn at random
+starts far behind the old, trained keys (on SmolLM2 a trained key gives logits of about 14 on its task's
+inputs, a random one about 0), so the new task's inputs go to an old block, the new block gets a weight
+near 0, and the cross-entropy's pull on its routing, proportional to w (1 - w), is near 0 too. At lr 1e-3
+a key moves about half a logit in a 24-step CPU stage: the task stays starved (BENCHMARKS.md, "Router
+starvation"). The release's stages of 600-3,000 steps hide it; a user's short stage does not.
+
+What. The stage's block trains exactly as the per-task oracle's does (weight 1 on it, the router untouched:
+the whole stage is the router warm-up). Then the router alone (the shared query MLP and key t; the old keys
+stay frozen, as in joint training) takes `router_fit_steps` AdamW steps at the router's learning rate on
+
+    CE(routing logits of the task's training prompts, t)                  route the new task to its block
+  + kl_ratio * sum_i KL(target_i || routing of old task i's replay inputs)  attentive reflection, as always
+
+The router reads only max-pooled token embeddings (no backbone pass), so the pooled prompts are computed
+once and a step costs a small MLP: hundreds of steps take about a second. The diagonal then equals the
+oracle's by construction (the block is the oracle's block), and what is left to lose is routing, which
+`sapt eval --routing oracle` measures. The old tasks' routing is held by the same reflection KL the joint
+schedule uses; the new task is supervised by its own label, which is known at training time.
+
+The fit draws its batches from its own generator (seeded per stage), so a resumed stage fits the same router.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sapt.batching import Encoded, collate_prompts, length_sorted_batches
+from sapt.modules.sapt_model import SAPTModel
+from sapt.reflection import ReplaySet, kl_to_target
+
+__all__ = ["fit_router", "pooled_prompts", "routing_probe"]
+
+
+@torch.no_grad()
+def pooled_prompts(model: SAPTModel, items: Sequence[Encoded], batch_size: int) -> torch.Tensor:
+    """The router's input, the max-pooled prompt embedding, of each item: (len(items), d), in item order."""
+    pad = model.tokenizer.pad_token_id
+    out = torch.empty(len(items), model.router.d_model, device=model.device)
+    for idx in length_sorted_batches(list(items), batch_size):
+        batch = collate_prompts([items[i] for i in idx], model.family, pad)
+        out[torch.tensor(idx, device=model.device)] = model.pooled_prompt(batch["input_ids"], batch["prompt_mask"])
+    return out
+
+
+def fit_router(model: SAPTModel, t: int, train_items: Sequence[Encoded], val_items: Sequence[Encoded],
+               replay: Sequence[ReplaySet], kl_ratio: float, *, steps: int, lr: float, batch_size: int,
+               seed: int, eval_batch_size: int = 16) -> dict[str, Any]:
+    """Fit the router's trainable parameters (query MLP, key t) to route task t's prompts to block t while
+    the old tasks' replay inputs keep their routing targets. Returns a summary for stage.json: the new
+    task's mean weight on its block (validation prompts) and the old tasks' KL, before and after."""
+    router = model.router
+    params = [p for p in router.parameters() if p.requires_grad]
+    x_train = pooled_prompts(model, train_items, eval_batch_size)
+    x_val = pooled_prompts(model, val_items, eval_batch_size) if val_items else x_train
+    old = [(pooled_prompts(model, s.items, eval_batch_size), _padded(s.target, model.n_blocks, x_train.device))
+           for s in replay if s.items]
+    before = _measure(model, t, x_val, old, kl_ratio)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.full((min(batch_size, len(x_train)),), t, dtype=torch.long, device=x_train.device)
+    for _ in range(steps):
+        picks = torch.randperm(len(x_train), generator=gen)[:batch_size]
+        loss = F.cross_entropy(router.logits(x_train[picks.to(x_train.device)]), target[: len(picks)])
+        for x_old, goal in old:
+            o = torch.randperm(len(x_old), generator=gen)[:batch_size].to(x_old.device)
+            loss = loss + kl_ratio * kl_to_target(router.logits(x_old[o]), goal)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    after = _measure(model, t, x_val, old, kl_ratio)
+    return {"steps": steps, "lr": lr, "new_task_weight": [before[0], after[0]], "old_tasks_kl": [before[1], after[1]]}
+
+
+def _padded(target: list[float], n: int, device: torch.device) -> torch.Tensor:
+    """An old task's routing target over the keys of tasks 0..i, zero for the newer keys."""
+    out = torch.zeros(n, device=device)
+    out[: len(target)] = torch.tensor(target, device=device)
+    return out
+
+
+@torch.no_grad()
+def _measure(model: SAPTModel, t: int, x_val: torch.Tensor, old: list, kl_ratio: float) -> tuple[float, float]:
+    """The new task's mean routing weight on block t over its validation prompts, and the reflection term."""
+    weight = float(torch.softmax(model.router.logits(x_val), -1)[:, t].mean())
+    kl = sum(float(kl_to_target(model.router.logits(x), goal)) for x, goal in old) * kl_ratio
+    return round(weight, 6), round(kl, 6)
+
+
+@torch.no_grad()
+def routing_probe(model: SAPTModel, t: int, items: Sequence[Encoded], replay: Sequence[ReplaySet],
+                  kl_ratio: float, eval_batch_size: int = 16) -> dict[str, float]:
+    """Where the router stands for task t at the start of its stage (`sapt diagnose`): the mean weight of
+    task t's training prompts on block t, the mean logit gap from the best old key to key t on them
+    (positive: an old block wins), and the old tasks' reflection term (their replay inputs against their
+    routing targets)."""
+    x = pooled_prompts(model, items, eval_batch_size)
+    logits = model.router.logits(x).float()
+    old = [(pooled_prompts(model, s.items, eval_batch_size), _padded(s.target, model.n_blocks, x.device))
+           for s in replay if s.items]
+    weight, kl = _measure(model, t, x, old, kl_ratio)
+    gap = float((logits[:, :t].max(-1).values - logits[:, t]).mean()) if t > 0 else 0.0
+    return {"new_task_weight": weight, "logit_gap": round(gap, 4), "old_tasks_kl": kl}
