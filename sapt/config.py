@@ -184,6 +184,11 @@ class RunConfig:
                                   help="joint: the router trains with the new block (the paper); learn-then-route: "
                                        "the block first learns alone, then the router is fitted to route its task "
                                        "to it while reflection holds the old tasks")
+    # A cross-entropy on the router's logits of each training batch towards the stage's own block, during joint
+    # training after the warm-up (the task is known at training time; sapt.stage_trainer.StageTrainer.router_ce).
+    router_ce: float = option(0.0, section="router",
+                              help="joint schedule: weight of a cross-entropy that routes each training batch to "
+                                   "the stage's own block (routing supervision); 0 = off (the paper)")
     router_fit_steps: int = option(300, section="router",
                                    help="learn-then-route: optimiser steps of the router fit after each stage's "
                                         "block (cheap: the router reads only pooled token embeddings)")
@@ -243,6 +248,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.router_lr is not None and not self.router_lr > 0:
             raise ConfigError(f"router_lr must be > 0, got {self.router_lr}")
+        if not self.router_ce >= 0:
+            raise ConfigError(f"router_ce must be >= 0, got {self.router_ce}")
         if not 0 <= self.router_warmup < 1:
             raise ConfigError(f"router_warmup must be in [0, 1), got {self.router_warmup}")
         if not self.val_size > 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):

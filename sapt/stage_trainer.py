@@ -247,6 +247,11 @@ class StageTrainer:
         if extra is not None:
             total = total + extra / cfg.grad_accum
             record["extra"] = extra.item()
+        if cfg.router_ce > 0 and self.router_start is not None and self.steps >= self.warmup and not self.fits_router:
+            ce = self.router_ce(global_items)
+            if ce is not None:
+                total = total + cfg.router_ce * ce / cfg.grad_accum
+                record["router_ce"] = ce.item()
         if self.reflection and self.steps >= self.warmup and b % cfg.grad_accum == 0 and \
                 (self.steps % cfg.replay_every == 0):
             with self.dist.autocast(cfg.mixed_precision):
@@ -285,6 +290,17 @@ class StageTrainer:
         local_tokens = target_tokens(batch, model.family) if batch is not None else 0
         loss = loss * (local_tokens * dist.world / max(n_global, 1))
         return loss, dist.sum(float(loss.detach()) / dist.world)
+
+    def router_ce(self, global_items: list) -> torch.Tensor | None:
+        """Routing supervision: the cross-entropy of the router's logits on this process's prompts of the batch
+        towards the stage's own block (None for a process left without examples)."""
+        local = self.dist.shard(global_items)
+        if not local:
+            return None
+        batch = collate_prompts(local, self.model.family, self.model.tokenizer.pad_token_id)
+        logits = self.model.routing_logits(batch["input_ids"], batch["prompt_mask"]).float()
+        target = torch.full((logits.shape[0],), self.method.block_index(self.t), device=logits.device)
+        return torch.nn.functional.cross_entropy(logits, target)
 
     @torch.no_grad()
     def batch_routing_weight(self, global_items: list) -> float:

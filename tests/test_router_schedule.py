@@ -122,3 +122,15 @@ def test_a_stage_killed_before_its_router_fit_resumes_to_the_same_router(runs, t
     assert subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600).returncode == 0
     for name in ("01_sentiment/router.safetensors", "02_addition/router.safetensors", "02_addition/adapter.safetensors"):
         assert sha(out / "stages" / name) == sha(runs / "ltr" / "stages" / name)
+
+
+def test_routing_supervision_adds_a_router_cross_entropy_after_the_warmup(tmp_path):
+    run = tmp_path / "ce"
+    assert main(["run", *COMMON, "--method", "sapt", "--router-warmup", "0.5", "--router-ce", "1.0",
+                 "--output", str(run)]) == 0
+    records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    stage1 = [r for r in records if r["stage"] == 1]
+    half = len(stage1) // 2
+    assert all("router_ce" not in r for r in stage1[:half]) and all(r["router_ce"] >= 0 for r in stage1[half:])
+    assert all("router_ce" not in r for r in records if r["stage"] == 0)  # one block: nothing to supervise
+    assert main(["run", *COMMON, "--router-ce", "-1", "--output", str(tmp_path / "bad")]) == 2

@@ -22,6 +22,8 @@ class SAPT(Method):
                 ("router: a new task's key", cfg.router_key_init),
                 ("router: schedule", cfg.router_schedule if cfg.router_schedule == "joint" else
                  f"learn, then route ({cfg.router_fit_steps} router steps after each block)")]
+        if cfg.router_ce and cfg.router_schedule == "joint":
+            rows.append(("router: routing supervision (CE to the stage's block)", f"{cfg.router_ce:g}"))
         if not cfg.reflection:
             return rows + [("attentive reflection", "off (ablated)")]
         kl = f"{cfg.kl_ratio:g}" if cfg.kl_ratio is not None else "per model family and benchmark"
