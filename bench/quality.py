@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="builtin")
     p.add_argument("--methods", help="comma-separated; default every method made for the protocol's block kind "
-                                     "(pet: lora unless --set pet=prompt)")
+                                     "(pet: lora unless --set pet=prompt); none: only the --variant rows")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="runs/bench", help="run directories go to OUT/<protocol>/<method>")
     p.add_argument("--model", help="override the protocol's model (e.g. tiny-llama for a smoke test)")
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--set {item}: expected KEY=VALUE")
         protocol[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
-               else default_methods(protocol.get("pet", "lora")))
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "none"]
+               if args.methods else default_methods(protocol.get("pet", "lora")))  # none: the --variant rows only
     # per-task first: its diagonal is the single-task reference that FWT of the others needs
     methods.sort(key=lambda m: m != "per-task")
     try:
