@@ -264,7 +264,7 @@ class TrainedRun:
         cfg = self.config
         examples = [Example(input=t, outputs=("",)) for t in texts]
         return encode(self.model.tokenizer, self.model.family, definition, examples, cfg.max_source_length,
-                      cfg.max_target_length)
+                      cfg.max_target_length, self.model.template)
 
     def _routing(self, weights) -> dict[str, float] | None:
         if not self.method.routed:  # fixed mixing weights: nothing to report per input

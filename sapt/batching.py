@@ -29,11 +29,15 @@ def truncate_middle(ids: list[int], limit: int) -> list[int]:
 
 
 def encode(
-    tokenizer, family: str, definition: str, examples: Sequence[Example], max_source: int, max_target: int
+    tokenizer, family: str, definition: str, examples: Sequence[Example], max_source: int, max_target: int,
+    template: str | None = None,
 ) -> list[Encoded]:
+    """Each example as prompt ids (the template `template`, a key of sapt.data.PROMPT_TEMPLATES, None for
+    the family's; cut in the middle to `max_source`) and target ids (its first reference cut to
+    `max_target` - 1 tokens, then EOS). Callers pass the model's `SAPTModel.template`."""
     if not examples:
         return []
-    prompts = [format_prompt(definition, ex.input, family) for ex in examples]
+    prompts = [format_prompt(definition, ex.input, family, template) for ex in examples]
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     target_ids = tokenizer([ex.outputs[0] for ex in examples], add_special_tokens=False)["input_ids"]
     eos = tokenizer.eos_token_id

@@ -12,8 +12,11 @@ from typing import Any, Sequence
 from sapt.config import CHANGEABLE_KEYS, FIELDS, SECTIONS, ConfigError, _csv, base_type, default_text, flag_of
 
 
-# `sapt run`'s options beyond the config keys: how to treat an existing run directory.
+# `sapt run`'s options beyond the config keys: how to treat an existing run directory, and a dry run.
 RUN_DIR_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--dry-run", dict(dest="dry_run", action="store_true",
+                       help="print the resolved config (as config.yaml) and each stage's optimiser steps from the "
+                            "task data, then exit: no model is loaded, nothing is written")),
     ("--force-new", dict(dest="force_new", action="store_true",
                          help="if --output holds a run with another config, start a fresh OUTPUT-2 (-3, ...) next to it "
                               "instead of refusing (the same command again resumes that one)")),
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="answer a text with the final model, with its routing weights")
     pr.add_argument("--run", required=True, help="run directory")
-    pr.add_argument("text", nargs="+", help="input text(s); the prompt template of the run's model family is applied")
+    pr.add_argument("text", nargs="+", help="input text(s); the run's prompt template is applied")
     pr.add_argument("--definition", default="", help="task definition to put in the prompt (default: none)")
     pr.add_argument("--max-new-tokens", type=int, help="generation length (default: the run's)")
     pr.add_argument("--json", action="store_true", help="print one JSON object per input")
@@ -131,6 +134,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sapt.api import run
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    if getattr(args, "dry_run", False):
+        from sapt.config import resolve
+        from sapt.dry_run import dry_run
+
+        print(dry_run(resolve(overrides, args.config)))
+        return 0
     result = run(args.config, force_new=getattr(args, "force_new", False),
                  allow_config_change=getattr(args, "allow_config_change", None) or (), **overrides)
     if result.table:  # empty on the processes other than the main one

@@ -35,6 +35,7 @@ ROUTER_SCHEDULES = ("joint", "learn-then-route")  # --router-schedule (sapt.rout
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
 PETS = ("lora", "prompt")  # --pet: the block type (sapt.train.build_model, sapt.modules.blocks)
+TEMPLATES = ("family", "release")  # --template: the prompt template (sapt.data.prompts.template_key)
 
 # The sections of the config, in the order of the source, of `sapt run --help` and of the docs.
 SECTIONS: dict[str, str] = {
@@ -143,6 +144,11 @@ class RunConfig:
     output_field: str = option("output", section="data",
                                help="name of the output key / column in train and test .jsonl, .csv and datasets "
                                     "folders (not train.json)")
+    # "family": one template per model family (sapt.data.prompts); "release": the public release's template of
+    # the benchmark, whatever the family (SuperNI and Long_Sequence only).
+    template: str = option("family", section="data", choices=TEMPLATES,
+                           help="prompt template: family (one per model family) or release (the public release's "
+                                "template of the benchmark: SuperNI or Long_Sequence)")
 
     # ---- LoRA blocks (SALS) ---------------------------------------------------------------------------
     lora_r: int = option(4, section="block", help="LoRA rank")
@@ -156,6 +162,11 @@ class RunConfig:
     pet: str = option("lora", section="block", choices=PETS,
                       help="the per-task block: lora (LoRA on q/v) or prompt (a soft prompt per task)")
     prompt_len: int = option(20, section="block", help="virtual tokens of each task's soft prompt (--pet prompt)")
+    # The release's SAPT-Prompt trains each prompt through a residual MLP, P + MLP(P), MLP = Linear(d, hidden)
+    # -> ReLU -> Linear(hidden, d), hidden 800 (sapt.modules.blocks.prompt). 0: the prompt is trained directly.
+    prompt_mlp_hidden: int = option(0, section="block",
+                                    help="--pet prompt: train each task's prompt reparameterised as P + MLP(P), an MLP "
+                                         "of this hidden width (the release: 800); 0 = off")
     block_init: str = option("zero", section="block", choices=BLOCK_INITS,
                              help="a new task's block: zero (the paper) or previous: a copy of the previous "
                                   "task's block")
@@ -203,6 +214,12 @@ class RunConfig:
     epochs: int = option(3, section="optimisation", help="epochs per task")
     batch_size: int = option(8, section="optimisation", help="training batch size")
     grad_accum: int = option(1, section="optimisation", help="gradient accumulation steps")
+    # Clip the total gradient norm of the trainable parameters before each optimiser step
+    # (sapt.stage_trainer.StageTrainer.optimiser_step). 0 keeps the measured runs' behaviour; the paper
+    # configs set the release's 1.0 (Hugging Face's default max_grad_norm).
+    max_grad_norm: float = option(0.0, section="optimisation",
+                                  help="clip the total gradient norm of the blocks and router (the reflection KL's "
+                                       "gradient included) to this before each optimiser step; 0 = off (the release: 1)")
     seed: int = option(42, section="optimisation", help="seed for data splits, initialisation and shuffling")
 
     # ---- lengths and decoding -------------------------------------------------------------------------
@@ -268,6 +285,17 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.prompt_len < 1:
             raise ConfigError(f"prompt_len must be >= 1, got {self.prompt_len}")
+        if self.prompt_mlp_hidden < 0:
+            raise ConfigError(f"prompt_mlp_hidden must be >= 0 (0 = off), got {self.prompt_mlp_hidden}")
+        if not self.max_grad_norm >= 0:
+            raise ConfigError(f"max_grad_norm must be >= 0 (0 = off), got {self.max_grad_norm}")
+        if self.template == "release":
+            from sapt.data.prompts import RELEASE_BENCHMARKS
+
+            if self.benchmark not in RELEASE_BENCHMARKS:
+                where = f"benchmark {self.benchmark!r}" if self.benchmark else "the built-in suite"
+                raise ConfigError(f"template release: the public release has templates for "
+                                  f"{' and '.join(RELEASE_BENCHMARKS)} only, not for {where} (use template: family)")
         if self.method in method_names():  # a method whose math needs one kind of block refuses the others
             from sapt.methods import make_method
 
@@ -347,6 +375,8 @@ SAVED_ORDER = (
     "block_init",  # keys added later go here, at the end
     "input_field", "output_field", "unseen",
     "pet", "prompt_len",
+    "router_schedule", "router_fit_steps", "router_ce",
+    "prompt_mlp_hidden", "max_grad_norm", "template",
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")

@@ -15,7 +15,8 @@ from sapt.scoring import score_example
 
 
 def encode_task_split(model: SAPTModel, task: Task, split: str, max_source: int, max_target: int) -> list[Encoded]:
-    return encode(model.tokenizer, model.family, task.definition, getattr(task, split), max_source, max_target)
+    return encode(model.tokenizer, model.family, task.definition, getattr(task, split), max_source, max_target,
+                  model.template)
 
 
 WeightsFn = Callable[[dict[str, torch.Tensor]], "torch.Tensor | None"]
@@ -71,8 +72,13 @@ def evaluation_loss(
 
 
 def one_line_answers(task: Task) -> bool:
-    """True if no answer of the task (training or evaluation reference) holds a line break."""
-    return not any("\n" in out for split in (task.train, task.val, task.eval) for ex in split for out in ex.outputs)
+    """True if no training or validation answer of the task holds a line break.
+
+    The evaluation references are never read: whether an answer may end at its first line break is a
+    decoding rule, and a decoding rule chosen from the test set's answers is the test set steering the
+    model's output (a leak, however small). What the model was trained to write is what the rule follows.
+    An unseen task (`--unseen`) has its training data too, so the same holds for it."""
+    return not any("\n" in out for split in (task.train, task.val) for ex in split for out in ex.outputs)
 
 
 def evaluate_task(
@@ -83,8 +89,8 @@ def evaluate_task(
     task's own block `task_index`; None for methods that don't route) and one record per example:
     input, prediction, references, score, the mixing weights `method` used, and `routed_to_own`.
 
-    `stop_at_newline` (and the task's answers are all one line, `one_line_answers`): each answer ends at
-    its first line break, as the answers the model was trained on do.
+    `stop_at_newline` (and the task's training and validation answers are all one line, `one_line_answers`):
+    each answer ends at its first line break, as the answers the model was trained on do.
 
     An unseen task (`--unseen`): `task_index` None, no task id is given to the method's weights (-1) and
     there is no routing accuracy; `method` None as well: the base model, no block at all (zero weights)."""

@@ -305,16 +305,18 @@ def prompt_adapter_config(cfg: Any, family: str, prompt: torch.Tensor) -> dict[s
 
 
 def _write_prompt_adapters(cfg: Any, stages: list[tuple[str, Path]], out: Path) -> tuple[list, dict, str, torch.Tensor]:
-    """One PEFT prompt-tuning adapter per task (`pet: prompt`): its `prompt_embeddings`."""
-    from sapt.modules.blocks.prompt import KEY
+    """One PEFT prompt-tuning adapter per task (`pet: prompt`): its `prompt_embeddings`, the prompt the
+    backbone sees. A reparameterised prompt (`prompt_mlp_hidden`) is saved as P and its residual MLP; PEFT's
+    prompt tuning has no MLP, so the adapter holds P + MLP(P), which is all the MLP is for once trained."""
+    from sapt.modules.blocks.prompt import KEY, PROMPT_ENCODER_KEYS, effective_prompt
 
     family = model_family(cfg)
     keys, adapters, prompt = [], {}, None
     for task, sdir in stages:
         block = _load(sdir / "adapter.safetensors")
-        if set(block) != {KEY}:
+        if set(block) not in ({KEY}, {KEY, *PROMPT_ENCODER_KEYS}):
             raise ConfigError(f"{sdir}/adapter.safetensors holds no soft prompt (tensors: {', '.join(sorted(block))})")
-        prompt = block[KEY].float().contiguous()
+        prompt = effective_prompt(block).contiguous()
         io.save_tensors(out / task / "adapter_model.safetensors", {"prompt_embeddings": prompt}, {"format": "pt"})
         io.write_json(out / task / "adapter_config.json", prompt_adapter_config(cfg, family, prompt))
         keys.append(_load(sdir / "router.safetensors")["key"].float())

@@ -124,6 +124,9 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
             ("adapted projections", _v(info["target_modules"]))]
     if getattr(cfg, "pet", "lora") == "prompt":
         rows = [("blocks", f"soft prompts of {cfg.prompt_len} virtual tokens (prompt tuning), mixed per input")]
+        if getattr(cfg, "prompt_mlp_hidden", 0):
+            rows.append(("prompt reparameterisation", f"trained as P + MLP(P), MLP hidden width {cfg.prompt_mlp_hidden} "
+                                                      "(ReLU); exported as the resulting prompt"))
     if not method.shared_block:
         rows.append(("a new task's block starts as", ("embeddings of sampled vocabulary tokens" if getattr(cfg, "pet", "lora") == "prompt" else "zeros (B = 0)")
                      if cfg.block_init == "zero" else
@@ -137,6 +140,8 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
              ("evaluation examples per task", "all" if cfg.max_eval_per_task is None else f"at most {cfg.max_eval_per_task}"),
              ("learning rate / epochs per task", f"{_v(cfg.lr)} / {cfg.epochs}"),
              ("batch size x gradient accumulation", f"{cfg.batch_size} x {cfg.grad_accum}"),
+             ("gradient clipping (max total norm)", _v(float(getattr(cfg, "max_grad_norm", 0.0))) + (
+                 "" if getattr(cfg, "max_grad_norm", 0.0) else " (off)")),
              ("source / target / generated tokens", f"{cfg.max_source_length} / {cfg.max_target_length} / {cfg.max_new_tokens}"),
              ("backbone dtype / mixed precision", f"{cfg.backbone_dtype} / {cfg.mixed_precision}"),
              ("seed", str(cfg.seed))]
@@ -206,10 +211,23 @@ def _base_loading(cfg: Any, family: str) -> str:
     return f"from transformers import {auto}\nbase = {auto}.from_pretrained({cfg.model!r})"
 
 
-def _prompt_template(family: str) -> str:
+def _template_of(cfg: Any, family: str) -> str | None:
+    """The run's prompt template key (None: its family's), as sapt.train.run_template gives it."""
+    from sapt.data.prompts import template_key
+
+    template = getattr(cfg, "template", "family")
+    return None if template == "family" else template_key(family, template, cfg.benchmark)
+
+
+def _template_name(cfg: Any, family: str) -> str:
+    template = _template_of(cfg, family)
+    return family if template is None else f"public release's {cfg.benchmark}"
+
+
+def _prompt_template(family: str, template: str | None = None) -> str:
     from sapt.data import format_prompt
 
-    return format_prompt("{definition}", "{input}", family) + ("{answer}" if family == "causal" else "")
+    return format_prompt("{definition}", "{input}", family, template) + ("{answer}" if family == "causal" else "")
 
 
 ROUTER_SNIPPET = '''import json, math
@@ -298,9 +316,9 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
               "ADAPTERS = \"path/to/this/folder\"  # or huggingface_hub.snapshot_download(\"USER/REPO\")",
               f"model = PeftModel.from_pretrained(base, f\"{{ADAPTERS}}/{first}\")",
               f"# from the Hub directly: PeftModel.from_pretrained(base, \"USER/REPO\", subfolder={first!r})", "```", "",
-              f"The adapters were trained on prompts of this form (the {family} template of `sapt.data.prompts`; "
-              "the definition is the task's instruction, empty in `sapt predict` unless given):", "", "```text",
-              *_prompt_template(family).splitlines(), "```", ""]
+              f"The adapters were trained on prompts of this form (the {_template_name(cfg, family)} template of "
+              "`sapt.data.prompts`; the definition is the task's instruction, empty in `sapt predict` unless given):",
+              "", "```text", *_prompt_template(family, _template_of(cfg, family)).splitlines(), "```", ""]
     if method.routed:
         lines += ["**The router.** `router.safetensors` and `router.json` give each input's weight over the task "
                   "blocks from its prompt tokens, the prompt above without the answer (`router.json`'s `routing` says "

@@ -77,7 +77,8 @@ class ReplaySet:
 
 
 def encode_replay(model: SAPTModel, definition: str, inputs: list[str], max_source: int) -> list[Encoded]:
-    return encode(model.tokenizer, model.family, definition, [Example(x, ("",)) for x in inputs], max_source, 1)
+    return encode(model.tokenizer, model.family, definition, [Example(x, ("",)) for x in inputs], max_source, 1,
+                  model.template)
 
 
 class Reflection:

@@ -141,10 +141,18 @@ def render_unseen(metrics: dict[str, Any]) -> list[str]:
 
 
 # What a per-task reference run must share with the run it serves, for its diagonal to be the single-task
-# scores of *these* tasks as this run learns them: the same model, data, subsets, seed and optimisation.
+# scores of *these* tasks as this run learns them: every key that changes what a per-task run computes, so
+# the same model, data (and how it is read and prompted), subsets, seed, block kind and its shape,
+# optimisation, precision and decoding. Left out: what a per-task run does not use (the router, the
+# reflection, the other methods' options) and what changes no number (output, trackers, notes).
 REFERENCE_KEYS = ("model", "data_dir", "benchmark", "val_size", "max_train_per_task", "max_eval_per_task", "seed",
                   "lr", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_source_length",
-                  "max_target_length", "max_new_tokens", "backbone_dtype", "stop_at_newline")
+                  "max_target_length", "max_new_tokens", "backbone_dtype", "stop_at_newline",
+                  "pet", "prompt_len", "prompt_mlp_hidden", "lora_dropout", "mixed_precision", "max_grad_norm",
+                  "template", "input_field", "output_field")
+# Keys that shape one kind of block only: compared when the run uses that kind (`pet` itself always is), so
+# that a LoRA run's prompt_len, say, cannot refuse a reference that computed exactly the same.
+BLOCK_KIND_KEYS = {"lora": ("lora_r", "lora_alpha", "lora_dropout"), "prompt": ("prompt_len", "prompt_mlp_hidden")}
 
 
 def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
@@ -166,11 +174,12 @@ def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
             return Path(old[key]).resolve() == Path(now[key]).resolve()
         return old[key] == now[key]
 
-    differ = [k for k in REFERENCE_KEYS if not same(k)]
+    other_kinds = {k for kind, keys in BLOCK_KIND_KEYS.items() if kind != now["pet"] for k in keys}
+    differ = [k for k in REFERENCE_KEYS if k not in other_kinds and not same(k)]
     if differ:
         shown = ", ".join(f"{k} {old[k]!r} there, {now[k]!r} here" for k in differ)
         raise ConfigError(f"--reference {cfg.reference}: a per-task run with other settings ({shown}); "
-                          "FWT needs the same model, data, subsets, seed and optimisation")
+                          "FWT needs the same model, data, subsets, seed, blocks and optimisation")
 
 
 def reference_scores(reference: str, tasks: list[Task]) -> list[float]:

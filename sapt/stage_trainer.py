@@ -36,7 +36,8 @@ from sapt.reflection import Reflection, routing_target
 from sapt.rundir.layout import log
 from sapt.tracking import Trackers
 
-__all__ = ["StageTrainer", "TrainingError", "distributed_loss", "stage_seed", "train_stage"]
+__all__ = ["StageTrainer", "TrainingError", "distributed_loss", "optimiser_steps_per_epoch", "stage_seed",
+           "train_stage"]
 
 
 class TrainingError(RuntimeError):
@@ -100,7 +101,7 @@ class StageTrainer:
         self.scaler = self.dist.grad_scaler(cfg.mixed_precision)
         self.gen = torch.Generator().manual_seed(stage_seed(cfg, t))  # the order of the examples, per epoch
         self.n_batches = math.ceil(len(self.items) / cfg.batch_size)
-        steps_per_epoch = math.ceil(self.n_batches / cfg.grad_accum)
+        steps_per_epoch = optimiser_steps_per_epoch(len(self.items), cfg.batch_size, cfg.grad_accum)
         self.warmup = method.warmup_steps(cfg, t, steps_per_epoch)
         # learn, then route: the whole stage is the block alone (validated alone too), then the router fit
         self.fits_router = method.fits_router(cfg) and t > 0
@@ -113,6 +114,8 @@ class StageTrainer:
         self.seconds = 0.0  # spent before a resume
         self.t0 = time.time()
         self.params = model.trainable_parameters()
+        if cfg.max_grad_norm > 0:
+            check_clippable(self.params)
         self.dist.broadcast_parameters(self.params)  # the new block and key start identical on every process
         # where the router stands for the new task before any step (before a resume restores later
         # parameters, so a resumed stage records the same): `sapt diagnose` reads it from stage.json
@@ -325,11 +328,14 @@ class StageTrainer:
                                                    f"epoch {epoch + 1}, batch {b + 1}", epoch, self.checkpoint))
 
     def optimiser_step(self, record: dict[str, Any]) -> None:
-        """Average the gradients over the processes and step (the router not during the warm-up)."""
+        """Average the gradients over the processes, clip them (`max_grad_norm`) and step (the router not
+        during the warm-up)."""
         self.dist.average_gradients(self.params)
         if self.steps < self.warmup:
             for p in self.router:
                 p.grad = None  # AdamW skips a parameter without gradient: no update, no state
+        if self.cfg.max_grad_norm > 0:
+            record["grad_norm"] = self.clip_gradients()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -340,6 +346,27 @@ class StageTrainer:
         if self.trackers is not None:
             self.trackers.log({"train/loss": record["loss"], **({"train/kl": record["kl"]} if "kl" in record else {}),
                                "stage": self.t + 1}, step=self.step_offset + self.steps)
+
+    def clip_gradients(self) -> float:
+        """Scale the step's gradients so that their total L2 norm is at most `max_grad_norm`, as the release
+        does (Hugging Face's Trainer, max_grad_norm 1.0); returns the norm before clipping.
+
+        Over every trainable parameter together, blocks and router, so the reflection KL's gradient (already
+        in the router's .grad) counts; after the averaging over processes, so the norm is the global batch's;
+        after the warm-up has dropped the router's gradients, so a frozen router adds nothing to the norm.
+        With fp16 loss scaling the gradients are unscaled first (the scaler then does not unscale them again).
+
+        Under FSDP a plain clip_grad_norm_ is right here, not only tolerated: sapt shards only the frozen
+        backbone, and the trainable blocks and router are left out of FSDP (`ignored_params`, see
+        sapt.distributed), so every process holds each trainable parameter and its averaged gradient whole
+        and identical, and the local norm is the global one (no shard is missing from it, none counted
+        twice). `check_clippable` refuses the case where that would not hold."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grads = [p for p in self.params if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(grads, self.cfg.max_grad_norm))
 
     # ---- after an epoch ------------------------------------------------------------------------------------
     def end_epoch(self, epoch: int, losses: list[float], kls: list[float], logf: IO[str]) -> None:
@@ -384,6 +411,21 @@ class StageTrainer:
 
 
 # ---- pieces --------------------------------------------------------------------------------------------------
+def check_clippable(params: list[torch.nn.Parameter]) -> None:
+    """Refuse gradient clipping over a sharded trainable parameter (a DTensor: FSDP manages it), whose local
+    gradient is only a shard: its norm would be wrong. sapt never shards the trainable parameters (see
+    `StageTrainer.clip_gradients`); this keeps a future change from clipping wrongly in silence."""
+    if any(hasattr(p, "to_local") for p in params):
+        raise TrainingError("max_grad_norm > 0 with trainable parameters sharded by FSDP: the norm of local shards "
+                            "is not the total norm; set max_grad_norm: 0 or keep the blocks and router unsharded")
+
+
+def optimiser_steps_per_epoch(n_items: int, batch_size: int, grad_accum: int) -> int:
+    """Optimiser steps of one epoch over `n_items` training items: a step every `grad_accum` micro-batches of
+    `batch_size`, and one at the end of the epoch for a shorter remainder."""
+    return math.ceil(math.ceil(n_items / batch_size) / grad_accum)
+
+
 def target_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
     """How many target tokens the batch's mean loss averages over (a causal LM predicts position i+1)."""
     labels = batch["labels"][:, 1:] if family == "causal" else batch["labels"]

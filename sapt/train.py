@@ -385,9 +385,16 @@ def build_model(cfg: RunConfig) -> SAPTModel:
     if cfg.pet == "prompt":
         from sapt.modules.blocks.prompt import PromptBlocks, PromptConfig
 
-        block_type = PromptBlocks(PromptConfig(n_virtual=cfg.prompt_len, seed=cfg.seed))
+        block_type = PromptBlocks(PromptConfig(n_virtual=cfg.prompt_len, seed=cfg.seed, mlp_hidden=cfg.prompt_mlp_hidden))
     return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden,
-                     block_type=block_type)
+                     block_type=block_type, template=run_template(cfg, loaded.family))
+
+
+def run_template(cfg: RunConfig, family: str) -> str | None:
+    """The prompt template of the run's model (None: its family's; see sapt.data.prompts)."""
+    from sapt.data.prompts import template_key
+
+    return None if cfg.template == "family" else template_key(family, cfg.template, cfg.benchmark)
 
 
 def place(model: SAPTModel) -> None:

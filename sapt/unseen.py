@@ -26,7 +26,8 @@ __all__ = ["UnseenScoring", "load_unseen_tasks"]
 
 def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
     """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
-    the run trains on one of them. Only their evaluation split is used."""
+    the run trains on one of them. Only their evaluation split is scored; their training answers decide, as
+    for any task, whether an answer ends at its first line break (`sapt.evaluate.one_line_answers`)."""
     if not cfg.unseen:
         return []
     trained = sorted(set(cfg.unseen) & {t.name for t in tasks})

@@ -83,6 +83,32 @@ def test_example_configs_resolve(path):
     assert cfg.data_dir and cfg.benchmark in ("SuperNI", "Long_Sequence")
 
 
+PAPER_CONFIGS = {"t5-large-superni.yaml": "task1572_samsum_summary", "t5-large-long-sequence.yaml": "yelp",
+                 "llama2-long-sequence.yaml": "mnli"}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
+def test_the_paper_configs_are_the_releases_setting(name):
+    """The release's router, clipping, template, label cut, decoding and replay counts; each config's first task
+    is the release script's (the T5 Long script runs O-LoRA's order 6, yelp first); the LLaMA lengths."""
+    from pathlib import Path
+
+    from sapt.data import TASK_ORDERS
+    from sapt.reflection import replay_count
+
+    cfg = resolve({}, str(Path(__file__).parents[1] / "configs" / name))
+    assert (cfg.router_warmup, cfg.router_centre, cfg.router_key_init) == (0, False, "random")
+    assert (cfg.max_grad_norm, cfg.template, cfg.max_target_length, cfg.max_new_tokens) == (1.0, "release", 50, 50)
+    assert not cfg.stop_at_newline and cfg.mixed_precision == "bf16" and cfg.lr in (3e-4, 5e-5)
+    assert cfg.batch_size * cfg.grad_accum == 32
+    assert replay_count(14000, cfg.pseudo_ratio, cfg.pseudo_max) == 280  # dbpedia: 2%, no cap of 50
+    assert TASK_ORDERS[cfg.benchmark][cfg.order][0] == PAPER_CONFIGS[name]
+    if name.startswith("llama2"):
+        assert (cfg.epochs, cfg.max_source_length, cfg.kl_ratio) == (20, 1024, 2.0)
+    else:
+        assert (cfg.prompt_len, cfg.prompt_mlp_hidden) == (10, 800)
+
+
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs" / "accelerate").glob("*.yaml")))
 def test_accelerate_example_configs_are_data_parallel(path):
     import yaml

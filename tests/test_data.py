@@ -244,3 +244,48 @@ def test_format_prompt():
     assert format_prompt("", "x", "causal") == "Input: x\nOutput: "
     with pytest.raises(ValueError):
         format_prompt("d", "x", "encoder")
+
+
+def test_the_release_templates_are_one_per_benchmark_whatever_the_family():
+    from sapt.data.prompts import template_key
+
+    for family in ("seq2seq", "causal"):
+        long = template_key(family, "release", "Long_Sequence")
+        assert format_prompt(" Classify the review. ", "great phone", family, long) == (
+            "Classify the review.\ngreat phone\nOutput: ")
+        assert format_prompt("", "an input", family, long) == "an input\nOutput: "  # copa: no definition
+        superni = template_key(family, "release", "SuperNI")
+        assert format_prompt("Add.", "1 + 2", family, superni) == (
+            "Definition: Add.\n\nNow complete the following example -\nInput: 1 + 2\nOutput: ")
+        assert template_key(family) == family  # "family": the default, unchanged
+    with pytest.raises(ValueError, match="Mine"):
+        template_key("causal", "release", "Mine")
+
+
+def test_a_release_template_run_encodes_every_prompt_with_it(tmp_path):
+    """Training, evaluation and reflection inputs of a `template: release` model are all in the release's form
+    (one template in one place); the default stays the family's; a benchmark the release has no template for
+    is refused in one line."""
+    from sapt.config import ConfigError, resolve
+    from sapt.data import Example, Task
+    from sapt.evaluate import encode_task_split
+    from sapt.reflection import encode_replay
+    from sapt.train import build_model
+
+    settings = {"model": "tiny-llama", "data_dir": str(tmp_path), "benchmark": "Long_Sequence"}
+    task = Task(name="t", definition="Say yes.", metric="em", train=[Example("in one", ("yes",))], val=[],
+                eval=[Example("in two", ("yes",))], eval_split="test")
+    model = build_model(resolve({**settings, "template": "release"}))
+    assert model.template == "release:Long_Sequence"
+    decode = lambda items: [model.tokenizer.decode(e.prompt, skip_special_tokens=True) for e in items]  # noqa: E731
+    assert decode(encode_task_split(model, task, "train", 128, 8)) == ["Say yes.\nin one\nOutput: "]
+    assert decode(encode_task_split(model, task, "eval", 128, 8)) == ["Say yes.\nin two\nOutput: "]
+    assert decode(encode_replay(model, task.definition, ["in three"], 128)) == ["Say yes.\nin three\nOutput: "]
+    family = build_model(resolve(settings))
+    assert family.template is None
+    assert [family.tokenizer.decode(e.prompt, skip_special_tokens=True)
+            for e in encode_task_split(family, task, "train", 128, 8)] == ["Say yes.\n\nInput: in one\nOutput: "]
+    with pytest.raises(ConfigError, match="template release.*Mine"):
+        resolve({**settings, "benchmark": "Mine", "template": "release"})
+    with pytest.raises(ConfigError, match="built-in suite"):
+        resolve({"model": "tiny-llama", "template": "release"})

@@ -123,6 +123,24 @@ def test_fsdp_shards_the_backbone_and_trains_what_one_process_trains(tmp_path):
     assert len(sharded.stdout.splitlines()) == 2 and sharded.stdout == single.stdout
 
 
+def test_gradient_clipping_under_fsdp_clips_what_one_process_clips(tmp_path):
+    """With a bound below every step's norm (so each step is clipped), 2 FSDP processes train the blocks and
+    routers one process trains: the trainable parameters are whole on every process, so the local norm of the
+    averaged gradients is the global norm (sapt.stage_trainer.StageTrainer.clip_gradients)."""
+    opts = [*FSDP_OPTS, "--max-grad-norm", "1e-3"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = sapt_run(one, 1, opts=opts)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = sapt_run(two, 2, fsdp=True, opts=opts)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "FSDP over 2 processes" in r2.stderr
+    assert_same_stages(one, two)
+    norms = [[json.loads(x)["grad_norm"] for x in (d / "train_log.jsonl").read_text().splitlines()
+              if "grad_norm" in json.loads(x)] for d in (one, two)]
+    assert norms[0] and all(n > 1e-3 for n in norms[0])  # every step was clipped
+    assert norms[1] == pytest.approx(norms[0], rel=1e-3)  # the same (global) norm, not a shard's
+
+
 def test_fsdp_on_t5_trains_what_data_parallel_trains(tmp_path):
     """Encoder-decoder blocks (T5Block) sharded. Compared with 2-process data parallel, not with one
     process: T5 keeps dropout on in training, and two processes draw other masks than one does."""

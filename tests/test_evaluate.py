@@ -1,4 +1,5 @@
-"""Evaluation's early stop: an answer ends at its first line break, only for one-line tasks."""
+"""Evaluation's early stop: an answer ends at its first line break, only for tasks whose training and
+validation answers are one line (never decided from the test references)."""
 import dataclasses
 
 import torch
@@ -47,9 +48,38 @@ def test_each_sequence_stops_at_its_first_stop_token_and_the_others_go_on():
     assert plain == [decode(full[0]), decode(full[1])]
 
 
-def test_only_tasks_whose_answers_are_one_line_stop_early():
+def _with_outputs(task, split, text):
+    """`task` with the first example of `split` answering `text`."""
+    examples = list(getattr(task, split))
+    examples[0] = dataclasses.replace(examples[0], outputs=(text,))
+    return dataclasses.replace(task, **{split: examples})
+
+
+def test_only_tasks_whose_training_answers_are_one_line_stop_early():
     task = builtin_suite(seed=0, n_train=8, n_val=2, n_eval=2)[0]
     assert one_line_answers(task)
-    ex = task.eval[0]
-    multi = dataclasses.replace(task, eval=[dataclasses.replace(ex, outputs=("two\nlines",))])
-    assert not one_line_answers(multi)
+    assert not one_line_answers(_with_outputs(task, "train", "two\nlines"))
+    assert not one_line_answers(_with_outputs(task, "val", "two\nlines"))
+    # the test references never decide how the model decodes
+    assert one_line_answers(_with_outputs(task, "eval", "two\nlines"))
+
+
+def test_test_references_with_a_line_break_leave_the_decoding_as_it_was():
+    """A task whose training and validation answers are one line stops at a line break whether or not its test
+    references hold one (the same predictions, byte for byte); a training answer with a line break turns the
+    stop off, so the rule is in force here and the equality is not trivial."""
+    from sapt.evaluate import encode_task_split, evaluate_task
+
+    model, _ = model_and_prompts()
+    model._newline_tokens = torch.ones(len(model.tokenizer), dtype=torch.bool)  # every token ends a line
+    task = builtin_suite(seed=0, n_train=8, n_val=2, n_eval=4)[0]
+    items = encode_task_split(model, task, "eval", 64, 8)
+
+    def predictions(variant):
+        _, _, records = evaluate_task(model, variant, items, 4, 6, None, None, stop_at_newline=True)
+        return [r["prediction"] for r in records]
+
+    one_line = predictions(task)
+    assert predictions(_with_outputs(task, "eval", "two\nlines")) == one_line
+    unstopped = predictions(_with_outputs(task, "train", "two\nlines"))
+    assert unstopped != one_line and all(len(u) >= len(o) for u, o in zip(unstopped, one_line))

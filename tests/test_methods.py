@@ -101,7 +101,8 @@ def test_fwt_is_filled_from_a_per_task_reference_run(runs, tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"lr": 5e-3}, {"seed": 7}, {"max_train_per_task": 6}, {"epochs": 2},
-                                    {"tasks": list(reversed(TWO_TASKS))}, {"model": "tiny-t5"}])
+                                    {"tasks": list(reversed(TWO_TASKS))}, {"model": "tiny-t5"}, {"pet": "prompt"},
+                                    {"lora_dropout": 0.1}, {"mixed_precision": "bf16"}, {"max_grad_norm": 1.0}])
 def test_a_reference_run_with_other_settings_is_refused_before_training(runs, tmp_path, capsys, change):
     from sapt.cli import main
 
@@ -117,6 +118,35 @@ def test_a_reference_run_with_other_settings_is_refused_before_training(runs, tm
         assert main(args) == 2
         assert "lr 0.01 there, 0.05 here" in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_a_prompt_run_refuses_a_lora_per_task_run_as_its_reference(runs, tmp_path, capsys):
+    """FWT's single-task scores must come from the same kind of block: a soft-prompt run's reference cannot be a
+    LoRA per-task run, whatever else they share. One line, exit 2, nothing written."""
+    from sapt.cli import main
+
+    ref_out, _ = runs["per-task"]
+    out = tmp_path / "prompt_with_lora_ref"
+    args = ["run", "--output", str(out), "--model", "tiny-llama", "--epochs", "1", "--max-train-per-task", "8",
+            "--max-eval-per-task", "4", "--max-new-tokens", "2", "--lr", "0.01", "--tasks", ",".join(TWO_TASKS),
+            "--reflection-source", "real", "--replay-memory", "3", "--pet", "prompt", "--reference", str(ref_out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reference" in err[0] and "pet 'lora' there, 'prompt' here" in err[0]
+    assert "prompt_len" not in err[0]  # the LoRA run's prompt_len is its default too: only what differs is named
+    assert not out.exists()
+
+
+def test_a_reference_is_checked_on_the_settings_of_the_run_s_own_block_kind(runs, tmp_path):
+    """A LoRA run's prompt settings change nothing a LoRA per-task run computes, so they do not refuse it."""
+    from sapt.train import check_reference, load_run_tasks
+
+    ref_out, _ = runs["per-task"]
+    cfg = cfg2(tmp_path / "x", method="sapt", reference=str(ref_out), prompt_len=10, prompt_mlp_hidden=800)
+    check_reference(cfg, load_run_tasks(cfg))  # accepted
+    with pytest.raises(ConfigError, match="lora_r 8 there, 2 here"):
+        cfg = cfg2(tmp_path / "y", method="sapt", reference=str(ref_out), lora_r=2)
+        check_reference(cfg, load_run_tasks(cfg))
 
 
 def test_predict_follows_the_method(runs, capsys):

@@ -145,3 +145,17 @@ def test_the_readme_cites_the_current_deepspeed_refusal():
                  and "asks for DeepSpeed" in n.value]
     readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
     assert f'"{message}"' in readme
+
+
+def test_the_card_records_gradient_clipping_and_the_release_template(tmp_path):
+    """The settings table says whether and where gradients were clipped (config key max_grad_norm), and the
+    prompt the adapters were trained on is the run's template, the release's when the run used it."""
+    def settings(card):
+        return {row[0]: row[1] for row in table_rows(section(card, "Method and settings"))[1:]}
+
+    assert settings(card_for("tiny-llama", tmp_path))["gradient clipping (max total norm)"] == "0 (off)"
+    card = card_for("tiny-llama", tmp_path, max_grad_norm=1.0, data_dir=str(tmp_path), benchmark="Long_Sequence",
+                    template="release")
+    assert settings(card)["gradient clipping (max total norm)"] == "1"
+    assert "public release's Long_Sequence template" in card and "{definition}\n{input}\nOutput: {answer}" in card
+    assert "{definition}\n\nInput: {input}" in card_for("tiny-llama", tmp_path)  # the family's otherwise

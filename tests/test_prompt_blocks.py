@@ -256,3 +256,102 @@ def test_the_embedded_smollm2_runs_prompt_blocks_with_reflection_resume_and_expo
     train, _ = _batch(model)
     kw = {"input_ids": train["input_ids"], "attention_mask": train["attention_mask"]}
     peft_matches_sapt_one_hot(out, tmp_path / "export", kw, dtype=torch.float32, atol=1e-3)
+
+
+# ---- the release's residual reparameterisation: P + MLP(P) (prompt_mlp_hidden) --------------------------------
+MLP_HIDDEN = 8
+
+
+@pytest.mark.parametrize("model_name", list(FAMILIES))
+def test_a_reparameterised_prompt_is_p_plus_its_mlp_and_only_the_current_ones_train(tmp_path, model_name):
+    from sapt.modules.blocks.prompt import KEY, PROMPT_ENCODER_KEYS, effective_prompt
+    from sapt.train import build_model
+
+    model = build_model(cfg_of(tmp_path / "unused", model=model_name, prompt_mlp_hidden=MLP_HIDDEN))
+    model.add_task("a")
+    model.add_task("b")  # trainable: prompt 1 and its MLP, key 1, the query MLP
+    bank = model.blocks.bank
+    state = model.block_state(1)
+    assert set(state) == {KEY, *PROMPT_ENCODER_KEYS} and state["prompt_encoder.down.weight"].shape[0] == MLP_HIDDEN
+    p = bank.prompts[1].detach()
+    enc = bank.encoders[1]
+    expected = p + enc.up(torch.relu(enc.down(p))).detach()
+    torch.testing.assert_close(effective_prompt(state), expected)
+    assert (expected - p).abs().max() > 1e-4  # the MLP is not a no-op: the prefix is not the raw prompt
+    train, _ = _batch(model)
+    with torch.no_grad(), model.routed(torch.tensor([[0.0, 1.0]] * 2)):
+        prefixed = model.blocks.prefix(model.base, {k: train[k] for k in ("input_ids", "attention_mask")})
+    torch.testing.assert_close(prefixed["inputs_embeds"][0, :N_VIRTUAL], expected)
+    model(train).backward()
+    trained = {id(q) for q in model.blocks.block_parameters(1)}
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in model.blocks.block_parameters(1))
+    assert all(q.grad is None for q in model.blocks.block_parameters(0))
+    assert trained <= {id(q) for q in model.trainable_parameters()}
+
+
+def test_a_reparameterised_prompt_and_a_plain_one_do_not_load_into_each_other(tmp_path):
+    from sapt.train import build_model
+
+    plain = build_model(cfg_of(tmp_path / "a"))
+    reparam = build_model(cfg_of(tmp_path / "b", prompt_mlp_hidden=MLP_HIDDEN))
+    for m in (plain, reparam):
+        m.add_task("a")
+    with pytest.raises(ValueError, match="residual MLP"):
+        plain.load_block(0, reparam.block_state(0))
+    with pytest.raises(ValueError, match="residual MLP"):
+        reparam.load_block(0, plain.block_state(0))
+    with pytest.raises(ConfigError, match="prompt_mlp_hidden"):
+        cfg_of(tmp_path / "c", prompt_mlp_hidden=-1)
+
+
+def test_a_reparameterised_run_resumes_and_exports_the_resulting_prompt(tmp_path, capsys):
+    """SAPT-Prompt with the residual MLP, end to end: the stage files hold P and its MLP, a resume retrains
+    nothing, and each exported PEFT prompt-tuning adapter holds P + MLP(P) and equals SAPT with all weight on
+    that task."""
+    from sapt import io
+    from sapt.cli import main
+    from sapt.modules.blocks.prompt import KEY, PROMPT_ENCODER_KEYS, effective_prompt
+    from sapt.train import load_trained
+
+    out = tmp_path / "run"
+    args = ["run", "--model", "tiny-llama", "--pet", "prompt", "--prompt-len", str(N_VIRTUAL), "--prompt-mlp-hidden",
+            str(MLP_HIDDEN), "--output", str(out), "--tasks", "topic,sentiment", "--epochs", "1",
+            "--max-train-per-task", "8", "--max-eval-per-task", "4", "--max-new-tokens", "3", "--reflection-source", "real"]
+    assert main(args) == 0
+    stages = sorted((out / "stages").iterdir())
+    blocks = [io.load_tensors(s / "adapter.safetensors") for s in stages]
+    assert all(set(b) == {KEY, *PROMPT_ENCODER_KEYS} for b in blocks)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("already trained, loaded") == 2
+
+    exp = tmp_path / "export"
+    assert main(["export", "--run", str(out), "--out", str(exp)]) == 0
+    for stage, block in zip(stages, blocks):
+        task = stage.name.split("_", 1)[1]
+        exported = io.load_tensors(exp / task / "adapter_model.safetensors")["prompt_embeddings"]
+        torch.testing.assert_close(exported, effective_prompt(block))
+        assert not torch.allclose(exported, block[KEY])  # the resulting prompt, not the raw one
+    _, model, _ = load_trained(out)
+    train, _ = _batch(model)
+    peft_matches_sapt_one_hot(out, exp, {"input_ids": train["input_ids"], "attention_mask": train["attention_mask"]})
+    assert "P + MLP(P)" in (exp / "README.md").read_text()
+
+
+def test_progressive_prompts_concatenate_the_reparameterised_prompts(tmp_path):
+    from sapt import io
+    from sapt.cli import main
+    from sapt.modules.blocks.prompt import effective_prompt
+    from sapt.train import load_trained
+
+    out = tmp_path / "progprompt"
+    assert main(["run", "--model", "tiny-llama", "--method", "progprompt", "--prompt-len", str(N_VIRTUAL),
+                 "--prompt-mlp-hidden", str(MLP_HIDDEN), "--output", str(out), "--tasks", "topic,sentiment",
+                 "--epochs", "1", "--max-train-per-task", "8", "--max-eval-per-task", "4", "--max-new-tokens", "2"]) == 0
+    p0, p1 = (effective_prompt(io.load_tensors(s / "adapter.safetensors")) for s in sorted((out / "stages").iterdir()))
+    _, model, _ = load_trained(out)
+    train, _ = _batch(model)
+    with torch.no_grad(), model.routed(torch.ones(2, model.n_blocks)):
+        prefixed = model.blocks.prefix(model.base, {k: train[k] for k in ("input_ids", "attention_mask")})
+    torch.testing.assert_close(prefixed["inputs_embeds"][0, :N_VIRTUAL], p1)
+    torch.testing.assert_close(prefixed["inputs_embeds"][0, N_VIRTUAL:2 * N_VIRTUAL], p0)

@@ -10,6 +10,7 @@ The loop never asks which method it runs; it calls, for a run over `tasks`:
         block_index(t)                            the block stage t trains and saves
         prepare_stage(model, task, t, cfg, old)   before training: initialise the new block (and router)
         training_items(model, task, tasks, cfg)   the stage's (train, val) items; None: the task's own
+        training_size(t, task, tasks, cfg)        how many training items that is (`sapt run --dry-run`)
         warmup_steps(cfg, t, steps_per_epoch)     optimiser steps the new block trains alone at weight 1
         fits_router(cfg)                          after training, fit the router with the blocks frozen
         weights(model, batch, task, training)     the mixing weights (batch, n_blocks); None: the router's
@@ -126,6 +127,11 @@ class Method:
                        cfg: RunConfig) -> tuple[list | None, list | None]:
         """The stage's encoded training and validation items; None for the task's own."""
         return None, None
+
+    def training_size(self, t: int, task: Task, tasks: list[Task], cfg: RunConfig) -> int:
+        """How many training items stage t's `training_items` gives, counted without a model (every example
+        is one item): the task's own training examples."""
+        return len(task.train)
 
     def warmup_steps(self, cfg: RunConfig, t: int, steps_per_epoch: int) -> int:
         """How many of stage t's first optimiser steps train the new block alone (weight 1, router frozen)."""

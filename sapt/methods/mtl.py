@@ -21,6 +21,9 @@ class MTL(SeqLoRA):
         return tuple([e for other in tasks for e in encode_task_split(
             model, other, split, cfg.max_source_length, cfg.max_target_length)] for split in ("train", "val"))
 
+    def training_size(self, t, task, tasks, cfg):
+        return sum(len(other.train) for other in tasks)
+
     def eval_tasks(self, tasks, t):
         return tasks
 

@@ -1,7 +1,8 @@
 """progprompt: Progressive Prompts (Razdaibiedina et al., 2023). A new soft prompt per task; the earlier
 ones stay frozen, and the input is preceded by all of them concatenated, newest first:
 [P_t; ...; P_1; x]. At test time every learned prompt is used, with no task id. Needs `--pet prompt`.
-Unlike the paper, the prompts are not reparameterised through a residual MLP while they train."""
+The paper trains each prompt through a residual MLP, P + MLP(P): the same module as SAPT-Prompt's
+(`prompt_mlp_hidden` > 0, sapt.modules.blocks.prompt); off by default, as for SAPT."""
 from __future__ import annotations
 
 from sapt.methods.base import Method, register

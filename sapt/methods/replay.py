@@ -27,6 +27,10 @@ class Replay(SeqLoRA):
 
         return encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length) + self.memory, None
 
+    def training_size(self, t, task, tasks, cfg):
+        """The task's examples and those stored of each earlier task (`memory_examples`)."""
+        return len(task.train) + sum(min(cfg.replay_memory, len(old.train)) for old in tasks[:t])
+
     def stage_files(self, sdir, task, cfg):
         from sapt import io
 
@@ -41,7 +45,7 @@ class Replay(SeqLoRA):
         rows = [json.loads(line) for line in (sdir / "memory.jsonl").read_text(encoding="utf-8").splitlines() if line]
         self.memory += encode(model.tokenizer, model.family, task.definition,
                               [Example(r["input"], tuple(r["outputs"])) for r in rows],
-                              cfg.max_source_length, cfg.max_target_length)
+                              cfg.max_source_length, cfg.max_target_length, model.template)
 
 
 def memory_examples(task, cfg) -> list:

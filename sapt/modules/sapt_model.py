@@ -44,13 +44,16 @@ class SAPTModel(nn.Module):
         query_hidden: int = 100,
         target_pattern: str | None = None,
         block_type: BlockType | None = None,
+        template: str | None = None,
     ):
         """`r`, `alpha`, `dropout` and `target_pattern` configure the default LoRA blocks; a `block_type`
-        given instead brings its own settings."""
+        given instead brings its own settings. `template`: the prompt template every encoding of this model
+        uses (a key of sapt.data.PROMPT_TEMPLATES, `sapt.data.prompts.template_key`); None: the family's."""
         super().__init__()
         self.base = loaded.model
         self.family = loaded.family
         self.tokenizer = loaded.tokenizer
+        self.template = template
         self.base.requires_grad_(False)
         contiguous_head_input(self.base)
         self.state = RoutingState()

@@ -1,0 +1,71 @@
+"""`sapt run --dry-run`: what a run would train, without training it.
+
+It prints the resolved config (exactly what `config.yaml` would hold) and, per stage, how many training
+items there are and how many optimiser steps that makes, from the task data read as the run reads it
+(the same splits, subsets and method). No model is loaded and nothing is written, so a paper config can
+be checked on a laptop before a GPU is booked: the step counts (a 100-epoch SuperNI stage, a 20-epoch
+LLaMA stage), the router's frozen warm-up steps and the number of reflection inputs per task (the 2% rule
+and `pseudo_max`) are the numbers that decide its cost and its fidelity to the release.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from sapt.config import ConfigError, RunConfig, to_dict
+
+__all__ = ["dry_run", "stage_plan"]
+
+
+def stage_plan(cfg: RunConfig) -> list[dict]:
+    """One row per stage: its task, training / validation / evaluation sizes, optimiser steps per epoch and
+    in all, the steps with the router frozen (the warm-up) and the task's reflection inputs (None when the
+    method does not reflect). Reads the task data; a missing data folder is one ConfigError line."""
+    if cfg.data_dir is not None and not (Path(cfg.data_dir) / str(cfg.benchmark)).is_dir():
+        where = cfg.data_dir if not Path(cfg.data_dir).is_dir() else Path(cfg.data_dir) / str(cfg.benchmark)
+        raise ConfigError(f"--dry-run: the data folder {where} is absent; the step counts need the task data "
+                          "(give --data-dir DIR)")
+    from sapt.methods import make_method
+    from sapt.reflection import replay_count
+    from sapt.stage_trainer import optimiser_steps_per_epoch
+    from sapt.train import load_run_tasks, load_unseen_tasks
+
+    tasks = load_run_tasks(cfg)
+    load_unseen_tasks(cfg, tasks)  # refused here as the run would refuse it
+    method = make_method(cfg.method, cfg)
+    reflects = method.reflects(cfg)
+    rows = []
+    for t, stage in enumerate(method.stages(tasks)):
+        n_train = method.training_size(t, stage, tasks, cfg)
+        per_epoch = optimiser_steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum)
+        joint = not any(stage is task for task in tasks)  # mtl's one stage over every task
+        rows.append({
+            "stage": t + 1, "task": stage.name, "train": n_train,
+            "val": sum(len(o.val) for o in tasks) if joint else len(stage.val),
+            "eval": sum(len(o.eval) for o in tasks) if joint else len(stage.eval),
+            "steps_per_epoch": per_epoch, "steps": per_epoch * cfg.epochs,
+            "router_frozen": min(method.warmup_steps(cfg, t, per_epoch), per_epoch * cfg.epochs) if method.routed else None,
+            "replay_inputs": replay_count(len(stage.train), cfg.pseudo_ratio, cfg.pseudo_max) if reflects else None,
+        })
+    return rows
+
+
+def dry_run(cfg: RunConfig) -> str:
+    """The text `sapt run --dry-run` prints: the config as YAML, then the stage plan."""
+    rows = stage_plan(cfg)
+    lines = ["# sapt run --dry-run: the resolved config, as config.yaml would hold it (nothing loaded or written)",
+             yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), ""]
+    if cfg.kl_ratio is None:
+        lines.append("# kl_ratio null: the model family's default (1 for causal LMs; T5: 0.5 SuperNI, 0.1 Long_Sequence)")
+    lines.append(f"# per stage: {cfg.epochs} epochs of micro-batches of {cfg.batch_size}, an optimiser step every "
+                 f"{cfg.grad_accum} of them (and at the end of an epoch)")
+    head = ["stage", "task", "train", "val", "eval", "steps/epoch", "optimiser steps", "router frozen", "replay inputs"]
+    table = [[str(r["stage"]), r["task"], str(r["train"]), str(r["val"]), str(r["eval"]), str(r["steps_per_epoch"]),
+              str(r["steps"]), "-" if r["router_frozen"] is None else str(r["router_frozen"]),
+              "-" if r["replay_inputs"] is None else str(r["replay_inputs"])] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *table)]
+    for row in [head, *table]:
+        lines.append("  ".join(x.ljust(w) if i == 1 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths))).rstrip())
+    lines.append(f"total: {sum(r['steps'] for r in rows)} optimiser steps over {len(rows)} stage(s)")
+    return "\n".join(lines)
