@@ -3,6 +3,7 @@
     python bench/speed.py                      # SmolLM2-135M, the table
     python bench/speed.py --model tiny-llama   # a tiny random LLaMA
     python bench/speed.py --json               # only the target ratios, as one JSON object
+    python bench/speed.py --device cuda        # a GPU: random-weight SmolLM2/1B/7B configs (bench/speed_cuda.py)
 
 What is timed, on the same frozen backbone (all models below share its weight tensors):
 - a training step (forward, backward, AdamW step) of SAPT with T = 1, 5, 15 blocks (the last one
@@ -213,7 +214,15 @@ def fmt_ms(ts: list[float]) -> str:
 
 # ---- the benchmark -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--device" or a.startswith("--device=") for a in argv):  # the accelerator benchmark, its own options
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import speed_cuda
+
+        return speed_cuda.main(argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="--device cuda|cpu runs "
+                                 "bench/speed_cuda.py instead (real model configs, random weights, bfloat16); "
+                                 "`--device cuda --help` lists its options")
     ap.add_argument("--model", default="smollm2", help="smollm2 (default), tiny-llama, or a causal hub id/path")
     ap.add_argument("--repeats", type=int, help="timed repeats of each measurement (default 5; 25 for models "
                     "under 10M parameters)")
