@@ -81,14 +81,16 @@ def run(config_file: str | Path | None = None, *, force_new: bool = False,
     Raises ConfigError (a ValueError) for a bad key, value, file or output directory, before anything is
     written; the errors of `sapt run` otherwise (sapt.data.DataError, sapt.models.ModelLoadError,
     sapt.train.TrainingError, OSError)."""
-    from sapt.config import resolve
+    from sapt.config import _plain, resolve
 
+    if not isinstance(_plain(force_new), bool):  # "no" is truthy: it would have started a new directory
+        raise ConfigError(f"force_new: expected True or False, got {force_new!r}")
     cfg = resolve(config, None if config_file is None else str(config_file))
     if isinstance(allow_config_change, str):
         allow_config_change = [k.strip() for k in allow_config_change.split(",") if k.strip()]
     from sapt.train import run as train_run  # torch, transformers: only now
 
-    result = train_run(cfg, force_new=force_new, allow_changes=tuple(allow_config_change or ()))
+    result = train_run(cfg, force_new=bool(_plain(force_new)), allow_changes=tuple(allow_config_change or ()))
     return RunResult(metrics=result.metrics, run_dir=result.run_dir, table=result.table,
                      timing=result.timing, config=cfg)
 
@@ -277,6 +279,9 @@ class TrainedRun:
         if self.model.n_blocks != len(self.tasks):  # seq-lora, replay, mtl: one block learned every task
             raise ConfigError(f"routing=: a {self.method.name} run has one block shared by every task, "
                               "not a block per task")
+        if not self.method.weighs_blocks:  # refused rather than ignored: Answer.routing would claim the mix
+            raise ConfigError(f"routing=: a {self.method.name} run puts every task's prompt before the input "
+                              "whatever the weights, so it cannot answer with a chosen mixture")
         unknown = sorted(set(routing) - set(self.tasks))
         if unknown:
             raise ConfigError(f"routing=: unknown task(s) {', '.join(unknown)} (tasks: {', '.join(self.tasks)})")

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="AP and BWT of several runs: a table and a grouped bar chart")
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
-    cp.add_argument("--out", default="compare.png", help="PNG file to write (default compare.png)")
+    cp.add_argument("--out", default="compare.png", help="chart file to write: .png, .pdf or .svg, by its suffix "
+                                                          "(default compare.png)")
 
     ex = sub.add_parser("export", help="write each task block as a PEFT LoRA adapter, and the router")
     ex.add_argument("--run", required=True, help="run directory")
@@ -283,8 +284,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sapt.plots import format_comparison, plot_compare
+    from sapt.plots import CHART_FORMATS, chart_format, format_comparison, plot_compare
 
+    if chart_format(args.out) is None:
+        raise ConfigError(f"--out {args.out}: sapt writes a chart as {', '.join('.' + f for f in CHART_FORMATS)} "
+                          f"(the suffix picks the format), not {Path(args.out).suffix}")
     parent = Path(args.out).absolute().parent
     if not parent.is_dir():  # a typo in --out should not scatter new folders around
         why = "is not a folder" if parent.exists() else "does not exist"
@@ -321,7 +325,21 @@ COMMANDS = {"learn": cmd_learn, "run": cmd_run, "eval": cmd_eval, "diagnose": cm
             "compare": cmd_compare, "export": cmd_export, "fetch-benchmark": cmd_fetch_benchmark}
 
 
+INTERRUPTED = "sapt: interrupted; run the same command again to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """`sapt ARGS`: the exit code. A Ctrl-C is one line and exit code 130 wherever it lands: also in the
+    first second, while torch and the command's modules are imported, before `_main`'s own `try:` (there
+    it printed a 40-line traceback of the import machinery)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -356,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sapt: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sapt: interrupted; run the same command again to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 
@@ -373,9 +391,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def _os_error(e: OSError) -> str:
-    from sapt.io import DiskFullError
+    from sapt.io import WriteRefused  # a full disk, a run directory deleted mid-run: their own message
 
-    if isinstance(e, DiskFullError) or not (e.filename or e.strerror):
+    if isinstance(e, WriteRefused) or not (e.filename or e.strerror):
         return _one_line(e)
     where = f"{e.filename}: " if e.filename else ""
     hint = "; free some space and run the same command again to resume" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""

@@ -13,6 +13,8 @@ import argparse
 import copy
 import dataclasses
 import math
+import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,6 +326,8 @@ class RunConfig:
             raise ConfigError("--benchmark is required with --data-dir (e.g. Long_Sequence or SuperNI)")
         if self.data_dir is None and self.benchmark is not None:
             raise ConfigError("--benchmark needs --data-dir")
+        if self.tasks is not None and not self.tasks:  # the API's tasks=[]: not "every task" by surprise
+            raise ConfigError("tasks: an empty list names no task; leave tasks out (null) for every task")
         dupes = sorted({t for t in self.unseen if self.unseen.count(t) > 1})
         if dupes:
             raise ConfigError(f"unseen: duplicate task(s) {', '.join(dupes)}")
@@ -509,10 +513,18 @@ def coerce(key: str, value: Any) -> Any:
     YAML 1.1 (PyYAML) reads `1e-4` as a string (it wants `1.0e-4`), so a numeric string is taken as a
     number where the field is numeric; a list field takes a comma-separated string (`log_with: jsonl` is
     one tracker, not five letters). Non-finite floats (nan, inf) are refused everywhere: a NaN option
-    silently disables what it weighs and cannot be written to JSON."""
+    silently disables what it weighs and cannot be written to JSON.
+
+    Values of the Python API that stand for a plain one are taken as it (`_plain`): a numpy scalar
+    (`lr=np.float64(2e-3)` from an `np.logspace` sweep, `epochs=np.int64(3)`) and a path
+    (`output=Path("runs/x")`). Without this np.int64 was refused as "expected a number", and np.float64 (a
+    float subclass) passed every check but config.yaml's writer, after the model had loaded."""
     hint = _TYPES[key]
     args = typing.get_args(hint)
     optional = type(None) in args
+    value = _plain(value)
+    if isinstance(value, (list, tuple)):
+        value = [_plain(v) for v in value]
     if value is None:
         if optional:
             return None
@@ -538,6 +550,24 @@ def coerce(key: str, value: Any) -> Any:
         if isinstance(value, dict):
             return value
         raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """The plain Python value a numpy scalar (np.float64, np.int64, np.bool_, np.str_) or a path stands for;
+    anything else as it is. A subclass of a plain type (np.float64 is a float) becomes the plain type, which
+    yaml.safe_dump writes. numpy is looked up only if it is already imported: a value cannot be one of its
+    scalars otherwise, and `sapt --help` stays light."""
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value) in (bool, int, float, str):  # (True is an int too: it stays True)
+        return value
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain) and type(value) is not plain:
+            return plain(value)
     return value
 
 

@@ -12,22 +12,96 @@ from typing import Any, Iterable
 import torch
 
 
-class DiskFullError(OSError):
-    """A write found no space left: the message names the file and the space it needed. The file is
-    left as it was (old or absent), so the same command resumes once space is freed."""
+class WriteRefused(OSError):
+    """A write that cannot or must not happen, with a message of its own (one line, naming the path)."""
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class DiskFullError(WriteRefused):
+    """A write found no space left: the message names the file and the space it needed. The file is
+    left as it was (old or absent), so the same command resumes once space is freed."""
 
 
 class FileContentError(ValueError):
     """A file sapt wrote (JSON) that cannot be read back: the message names the file."""
 
 
+class RunDirGoneError(WriteRefused):
+    """The run directory this process holds was deleted, moved or replaced while the run was writing it."""
+
+
+# The run directories this process holds (`sapt.lock.RunLock`), innermost last: (absolute path, (st_dev,
+# st_ino) when it was locked). A write below one of them makes its missing folders below it only, after
+# checking that it is still the directory that was locked. Why: a write that made every missing parent
+# would, after the run directory was deleted (or moved) mid-run, re-create it half-way (no config.yaml,
+# so every later command refuses it) and let the run "finish" with exit 0; and a second run that had
+# meanwhile made a new directory at that path (with a lock of its own: ours is on the deleted file)
+# would get this run's files mixed into its own. The run stops instead, naming the directory.
+_HELD: list[tuple[str, tuple[int, int]]] = []
+
+
+def hold_run_dir(run_dir: str | Path) -> None:
+    """Guard the writes below `run_dir` (an existing directory) until `release_run_dir`."""
+    st = os.stat(run_dir)
+    _HELD.append((os.path.abspath(run_dir), (st.st_dev, st.st_ino)))
+
+
+def release_run_dir(run_dir: str | Path) -> None:
+    root = os.path.abspath(run_dir)
+    for i in range(len(_HELD) - 1, -1, -1):
+        if _HELD[i][0] == root:
+            del _HELD[i]
+            return
+
+
+def check_held(path: str | Path) -> str | None:
+    """The held run directory that `path` lies in (or is), checked to be still the one that was locked
+    (RunDirGoneError if it is gone or replaced); None if `path` is in no held run directory."""
+    target = os.path.abspath(path)
+    held = next(((root, ident) for root, ident in reversed(_HELD)
+                 if target == root or target.startswith(root.rstrip(os.sep) + os.sep)), None)
+    if held is None:
+        return None
+    root, ident = held
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        raise RunDirGoneError(errno.ENOENT, _gone(root)) from None
+    if (st.st_dev, st.st_ino) != ident:
+        raise RunDirGoneError(errno.ESTALE, f"{root}: the run directory was replaced while the run was writing "
+                                            "it (deleted and made again, perhaps by another run); the run stops "
+                                            "without writing into the new one")
+    return root
+
+
+def _gone(root: str) -> str:
+    return (f"{root}: the run directory is gone (deleted or moved while the run was writing it); the run "
+            "stops without making it again: run the same command to start afresh, or with --output at its "
+            "new place to resume it there")
+
+
+def _make_parents(path: Path) -> None:
+    """`path`'s missing parent folders; below a held run directory, only those below it, and only while
+    that directory is still the one that was locked (else RunDirGoneError)."""
+    root = check_held(path.parent)
+    if root is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    folder = Path(root)
+    for part in Path(os.path.abspath(path.parent)).relative_to(root).parts:
+        folder = folder / part
+        try:
+            folder.mkdir(exist_ok=True)  # never parents=True: a folder that vanished is not made again
+        except FileNotFoundError:
+            raise RunDirGoneError(errno.ENOENT, _gone(root)) from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parents(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
         raise _disk_full(e, path, len(data)) from None

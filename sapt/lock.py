@@ -5,7 +5,10 @@ takes an exclusive `fcntl.flock` on RUN_DIR/.lock without waiting: a second hold
 process or in the same one, is refused at once with a `ConfigError` naming the holder's pid (written
 into the lock file). The kernel releases a flock when its file is closed, including when the process
 dies however it dies, so there is never a stale lock to clean up; the .lock file itself is left in
-place on purpose (removing it would let two processes lock two different files of the same name).
+place on purpose (removing it would let two processes lock two different files of the same name). A
+.lock that is a symbolic link is refused, not followed (O_NOFOLLOW): the pid would overwrite its target.
+While the lock is held, `sapt.io` makes folders only below the directory and only while it is the one that
+was locked, so a run directory deleted or moved mid-run stops the run instead of coming back half-way.
 
     with RunLock(cfg.output):
         ...  # train, write stages, metrics
@@ -44,8 +47,13 @@ class RunLock:
             raise RuntimeError(f"{self.run_dir}: this RunLock is already held")
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            # O_NOFOLLOW: a .lock that is a symbolic link (a run directory copied with `cp -rs`, checked out
+            # by DVC or git-annex) is refused, not followed: the pid written below would overwrite its target.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as e:
+            if self.path.is_symlink():
+                raise ConfigError(f"{self.path} is a symbolic link; sapt does not follow it (its target would be "
+                                  "overwritten): remove it and run the same command again") from None
             raise ConfigError(f"{self.run_dir}: cannot create the run lock {self.path} "
                               f"({e.strerror or e})") from None
         try:
@@ -62,12 +70,22 @@ class RunLock:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass  # the pid is only informative; the flock is what guards the directory
+        from sapt import io
+
+        try:
+            io.hold_run_dir(self.run_dir)  # from now on a write never makes the directory again (sapt.io)
+        except OSError as e:  # it vanished in the instant since it was locked
+            os.close(fd)
+            raise ConfigError(f"{self.run_dir}: cannot lock it ({e.strerror or e})") from None
         self._fd = fd
         return self
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
+            from sapt import io
+
+            io.release_run_dir(self.run_dir)
             try:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             finally:

@@ -114,6 +114,29 @@ def _v(value: Any) -> str:
     return str(value)
 
 
+def _code(name: str) -> str:
+    """A task or run name as inline code that survives any name: in a table cell (`|` escaped: GitHub drops
+    the backslash, also inside code), on one line, a fence longer than any backtick run in it. A plain name
+    is just `name`."""
+    text = " ".join(str(name).splitlines()).replace("|", "\\|")
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _plain_name(name: str) -> bool:
+    """Whether a name can go into a Python string literal of the card's snippets as it is."""
+    return re.fullmatch(r"[\w.+-]+", name) is not None
+
+
+def _text(name: str) -> str:
+    """A task name as Markdown prose (the title): HTML and Markdown syntax in it are shown, not obeyed."""
+    import html
+
+    text = html.escape(" ".join(str(name).splitlines()), quote=False)
+    return re.sub(r"([\\`*_\[\]()#!|~])", r"\\\1", text)
+
+
 def _score(x: Any) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -149,11 +172,11 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
 
 
 def _matrix_table(tasks: list[str], matrix: list[list[Any]], stage_names: list[str]) -> list[str]:
-    lines = ["| after training | " + " | ".join(f"`{t}`" for t in tasks) + " |",
+    lines = ["| after training | " + " | ".join(_code(t) for t in tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
     for i, row in enumerate(matrix):
         label = stage_names[i] if i < len(stage_names) else str(i + 1)
-        lines.append(f"| {i + 1}. `{label}` | " + " | ".join(_score(x) for x in row) + " |")
+        lines.append(f"| {i + 1}. {_code(label)} | " + " | ".join(_score(x) for x in row) + " |")
     return lines
 
 
@@ -191,7 +214,7 @@ def _results(metrics: dict[str, Any] | None, note: str, info: dict[str, Any]) ->
         last = routing[-1]
         lines += ["Routing accuracy after the last stage (% of each task's evaluation inputs whose largest "
                   "routing weight is on that task's own block; no task id is given):", "",
-                  "| " + " | ".join(f"`{t}`" for t in tasks) + " |", "|" + "---:|" * len(tasks),
+                  "| " + " | ".join(_code(t) for t in tasks) + " |", "|" + "---:|" * len(tasks),
                   "| " + " | ".join(_score(x) for x in last) + " |", ""]
     if metrics.get("config_changes"):
         lines += [f"The run was resumed with changed settings: `config_changes` in metrics.json "
@@ -287,21 +310,21 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
 
     kind = "prompt-tuning" if getattr(cfg, "pet", "lora") == "prompt" else "LoRA"  # the block type (config `pet`)
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-             f"# Continual-learning {kind} adapters: {' → '.join(order)}", "",
+             f"# Continual-learning {kind} adapters: {' → '.join(map(_text, order))}", "",
              f"{len(order)} task{'s' if len(order) != 1 else ''} learned one after another on `{cfg.model}` with "
              f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{cfg.method}`"
              + (f": {method.summary}" if method.summary else "")
-             + f". Written by `sapt export` from the run `{Path(info['source_run']).name}`.", "",
+             + f". Written by `sapt export` from the run {_code(Path(info['source_run']).name)}.", "",
              "## Base model", "", _base_model_line(cfg, base_id, family), ""]
     lines += ["## Tasks, in training order", "", "| # | task | adapter folder | metric |", "|---:|---|---|---|"]
     metric = (metrics or {}).get("metric") or {}
     for i, task in enumerate(order):
-        folder = f"`{task}/`" if task in exported else ("`all/` (one stage over all tasks)" if joint else "-")
-        lines.append(f"| {i + 1} | `{task}` | {folder} | {metric.get(task, '-')} |")
+        folder = _code(f"{task}/") if task in exported else ("`all/` (one stage over all tasks)" if joint else "-")
+        lines.append(f"| {i + 1} | {_code(task)} | {folder} | {metric.get(task, '-')} |")
     lines.append("")
     if method.shared_block:
         lines += [f"`{cfg.method}` trains one block shared by every task: each folder holds that block as it was "
-                  f"after its stage, and `{exported[-1]}/` is the final model.", ""]
+                  f"after its stage, and {_code(exported[-1] + '/')} is the final model.", ""]
     lines += ["## Method and settings", "", "From the run's `config.yaml`:", "", "| setting | value |", "|---|---|",
               f"| method | `{cfg.method}` |", f"| base model | `{cfg.model}` |"]
     lines += [f"| {k} | {v} |" for k, v in _settings(cfg, info, method)]
@@ -310,11 +333,12 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
 
     first = exported[0]
     lines += ["## How to load it", "",
-              f"**One task with PEFT.** `{first}/` (and each task folder) is a standard PEFT {kind} adapter: the base "
+              f"**One task with PEFT.** {_code(first + '/')} (and each task folder) is a standard PEFT {kind} adapter: the base "
               "model with that task's block alone, exactly what sapt computes with all routing weight on that "
               "task.", "", "```python", "from peft import PeftModel", "", _base_loading(cfg, family),
               "ADAPTERS = \"path/to/this/folder\"  # or huggingface_hub.snapshot_download(\"USER/REPO\")",
-              f"model = PeftModel.from_pretrained(base, f\"{{ADAPTERS}}/{first}\")",
+              f"model = PeftModel.from_pretrained(base, f\"{{ADAPTERS}}/{first}\")" if _plain_name(first) else
+              f"model = PeftModel.from_pretrained(base, f\"{{ADAPTERS}}/\" + {json.dumps(first)})",
               f"# from the Hub directly: PeftModel.from_pretrained(base, \"USER/REPO\", subfolder={first!r})", "```", "",
               f"The adapters were trained on prompts of this form (the {_template_name(cfg, family)} template of "
               "`sapt.data.prompts`; the definition is the task's instruction, empty in `sapt predict` unless given):",
@@ -327,7 +351,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
                   "sapt's.", ""]
     lines += ["**The whole run with sapt.** `sapt.load` needs the run directory this was exported from "
               "(its `stages/`), not this folder:", "", "```python", "import sapt", "",
-              f"trained = sapt.load(\"path/to/{Path(info['source_run']).name}\")",
+              f"trained = sapt.load({json.dumps('path/to/' + Path(info['source_run']).name)})",
               "for answer in trained.predict([\"your input\"]):",
               "    print(answer.text, answer.routing)  # the answer, and its weight on each task's block", "```", "",
               "or on the command line: `sapt predict --run RUN_DIR \"your input\"`.", ""]

@@ -103,9 +103,20 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig, path: str | Path) -> Path:
+# The formats `sapt compare --out` writes, by the file's suffix (none: PNG). A .pdf holding PNG bytes, as
+# before, opens nowhere; matplotlib writes these three without anything more installed.
+CHART_FORMATS = ("png", "pdf", "svg")
+
+
+def chart_format(path: str | Path) -> str | None:
+    """The format a chart file's suffix asks for ("png" when it has none); None if sapt does not write it."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return "png" if not suffix else suffix if suffix in CHART_FORMATS else None
+
+
+def _save(fig, path: str | Path, fmt: str = "png") -> Path:
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format=fmt, dpi=DPI)
     io.atomic_write_bytes(path, buf.getvalue())
     return Path(path)
 
@@ -358,7 +369,7 @@ def plot_compare(run_dirs: Sequence[str | Path], path: str | Path) -> Comparison
     ax.set_title("Average performance (AP) and backward transfer (BWT) per run")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(frameon=False)
-    _save(fig, path)
+    _save(fig, path, chart_format(path) or "png")
     return c
 
 

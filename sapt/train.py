@@ -120,9 +120,11 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         if dist.is_main and not (run_dir / CONFIG).exists():
             io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return dataclasses.replace(_run_stages(cfg, tasks, run_dir, model, changes, unseen), run_dir=run_dir)
-    except BaseException:
+    except BaseException as e:
         if created:
             drop_if_bare(run_dir)  # a model that cannot be loaded leaves no new run directory behind
+        if isinstance(e, FileNotFoundError) and lock is not None:
+            io.check_held(run_dir)  # a file not found because the run directory is gone says so (sapt.io)
         raise
     finally:
         if lock is not None:
@@ -209,6 +211,8 @@ class StageLoop(UnseenScoring):
         reflection = Reflection(self.replay_sets, self.kl_ratio, cfg.batch_size, stage_seed(cfg, t)) if self.reflect else None
         items, val_items = method.training_items(model, task, self.tasks, cfg)
         method.prepare_stage(model, task, t, cfg, [rs.items for rs in self.replay_sets])
+        if self.main:  # the training log is appended to in place: not into a directory made anew meanwhile
+            io.check_held(self.run_dir)
         summary = train_stage(model, task, t, cfg, self.log_path, reflection, checkpoint=sdir / CHECKPOINT,
                               method=method, items=items, val_items=val_items, trackers=self.trackers,
                               step_offset=self.step_offset)
@@ -294,19 +298,41 @@ class StageLoop(UnseenScoring):
 def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
     """Extend a run with one more task (a task folder in any layout sapt.data.formats reads):
     a new block, key and reflection data; every task is re-scored and the matrix gets a row and a column.
-    The earlier stages are loaded, not redone (their checksums are verified as on any resume)."""
+    The earlier stages are loaded, not redone (their checksums are verified as on any resume).
+
+    An interrupted learn (kill -9, Ctrl-C, a full disk) is resumed by the same command. The task is in
+    config.yaml's `extra_tasks` from the start of its stage (the config is what the run resumes from, as
+    for any run), so a task there counts as learned only once metrics.json has its stage's row; until
+    then it is in progress, and the same `learn` resumes it. A learned task is refused, and so is another
+    task while one is in progress: it would train on top of a half-learned one."""
     cfg = load_run_config(run_dir)
     folder = Path(task_folder).resolve()
     if not has_train(folder):
         raise ConfigError(f"{task_folder}: not a task folder (no train.json, train.jsonl, train.csv or train/)")
+    unfinished = [f for f in cfg.extra_tasks if not _learned(Path(run_dir), Path(f).name)]
+    cfg.output = str(run_dir)
+    if str(folder) in unfinished:
+        log(f"sapt: {run_dir}: resuming the interrupted learning of {folder}")
+        return run(cfg)
     if str(folder) in cfg.extra_tasks:
         raise ConfigError(f"{run_dir} has already learned {task_folder}")
+    if unfinished:
+        raise ConfigError(f"{run_dir} is still learning {unfinished[0]} (interrupted): finish it first with "
+                          f"`sapt learn --run {run_dir} --task {unfinished[0]}`")
     refused = make_method(cfg.method, cfg).cannot_extend()
     if refused:
         raise ConfigError(refused)
-    cfg.output = str(run_dir)
     cfg.extra_tasks = [*cfg.extra_tasks, str(folder)]
     return run(cfg, allow_changes=("extra_tasks",))
+
+
+def _learned(run_dir: Path, task: str) -> bool:
+    """Whether metrics.json has the row of the stage that learned `task` (an unreadable one: not yet)."""
+    try:
+        metrics = io.read_json(run_dir / METRICS)
+        return task in metrics["tasks"][: metrics["stages_done"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 # ---- a finished run, for eval / predict (its stages: sapt.rundir.trained_stages) --------------------

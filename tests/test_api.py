@@ -147,3 +147,70 @@ def test_a_per_task_run_answers_only_with_a_given_task(tmp_path):
         trained.generate("x")
     [answer] = trained.generate("x", routing={"sentiment": 1.0})
     assert answer.routing == {"topic": 0.0, "sentiment": 1.0}
+
+
+# ---- API types (issue 27): the values a Python caller passes, taken as meant or refused in one line ----------
+def _numpy_values():
+    import numpy as np
+
+    return {"lr": np.float64(2e-3), "epochs": np.int64(2), "lora_r": np.int32(4), "kl_ratio": np.float32(0.5),
+            "reflection": np.bool_(False), "tasks": [np.str_("topic")]}
+
+
+# (keywords for sapt.config.resolve, the resolved values expected; or a ConfigError's text)
+API_VALUES = [
+    ("numpy scalars (an np.logspace sweep)", _numpy_values,
+     {"lr": 2e-3, "epochs": 2, "lora_r": 4, "kl_ratio": 0.5, "reflection": False, "tasks": ["topic"]}),
+    ("pathlib paths", lambda: {"output": Path("runs/x"), "data_dir": Path("/data"), "benchmark": "B"},
+     {"output": "runs/x", "data_dir": "/data"}),
+    ("tasks=[]", lambda: {"tasks": []}, "tasks: an empty list names no task"),
+    ("np.float64 nan", lambda: {"lr": __import__("numpy").float64("nan")}, "lr: must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("case, values, expected", API_VALUES, ids=[c for c, _, _ in API_VALUES])
+def test_api_values_are_taken_as_the_plain_values_they_stand_for(case, values, expected):
+    """np.float64 passed every check, then crashed config.yaml's writer after the model had loaded;
+    np.int64 was refused as "expected a number"; a Path was refused; tasks=[] meant every task."""
+    import yaml
+
+    from sapt.config import resolve, to_dict
+
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            resolve({"model": "tiny-llama", **values()})
+        return
+    cfg = resolve({"model": "tiny-llama", **values()})
+    for key, value in expected.items():
+        got = getattr(cfg, key)
+        assert got == value and type(got) is type(value), (key, got)
+        if isinstance(got, list):
+            assert all(type(v) is str for v in got)
+    yaml.safe_dump(to_dict(cfg))  # what config.yaml's writer does once the model has loaded
+
+
+def test_a_numpy_learning_rate_runs_to_the_end(tmp_path):
+    import numpy as np
+
+    result = sapt.run(**{**TINY, "tasks": ["topic"], "lr": np.float64(2e-3), "epochs": np.int64(1),
+                         "output": tmp_path / "np"})
+    assert result.run_dir == tmp_path / "np" and (tmp_path / "np" / "config.yaml").read_text().count("lr: 0.002") == 1
+
+
+@pytest.mark.parametrize("force_new", ["no", "yes", 1, None])
+def test_force_new_takes_true_or_false_only(force_new, tmp_path):
+    """"no" is a true value: it would have started a fresh OUTPUT-2 beside a run it meant to resume."""
+    with pytest.raises(ConfigError, match="force_new: expected True or False"):
+        sapt.run(**{**TINY, "output": str(tmp_path / "o")}, force_new=force_new)
+    assert not (tmp_path / "o").exists()
+
+
+def test_progprompt_refuses_a_routing_it_cannot_honour(tmp_path):
+    """progprompt puts every prompt before the input whatever the weights: generate(routing=...) gave the
+    same answers for every mapping while Answer.routing claimed the requested mix."""
+    result = sapt.run(**{**TINY, "method": "progprompt", "prompt_len": 2, "output": str(tmp_path / "pp")})
+    trained = result.load()
+    with pytest.raises(ConfigError, match="routing=: a progprompt run .* cannot answer with a chosen mixture"):
+        trained.generate("x", routing={"topic": 1.0})
+    [answer] = trained.generate("x")  # without routing=, its own way of answering
+    assert answer.routing is None

@@ -159,3 +159,43 @@ def test_the_card_records_gradient_clipping_and_the_release_template(tmp_path):
     assert settings(card)["gradient clipping (max total norm)"] == "1"
     assert "public release's Long_Sequence template" in card and "{definition}\n{input}\nOutput: {answer}" in card
     assert "{definition}\n\nInput: {input}" in card_for("tiny-llama", tmp_path)  # the family's otherwise
+
+
+# ---- task and run names that are Markdown, HTML or Python syntax (issue 27) ----------------------------------
+NAMES = {  # a name: what must not appear in the card's title unescaped
+    "html": ("<script>alert(1)</script>", "<script>"),
+    "a link": ("[click](http://x.example)", "[click](http"),
+    "a pipe": ("yes|no", None),
+    "a backtick": ("back`tick", None),
+    "a newline": ("two\nlines", "two\nlines"),
+    "quotes": ("it's \"quoted\"", None),
+}
+
+
+@pytest.mark.parametrize("case", NAMES)
+def test_a_task_name_cannot_break_the_card(case, tmp_path):
+    """Task names went unescaped into the title (HTML, links), `|` broke the task table, and a quote or a
+    newline broke the Python snippets."""
+    import ast
+
+    name, raw = NAMES[case]
+    tasks = [name, "plain"]
+    cfg = resolve({**TINY, "output": str(tmp_path / "run")})
+    info = {"tasks": tasks, "model_family": "causal", "source_run": str(tmp_path / f"run {name}"),
+            "target_modules": ["q_proj", "v_proj"]}
+    metrics = {"tasks": tasks, "matrix": [[50.0, None], [40.0, 60.0]], "routing_accuracy": [[100.0, None], [90.0, 80.0]],
+               "ap": 50.0, "fra": 10.0, "bwt": -10.0, "fwt": None, "stages_done": 2, "metric": {name: "rougeL"}}
+    card = model_card(cfg, info, metrics)
+    title = next(line for line in card.splitlines() if line.startswith("# "))
+    assert raw is None or raw not in card.split("\n## ", 1)[0]
+    assert "plain" in title and title.count("→") == 1
+    rows = table_rows(section(card, "Tasks, in training order"))
+    assert all(len(re.split(r"(?<!\\)\|", line.strip().strip("|"))) == 4
+               for line in section(card, "Tasks, in training order").splitlines() if line.startswith("|"))
+    assert len(rows) == 3 and rows[2][1] == "`plain`"
+    for line in section(card, "Results").splitlines():  # every row of each table has its header's cells
+        if line.startswith("| after training") or line.startswith("| 1.") or line.startswith("| 2."):
+            assert len(re.split(r"(?<!\\)\|", line.strip().strip("|"))) == 3, line
+    for code in re.findall(r"```python\n(.*?)```", card, flags=re.S):
+        ast.parse(code)
+    assert front_matter(card)["library_name"] == "peft"

@@ -152,3 +152,21 @@ def test_compare_refuses_an_out_in_a_missing_folder(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"sapt: error: --out {out}: folder {tmp_path / 'a' / 'b'} does not exist"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# (--out, the bytes the file starts with; None: refused in one line, nothing written)
+COMPARE_OUTS = [("c.png", PNG_MAGIC), ("c.PDF", b"%PDF"), ("c.svg", b"<?xml"), ("chart", PNG_MAGIC),
+                ("c.jpg", None), ("c.txt", None)]
+
+
+@pytest.mark.parametrize("name, magic", COMPARE_OUTS, ids=[n for n, _ in COMPARE_OUTS])
+def test_compare_writes_the_format_its_suffix_names(name, magic, run_dir, tmp_path, capsys):
+    """`compare --out x.pdf` wrote PNG bytes into x.pdf, which opens nowhere."""
+    out = tmp_path / name
+    code = main(["compare", str(run_dir), "--out", str(out)])
+    if magic is None:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith(f"sapt: error: --out {out}:") and ".pdf" in err[0]
+        assert not out.exists()
+        return
+    assert code == 0 and out.read_bytes().startswith(magic)

@@ -23,7 +23,8 @@ The loop never asks which method it runs; it calls, for a run over `tasks`:
 
 and reads a few facts: `name`; `routed` (the router makes the weights, so routing accuracy and the
 reflection's routing targets are defined); `needs_task_id` (the weights need the true task id, so `sapt
-predict` refuses the run); `trained_as` (another method whose training this one's is, bit for bit:
+predict` refuses the run); `weighs_blocks` (fixed weights change the answer, so `generate(routing=...)`
+can honour them); `trained_as` (another method whose training this one's is, bit for bit:
 bench/quality.py evaluates a copy of its stages instead of training again). The defaults below are a new block per task, the router
 frozen, every block at weight 1 (inc-lora). Options come from the run config through `from_config`.
 
@@ -70,6 +71,9 @@ class Method:
     name: str = ""
     routed: bool = False  # weights come from the router (routing accuracy is defined)
     needs_task_id: bool = False  # the weights need the true task id (no `sapt predict`)
+    # the blocks are combined by the mixing weights, so fixed weights (`TrainedRun.generate(routing=...)`)
+    # change the answer; False for progprompt, which puts every prompt before the input whatever the weights
+    weighs_blocks: bool = True
     trained_as: str | None = None  # a method whose training this one's is, bit for bit (bench/quality.py)
     summary: str = ""  # one line for the model card of an export (sapt.model_card)
     pet: str | None = None  # the block kind (config `pet`) the method is made for, taken when the config names none

@@ -12,6 +12,7 @@ from sapt.methods.base import Method, register
 class ProgPrompt(Method):
     name = "progprompt"
     pet = "prompt"
+    weighs_blocks = False  # the prefix is every prompt concatenated: mixing weights change nothing
     summary = ("Progressive Prompts, one soft prompt per task, the earlier ones frozen and concatenated before "
                "the input; at test time all of them, with no task id")
 

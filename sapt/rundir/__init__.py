@@ -22,7 +22,9 @@ place), so a killed process leaves the old file or the new one, never half of on
 counts as done only once manifest.json records it, after its files, with the sha256 of each
 (`sapt.manifest`): a resumed run loads exactly what the manifest vouches for and redoes the rest, and
 `eval`, `predict` and `export` refuse a damaged stage instead of using it. The stage folder name
-`NN_<task>` is built and parsed here only (`stage_name`, `stage_dir`, `stage_task`).
+`NN_<task>` is built and parsed here only (`stage_name`, `stage_dir`, `stage_task`, and `stage_order`, which
+sorts by the number: from stage 100 on the names are longer, and sorted as strings "100_x" would precede
+"10_x").
 
     layout   file names, PHASE_FILES, stage folder naming and listing
     plan     choosing and locking the directory of a run (plan_run_dir, lock_run_dir)
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 from sapt.rundir.layout import (
     CONFIG, METRICS, ORACLE_ROUTING, PHASE_FILES, STAGES, TIMING, TRAIN_LOG, UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES,
-    stage_dir, stage_folders, stage_name, stage_task,
+    stage_dir, stage_folders, stage_name, stage_order, stage_task,
 )
 from sapt.rundir.plan import CHANGEABLE_KEYS, check_run_dir, lock_run_dir, plan_run_dir
 from sapt.rundir.read import collect_matrices, collect_unseen, load_run_config, replay_stats, run_timing
@@ -42,5 +44,5 @@ from sapt.rundir.verify import trained_stages, verify_stages
 __all__ = [
     "CHANGEABLE_KEYS", "CONFIG", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG",
     "UNSEEN_BASE", "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "check_run_dir", "collect_matrices", "collect_unseen", "load_run_config", "lock_run_dir", "plan_run_dir", "replay_stats",
-    "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_task", "trained_stages", "verify_stages",
+    "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task", "trained_stages", "verify_stages",
 ]

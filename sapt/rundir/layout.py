@@ -30,7 +30,7 @@ PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.
 
 __all__ = ["CONFIG", "MANIFEST", "METRICS", "ORACLE_ROUTING", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG", "UNSEEN_BASE",
            "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "log",
-           "stage_dir", "stage_folders", "stage_name", "stage_task"]
+           "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task"]
 
 
 def stage_name(t: int, task: str) -> str:
@@ -43,14 +43,23 @@ def stage_task(name: str) -> str:
     return name.split("_", 1)[1] if "_" in name else name
 
 
+def stage_order(name: str) -> tuple[int, str]:
+    """The sort key of a stage folder name: its stage index as a number, then the name. The index is
+    written with two digits at least, so from stage 100 on the names are longer: sorted as strings,
+    "100_x" would come before "10_x" and a run of more than 100 stages would read as one with a gap.
+    A name without a numeric "NN_" (not a stage folder sapt made) sorts after every stage."""
+    head = name.split("_", 1)[0]
+    return (int(head), name) if head.isdigit() else (sys.maxsize, name)
+
+
 def stage_dir(run_dir: Path, t: int, task: str) -> Path:
     return run_dir / STAGES / stage_name(t, task)
 
 
 def stage_folders(run_dir: Path) -> list[Path]:
-    """Everything in RUN_DIR/stages, sorted (by name, so in stage order); [] if there is no such folder."""
+    """Everything in RUN_DIR/stages, in stage order (`stage_order`); [] if there is no such folder."""
     stages = run_dir / STAGES
-    return sorted(stages.iterdir()) if stages.is_dir() else []
+    return sorted(stages.iterdir(), key=lambda p: stage_order(p.name)) if stages.is_dir() else []
 
 
 def log(msg: str) -> None:

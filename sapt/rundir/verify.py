@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from sapt.config import ConfigError
 from sapt.manifest import PHASES, Manifest
 from sapt.recovery import CHECKPOINT
-from sapt.rundir.layout import PHASE_FILES, STAGES, log, stage_dir, stage_folders, stage_name, stage_task
+from sapt.rundir.layout import PHASE_FILES, STAGES, log, stage_dir, stage_folders, stage_name, stage_order, stage_task
 
 if TYPE_CHECKING:
     from sapt.data import Task
@@ -102,14 +102,14 @@ def trained_stages(run_dir: str | Path) -> list[tuple[str, Path]]:
                           "command again to redo the run")
     if manifest.exists:  # only the stages the manifest vouches for
         dirs = []
-        for name in sorted(k for k, v in manifest.data["stages"].items() if "trained" in v):
+        for name in sorted((k for k, v in manifest.data["stages"].items() if "trained" in v), key=stage_order):
             problems = manifest.problems(run_dir / STAGES / name, "trained")
             if problems:
                 raise ConfigError(f"{run_dir}: stage {name}: {', '.join(problems)}; run the same `sapt run` "
                                   "command again to redo it")
             dirs.append(run_dir / STAGES / name)
     else:
-        dirs = [p.parent for p in sorted((run_dir / STAGES).glob("*/stage.json"))]
+        dirs = [p.parent for p in sorted((run_dir / STAGES).glob("*/stage.json"), key=lambda p: stage_order(p.parent.name))]
     if not dirs:
         raise ConfigError(f"{run_dir}: no trained stage yet")
     out = []
