@@ -70,15 +70,32 @@ def probe_rows(model: nn.Module) -> dict[str, list[int]]:
     The attention is read through transformers' public attention interface: a registered attention function
     sees the query, key and value every model hands to its attention (batch, heads, seq, d); this is the
     documented way to add one. An earlier probe
-    patched Falcon's private `_split_heads`, which transformers 5.24 removed."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+    patched Falcon's private `_split_heads`, which transformers 5.24 removed. A model whose attention does not
+    go through the interface (Falcon before transformers 5) is read where its SDPA path hands the same three
+    tensors to torch's public `scaled_dot_product_attention`."""
     name = find_targets(model, TARGET_PATTERNS["causal"])[0]
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name)
     linear = getattr(parent, child)
     seen = []
+    setattr(parent, child, _Positions(linear.out_features))
+    try:
+        _forward_through_attention_interface(model, seen)
+        if not seen:
+            _forward_through_torch_sdpa(model, seen)
+    finally:
+        setattr(parent, child, linear)
+    rows = {}
+    for part, t in zip("qkv", seen[0]):
+        heads = [tuple(h.long().tolist()) for h in t]
+        rows[part] = [j for h in dict.fromkeys(heads) for j in h]
+    return rows
+
+
+def _forward_through_attention_interface(model: nn.Module, seen: list) -> None:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     def capture(module, query, key, value, attention_mask, **kwargs):
         seen.append([t[0, :, 0] for t in (query, key, value)])
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
@@ -86,18 +103,29 @@ def probe_rows(model: nn.Module) -> dict[str, list[int]]:
     AttentionInterface.register("sapt_probe", capture)
     previous = model.config._attn_implementation
     model.set_attn_implementation("sapt_probe")
-    setattr(parent, child, _Positions(linear.out_features))
     try:
         with torch.no_grad():
             model(input_ids=torch.tensor([[5]]))
     finally:
-        setattr(parent, child, linear)
         model.set_attn_implementation(previous)
-    rows = {}
-    for part, t in zip("qkv", seen[0]):
-        heads = [tuple(h.long().tolist()) for h in t]
-        rows[part] = [j for h in dict.fromkeys(heads) for j in h]
-    return rows
+
+
+def _forward_through_torch_sdpa(model: nn.Module, seen: list) -> None:
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def capture(query, key, value, *args, **kwargs):
+        seen.append([t[0, :, 0] for t in (query, key, value)])
+        return original(query, key, value, *args, **kwargs)
+
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    torch.nn.functional.scaled_dot_product_attention = capture
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[5]]))
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+        model.set_attn_implementation(previous)
 
 
 @pytest.mark.parametrize("name", FUSED)
