@@ -6,6 +6,7 @@ import errno
 import json
 import sys
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,9 +68,55 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+def package_version() -> str:
+    """The installed distribution's version (importlib.metadata, found by the import name `sapt`, so that
+    a distribution renamed on the package index still answers), else sapt.__version__ (a source checkout)."""
+    from importlib import metadata
+
+    from sapt.version import __version__
+
+    try:
+        names = set(metadata.packages_distributions().get("sapt", ()))
+        if len(names) == 1:
+            return metadata.version(names.pop())
+    except (metadata.PackageNotFoundError, OSError, ValueError):
+        pass
+    return __version__
+
+
+class VersionAction(argparse.Action):
+    """`sapt --version`: the version looked up only when asked (scanning the installed distributions takes
+    a tenth of a second, which every other command would pay at start-up with argparse's "version")."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print sapt's version and exit", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> typing.NoReturn:
+        print(f"sapt {package_version()}")  # on stdout, as argparse's own "version" action prints it
+        parser.exit(0)
+
+
+def unknown_option_message(parser: argparse.ArgumentParser, command: str | None, unknown: list[str]) -> str:
+    """One line for arguments no option of `command` takes: the first unknown --option and the known one
+    closest to it (difflib), or argparse's own words when none is an option."""
+    import difflib
+
+    target = parser.command_parsers.get(command, parser) if command else parser
+    known = sorted({s for action in target._actions for s in action.option_strings if s.startswith("--")})
+    flag = next((a.split("=", 1)[0] for a in unknown if a.startswith("-")), None)
+    if flag is None:
+        return f"{target.prog}: error: unrecognized arguments: {' '.join(unknown)} (see {target.prog} --help)"
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"{target.prog}: error: unrecognized option {flag}{hint} (see {target.prog} --help)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="sapt", description="Continual learning of language models with SAPT.")
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.command_parsers = sub.choices  # for unknown_option_message: each command's own options
 
     run = sub.add_parser("run", help="learn a sequence of tasks; with no options, the built-in demo on smollm2")
     run.add_argument("--config", help="YAML file of config keys; command-line options override it")
@@ -77,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         group = run.add_argument_group(SECTIONS[section])
         for flag, kw in options:
             group.add_argument(flag, default=argparse.SUPPRESS, **kw)
+    run.add_argument("--quiet", action="store_true", help="print only warnings, errors and the final table (no "
+                     "progress lines or bars; RUN_DIR/run.log still gets every line)")
 
     ev = sub.add_parser("eval", help="re-score the final model of a run on all its tasks")
     ev.add_argument("--run", required=True, help="run directory")
@@ -132,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sapt.rundir.layout import set_quiet
+
+    was_quiet = set_quiet(args.quiet)
+    try:
+        return _run(args)
+    finally:
+        set_quiet(was_quiet)  # main() may be called again in this process (tests, notebooks)
+
+
+def _run(args: argparse.Namespace) -> int:
     from sapt.api import run
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
@@ -219,7 +278,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from sapt.api import PER_TASK_REFUSAL, load
+    from sapt.api import PER_TASK_REFUSAL, MissingDefinitionWarning, load
     from sapt.distributed import get_dist
 
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
@@ -229,8 +288,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(PER_TASK_REFUSAL)
     if args.merge and trained.model.sharded:
         raise ConfigError("--merge needs whole base weights; it cannot be used under FSDP")
-    answers = trained.predict(args.text, definition=args.definition, max_new_tokens=args.max_new_tokens,
-                              merge=args.merge)
+    with warnings.catch_warnings(record=True) as caught:  # one line each, not warnings' file:line and source
+        warnings.simplefilter("always", MissingDefinitionWarning)
+        answers = trained.predict(args.text, definition=args.definition, max_new_tokens=args.max_new_tokens,
+                                  merge=args.merge)
+    for w in caught:
+        if not issubclass(w.category, MissingDefinitionWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif get_dist().is_main:
+            print(f"sapt: warning: {w.message}", file=sys.stderr)
     if not get_dist().is_main:  # under accelerate launch every process answers (in step under FSDP); one prints
         return 0
     for answer in answers:
@@ -257,6 +323,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sapt import io
     from sapt.metrics import metrics_problems
+    from sapt.report import render_definitions
+    from sapt.rundir import task_definitions
     from sapt.train import render
 
     path = Path(args.run) / "metrics.json"
@@ -266,7 +334,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     problems = metrics_problems(metrics)
     if problems:
         raise ConfigError(f"{path}: not a sapt metrics file ({'; '.join(problems)})")
-    print(json.dumps(metrics, indent=2) if args.json else render(metrics))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print("\n".join([render(metrics), *render_definitions(task_definitions(args.run))]))
     if not args.no_plots:
         from sapt.plots import plot_run
 
@@ -350,9 +421,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
               f"({undecodable.encode('utf-8', 'backslashreplace').decode()})", file=sys.stderr)
         return 2
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error, already printed on one line (2)
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a usage error, already printed on one line (2)
         return e.code if isinstance(e.code, int) else 2
+    if unknown:  # a mistyped option: named, with the closest one
+        print(unknown_option_message(parser, args.command, unknown), file=sys.stderr)
+        return 2
     if args.command is None:
         parser.print_help()
         return 2

@@ -446,6 +446,11 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
             values["pet"] = method.pet
     cfg = RunConfig(**values)
     cfg.validate()
+    from sapt.model_names import model_name_problem  # a typo is refused here, before any network wait
+
+    problem = model_name_problem(cfg.model)
+    if problem is not None:
+        raise ConfigError(problem)
     return cfg
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from sapt.batching import Encoded, collate_prompts, collate_train, encode, length_sorted_batches
 from sapt.data import Task
 from sapt.distributed import get_dist
 from sapt.methods import Method
 from sapt.modules.sapt_model import SAPTModel
+from sapt.progress import progress_bar
 from sapt.scoring import score_example
 
 
@@ -40,7 +40,7 @@ def predict(
     pad = model.tokenizer.pad_token_id
     if batches is None:
         batches = [(idx, True) for idx in length_sorted_batches(items, batch_size)]
-    for idx, real in tqdm(batches, desc=desc, leave=False, disable=desc is None):
+    for idx, real in progress_bar(batches, desc=desc, leave=False, disable=desc is None):
         batch = collate_prompts([items[i] for i in idx], model.family, pad)
         texts, w = model.generate(batch, max_new_tokens, weights_fn(batch) if weights_fn else None, stop_at_newline)
         if real:

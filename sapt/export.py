@@ -7,7 +7,7 @@
                                           "query_mlp.1.weight" [d, hidden], "query_mlp.3.weight"/".bias"
                                           [d]: the LayerNorm)
     OUT/router.json                       tasks, d_model, hidden, model, LoRA r/alpha, target modules,
-                                          and how the routing is computed
+                                          how the routing is computed, and each task's definition
     OUT/README.md                         a model card: Hub front matter (library_name peft, base_model,
                                           tags, the base's license when known), the tasks in order, the
                                           method and its settings (config.yaml), the score matrix and
@@ -51,7 +51,7 @@ from sapt.config import ConfigError
 from sapt.models import RESERVED
 from sapt.modules.blocks.lora.fused import FUSED_QKV, SliceLayout, qkv_layouts
 from sapt.model_card import model_card, run_metrics
-from sapt.rundir import load_run_config, trained_stages
+from sapt.rundir import load_run_config, task_definitions, trained_stages
 
 PEFT_PREFIX = "base_model.model."
 TASK_TYPE = {"seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}
@@ -377,6 +377,8 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
         "fused_qkv_modules": sorted(layouts),
         "router_tensors": {k: list(v.shape) for k, v in {"keys": stacked, **mlp}.items()},
         "routing": ROUTING_DESCRIPTION,
+        # the router learned from prompts holding these: an input should come with its task's one
+        "definitions": task_definitions(run_dir),
         "source_run": str(run_dir.resolve()),
     }
     if prompt_blocks:  # soft prompts, not LoRA: what the adapters are and how they mix

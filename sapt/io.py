@@ -98,6 +98,32 @@ def _make_parents(path: Path) -> None:
             raise RunDirGoneError(errno.ENOENT, _gone(root)) from None
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows.
+
+    Read per call, not once at import: a caller (a test, a service) may set it after sapt is imported.
+    Linux reports it in /proc/self/status (kernel 4.7+), which leaves it untouched; elsewhere it is read by
+    setting it and putting it back at once, os.umask(0) then os.umask(old). That swap is not atomic: a file
+    another thread creates in between would get mode 0666, so it is only the fallback."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """The mode a new file gets from open(): 0666 less the umask. mkstemp makes its file 0600 (a temporary
+    file must not be readable by others while it is written); the finished file, renamed into place, is a
+    result teammates on shared storage are meant to read as the umask says (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
@@ -107,6 +133,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise _disk_full(e, path, len(data)) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())  # before the rename: the file appears whole, with its final mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -285,6 +285,20 @@ def _base_model_line(cfg: Any, base_id: str | None, family: str) -> str:
     return f"`{cfg.model}`, a local model folder ({family}); not on the Hub under this name."
 
 
+def _definitions(definitions: dict[str, str]) -> list[str]:
+    """The card's "Task definitions": each task's instruction, which its training prompts held. Without
+    them the router sees other prompts than it learned from and routes worse (sapt predict warns)."""
+    if not any(definitions.values()):
+        return []
+    lines = ["## Task definitions", "",
+             "Every training prompt held its task's definition (the `{definition}` of the prompt below), and the "
+             "router learned from those prompts: give an input the definition of its task (`sapt predict "
+             "--definition TEXT`, `predict(..., definition=TEXT)`), else routing and answers suffer. They are also "
+             "in `router.json` (`definitions`).", ""]
+    lines += [f"- {_code(name)}: {_text(text) if text else '(none)'}" for name, text in definitions.items()]
+    return [*lines, ""]
+
+
 def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = None, metrics_note: str = "") -> str:
     """OUT/README.md: Hub front matter, then what was learned, how well, and how to load it.
 
@@ -322,6 +336,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
         folder = _code(f"{task}/") if task in exported else ("`all/` (one stage over all tasks)" if joint else "-")
         lines.append(f"| {i + 1} | {_code(task)} | {folder} | {metric.get(task, '-')} |")
     lines.append("")
+    lines += _definitions(info.get("definitions") or {})
     if method.shared_block:
         lines += [f"`{cfg.method}` trains one block shared by every task: each folder holds that block as it was "
                   f"after its stage, and {_code(exported[-1] + '/')} is the final model.", ""]

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sapt.model_names import RESERVED, TINY  # noqa: F401  (also imported from here)
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY = ("tiny-t5", "tiny-llama", "tiny-qwen2", "tiny-gemma", "tiny-phi3", "tiny-gpt-neox")
-RESERVED = ("smollm2", *TINY)
 
 
 class ModelLoadError(RuntimeError):

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
-from tqdm.auto import tqdm
 
 from sapt.batching import Encoded, collate_prompts, collate_train, truncate_middle
 from sapt.distributed import get_dist
+from sapt.progress import progress_bar
 
 if TYPE_CHECKING:
     from sapt.config import RunConfig
@@ -169,7 +169,7 @@ def _train_generator(model: SAPTModel, items: list[Encoded], params: list[torch.
     pad = model.tokenizer.pad_token_id
     losses: list[float] = []
     model.train()
-    bar = tqdm(generator_batches(len(items), cfg), desc="pseudo-sample generator", leave=False,
+    bar = progress_bar(generator_batches(len(items), cfg), desc="pseudo-sample generator", leave=False,
                disable=not get_dist().is_main)
     for idx in bar:
         batch = collate_train([items[i] for i in idx], model.family, pad)
@@ -214,7 +214,7 @@ def _collect(sample: Callable[[int], list[str]], n: int, cfg: PseudoConfig) -> t
     found: list[str] = []
     attempts = well_formed = 0
     preview: list[str] = []
-    bar = tqdm(total=n, desc="pseudo samples", leave=False, disable=not get_dist().is_main)
+    bar = progress_bar(total=n, desc="pseudo samples", leave=False, disable=not get_dist().is_main)
     while len(found) < n and attempts < cap:
         texts = sample(min(cfg.sample_batch_size, cap - attempts, math.ceil(1.25 * (n - len(found)))))
         attempts += len(texts)

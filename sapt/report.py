@@ -3,6 +3,7 @@ statistics and any config change) and timing.json, the table printed after each 
 `sapt report`), and FWT's reference: a per-task run of the same tasks (`check_reference`, `reference_scores`)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,17 @@ def render(metrics: dict[str, Any]) -> str:
                      f"{o['routing_loss']:.1f} points (AP oracle-routed - AP routed)")
     lines.extend(render_unseen(metrics))
     return "\n".join(lines)
+
+
+def render_definitions(definitions: dict[str, str]) -> list[str]:
+    """The tasks' definitions (RUN_DIR/tasks.json), one line each, as `sapt predict --definition` takes them:
+    the router learned from prompts that hold them, and routes an input without one much worse."""
+    if not any(definitions.values()):
+        return []
+    lines = ["", "task definitions (the router learned with them: give the input's task's one to "
+                 "`sapt predict --definition`, or definition= in Python)"]
+    lines += [f"  {name}: {json.dumps(text, ensure_ascii=False)}" for name, text in definitions.items()]
+    return lines
 
 
 def render_unseen(metrics: dict[str, Any]) -> list[str]:

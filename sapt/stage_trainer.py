@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from tqdm.auto import tqdm
+from sapt.progress import progress_bar
 
 from sapt.batching import collate_prompts, collate_train, length_sorted_batches
 from sapt.config import RunConfig
@@ -222,7 +222,7 @@ class StageTrainer:
     def epoch(self, epoch: int, logf: IO[str]) -> tuple[list[float], list[float]]:
         """The micro-batches of one epoch, one log line each. Returns their losses and reflection KLs."""
         perm = torch.randperm(len(self.items), generator=self.gen).tolist()
-        bar = tqdm(range(self.n_batches), desc=f"[{self.t + 1}] {self.task.name} epoch {epoch + 1}/{self.cfg.epochs}",
+        bar = progress_bar(range(self.n_batches), desc=f"[{self.t + 1}] {self.task.name} epoch {epoch + 1}/{self.cfg.epochs}",
                    leave=False, disable=not self.dist.is_main)
         losses: list[float] = []
         kls: list[float] = []

@@ -62,9 +62,9 @@ from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_sc
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
     CONFIG, METRICS, PHASE_FILES, load_run_config, lock_run_dir,
-    stage_dir, trained_stages, verify_stages,
+    stage_dir, trained_stages, verify_stages, write_task_definitions,
 )
-from sapt.rundir.layout import log
+from sapt.rundir.layout import log, open_run_log
 from sapt.rundir.plan import drop_if_bare
 from sapt.stage_trainer import TrainingError, stage_seed, train_stage
 from sapt.tracking import Trackers, check_trackers
@@ -110,6 +110,8 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     if str(run_dir) != cfg.output:
         cfg = dataclasses.replace(cfg, output=str(run_dir))
     try:
+        if dist.is_main:
+            open_run_log(run_dir)  # from here on the log's lines go to RUN_DIR/run.log too (the lock is held)
         t0 = time.time()
         model = build_model(cfg)
         place(model)
@@ -127,6 +129,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
             io.check_held(run_dir)  # a file not found because the run directory is gone says so (sapt.io)
         raise
     finally:
+        open_run_log(None)
         if lock is not None:
             lock.release()
 
@@ -146,6 +149,8 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
         io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         log(f"sapt: config changed on resume ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}), "
             f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
+    if main:
+        write_task_definitions(run_dir, tasks)  # what `predict` should be given (`sapt report` lists them)
     trackers = Trackers(cfg.log_with, run_dir, to_dict(cfg), active=main)
     try:
         result = StageLoop(cfg, tasks, run_dir, model, method, manifest, trackers, unseen).run(done)
@@ -170,6 +175,7 @@ class StageLoop(UnseenScoring):
         self.stages = method.stages(tasks)
         self.reflect = method.reflects(cfg)
         self.t0 = time.time()
+        self.stage_seconds: list[float] = []  # the time of each stage trained (not loaded) in this process
         self.step_offset = 0  # optimiser steps of the earlier stages: the trackers' step
         self.log_path = run_dir / "train_log.jsonl"
         self.kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
@@ -182,6 +188,7 @@ class StageLoop(UnseenScoring):
         if self.unseen:
             self.evaluate_unseen_base()
         for t, task in enumerate(self.stages):
+            started = time.time()
             sdir = stage_dir(self.run_dir, t, task.name)
             torch.manual_seed(stage_seed(cfg, t))
             method.add_stage(self.model, t, task.name)
@@ -192,6 +199,8 @@ class StageLoop(UnseenScoring):
                 self.reflection_inputs(t, task, sdir, summary, (t, "replay") in done)
             if (t, "evaluated") not in done:
                 self.evaluate(t, sdir)
+            if (t, "trained") not in done:  # a stage loaded from disk takes no time: not a measure of one
+                self.stage_seconds.append(time.time() - started)
             result = self.report(t)
         return result
 
@@ -290,9 +299,31 @@ class StageLoop(UnseenScoring):
         self.dist.barrier()
         if not self.main:  # the same numbers, read back from what the main process wrote
             result = RunResult(io.read_json(self.run_dir / METRICS), "")
-        log(f"sapt: stage {t + 1}/{len(self.stages)} done ({time.time() - self.t0:.0f}s); "
-            f"AP so far {result.metrics['ap']:.1f}" + timing_note(result.timing))
+        progress = progress_note(time.time() - self.t0, self.stage_seconds, len(self.stages) - t - 1)
+        log(f"sapt: stage {t + 1}/{len(self.stages)} done ({progress}); AP so far {result.metrics['ap']:.1f}"
+            + timing_note(result.timing))
         return result
+
+
+def progress_note(elapsed: float, stage_seconds: list[float], stages_left: int) -> str:
+    """The stage line's "4m25s since the start, about 8m50s left": the time since this command started (not
+    the stage's own, which the bare "265s" was read as) and an ETA for the whole run, the stages left times
+    the mean time of the stages trained so far by this command (none before one was trained here: a resumed
+    run's loaded stages take no time and would promise too little)."""
+    note = f"{duration(elapsed)} since the start"
+    if stages_left and stage_seconds:
+        note += f", about {duration(stages_left * sum(stage_seconds) / len(stage_seconds))} left"
+    return note
+
+
+def duration(seconds: float) -> str:
+    """42s, 4m25s, 1h02m: a length of time as people read it."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:

@@ -29,12 +29,12 @@ TASKS = ["--tasks", "topic,sentiment"]
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every file under root (but the lock file, whose content is the last holder's pid) by its sha256,
-    and every folder."""
+    """Every file under root (but the lock file, whose content is the last holder's pid, and run.log, which
+    records each command that held the directory, this one too) by its sha256, and every folder."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
-        if p.name == ".lock":
+        if p.name in (".lock", "run.log"):
             continue
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
     return out

@@ -66,14 +66,14 @@ def files(run_dir: Path) -> dict[str, bytes]:
 
 
 # Files that legitimately differ between two runs of one config: the output path, wall-clock seconds, the
-# checksums of the files holding those seconds, and the trackers' stream (a resumed run logs its redone
-# steps again, as any tracker shows a restarted job).
+# checksums of the files holding those seconds, and the trackers' stream and run.log (a resumed run logs its
+# redone steps again, as any tracker shows a restarted job, and its log lines carry the time).
 def comparable(run_dir: Path) -> dict[str, object]:
     out = {}
     for rel, data in files(run_dir).items():
         if rel in ("config.yaml", "manifest.json") or rel.startswith("trackers/"):
             continue
-        if rel == "timing.json":
+        if rel in ("timing.json", "run.log"):
             continue
         if rel.endswith(("stage.json", "replay_stats.json", "scores.json")):
             obj = json.loads(data)

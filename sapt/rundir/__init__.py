@@ -5,8 +5,10 @@
     ├── config.yaml                the resolved config (resuming refuses a different one)
     ├── manifest.json              the phases of each stage that are done, with sha256 of their files
     ├── train_log.jsonl            one line per optimiser step: stage, task, epoch, step, loss
+    ├── run.log                    the progress lines the commands that ran it printed, with their time
     ├── metrics.json               tasks, matrix, AP, F.Ra, FWT, BWT, routing accuracy, eval split
     ├── timing.json                seconds of training, reflection and evaluation so far, and their total
+    ├── tasks.json                 each task's definition, in training order (what `predict` should be given)
     ├── oracle_routing.json        `sapt eval --routing oracle`: each task scored by its own block alone
     ├── unseen_base/               --unseen only: scores.json and predictions/<task>.jsonl of the base model
     └── stages/
@@ -34,15 +36,19 @@ sorts by the number: from stage 100 on the names are longer, and sorted as strin
 from __future__ import annotations
 
 from sapt.rundir.layout import (
-    CONFIG, METRICS, ORACLE_ROUTING, PHASE_FILES, STAGES, TIMING, TRAIN_LOG, UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES,
+    CONFIG, METRICS, ORACLE_ROUTING, PHASE_FILES, STAGES, TASKS, TIMING, TRAIN_LOG, UNSEEN_BASE, UNSEEN_PREDICTIONS,
+    UNSEEN_SCORES,
     stage_dir, stage_folders, stage_name, stage_order, stage_task,
 )
 from sapt.rundir.plan import CHANGEABLE_KEYS, check_run_dir, lock_run_dir, plan_run_dir
-from sapt.rundir.read import collect_matrices, collect_unseen, load_run_config, replay_stats, run_timing
+from sapt.rundir.read import (
+    collect_matrices, collect_unseen, load_run_config, replay_stats, run_timing, task_definitions, write_task_definitions,
+)
 from sapt.rundir.verify import trained_stages, verify_stages
 
 __all__ = [
-    "CHANGEABLE_KEYS", "CONFIG", "METRICS", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG",
+    "CHANGEABLE_KEYS", "CONFIG", "METRICS", "PHASE_FILES", "STAGES", "TASKS", "TIMING", "TRAIN_LOG",
     "UNSEEN_BASE", "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "check_run_dir", "collect_matrices", "collect_unseen", "load_run_config", "lock_run_dir", "plan_run_dir", "replay_stats",
-    "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task", "trained_stages", "verify_stages",
+    "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task", "task_definitions",
+    "trained_stages", "verify_stages", "write_task_definitions",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from sapt.distributed import get_dist
@@ -12,6 +13,10 @@ CONFIG = "config.yaml"  # the resolved config of the run
 METRICS = "metrics.json"  # the score matrix and the CL metrics
 TIMING = "timing.json"  # seconds spent so far (apart from metrics.json, which stays byte-identical on resume)
 TRAIN_LOG = "train_log.jsonl"  # one line per optimiser step
+# each task's definition, in training order: {"definitions": {task: definition}}. The router learned from
+# prompts that hold them, so `predict` needs them back; kept apart from stage.json and metrics.json, whose
+# bytes are part of what a resumed run must reproduce, and rewritten only when `sapt learn` adds a task.
+TASKS = "tasks.json"
 # `sapt eval --routing oracle`: each task scored by its own block alone after the last stage; write_metrics
 # adds the routing loss to metrics.json while it matches the run's stages
 ORACLE_ROUTING = "oracle_routing.json"
@@ -28,8 +33,8 @@ PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.
                "replay": ("replay.jsonl", "replay_stats.json"),
                "evaluated": ("scores.json", "predictions", UNSEEN_SCORES, UNSEEN_PREDICTIONS)}
 
-__all__ = ["CONFIG", "MANIFEST", "METRICS", "ORACLE_ROUTING", "PHASE_FILES", "STAGES", "TIMING", "TRAIN_LOG", "UNSEEN_BASE",
-           "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "log",
+__all__ = ["CONFIG", "MANIFEST", "METRICS", "ORACLE_ROUTING", "PHASE_FILES", "RUN_LOG", "STAGES", "TASKS", "TIMING",
+           "TRAIN_LOG", "UNSEEN_BASE", "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "is_quiet", "log", "open_run_log", "set_quiet",
            "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task"]
 
 
@@ -62,7 +67,50 @@ def stage_folders(run_dir: Path) -> list[Path]:
     return sorted(stages.iterdir(), key=lambda p: stage_order(p.name)) if stages.is_dir() else []
 
 
+RUN_LOG = "run.log"  # the log() lines of every command that ran the run (sapt run, learn), with their time
+
+
+class _LogState:
+    """Where log() writes besides stderr. `quiet` (sapt run --quiet): not on stderr; `run_log`: the file the
+    lines are also appended to, RUN_DIR/run.log while the main process holds the run directory."""
+    quiet = False
+    run_log: Path | None = None
+
+
+def set_quiet(quiet: bool) -> bool:
+    """Keep log()'s lines (and the progress bars, `sapt.progress`) off stderr, or not; returns what it was."""
+    was, _LogState.quiet = _LogState.quiet, bool(quiet)
+    return was
+
+
+def is_quiet() -> bool:
+    return _LogState.quiet
+
+
+def open_run_log(run_dir: Path | None) -> None:
+    """Append log()'s lines to RUN_DIR/run.log from now on (None: stop). Called by the main process once it
+    holds the run directory's lock, so one process appends, into the directory it locked."""
+    _LogState.run_log = None if run_dir is None else Path(run_dir) / RUN_LOG
+
+
 def log(msg: str) -> None:
-    """Progress for people: from the main process only when several run (accelerate launch)."""
-    if get_dist().is_main:
+    """Progress for people: from the main process only when several run (accelerate launch); on stderr
+    unless quiet, and appended to RUN_DIR/run.log while a run holds its directory.
+
+    A plain append per line, not an atomic write: a line cut short by a kill costs nothing, and rewriting
+    the file per line would cost a copy of it. Only inside the held run directory (`sapt.io.check_held`):
+    after it was deleted or replaced, nothing is appended (the run stops at its next write, saying why)."""
+    if not get_dist().is_main:
+        return
+    if not _LogState.quiet:
         print(msg, file=sys.stderr, flush=True)
+    path = _LogState.run_log
+    if path is not None:
+        from sapt import io  # here: sapt.io imports torch, and this module is read by light commands too
+
+        try:
+            io.check_held(path)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        except OSError:  # the directory is gone or replaced: the run's own next write says so
+            _LogState.run_log = None

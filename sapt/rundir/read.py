@@ -2,21 +2,58 @@
 its stage files record (metrics.json and timing.json are made from these)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sapt import io
 from sapt.config import RunConfig, from_saved
-from sapt.rundir.layout import UNSEEN_BASE, UNSEEN_SCORES, stage_dir
+from sapt.rundir.layout import TASKS, UNSEEN_BASE, UNSEEN_SCORES, stage_dir, stage_folders, stage_task
 
 if TYPE_CHECKING:
     from sapt.data import Task
 
-__all__ = ["collect_matrices", "collect_unseen", "load_run_config", "replay_stats", "run_timing"]
+__all__ = ["collect_matrices", "collect_unseen", "load_run_config", "replay_stats", "run_timing", "task_definitions",
+           "write_task_definitions"]
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     return from_saved(run_dir)
+
+
+def write_task_definitions(run_dir: Path, tasks: list[Task]) -> None:
+    """RUN_DIR/tasks.json: each task's definition in training order; left as it is when it already says so
+    (a resumed run does not rewrite it)."""
+    content = {"definitions": {t.name: t.definition for t in tasks}}
+    path = Path(run_dir) / TASKS
+    try:
+        if io.read_json(path) == content:
+            return
+    except (OSError, ValueError):
+        pass
+    io.write_json(path, content)
+
+
+def task_definitions(run_dir: str | Path) -> dict[str, str]:
+    """Each trained task's definition ({} when none is known), from RUN_DIR/tasks.json; for a run made
+    before that file existed, from the first row of each stage's replay.jsonl, which records it."""
+    run_dir = Path(run_dir)
+    try:
+        definitions = io.read_json(run_dir / TASKS)["definitions"]
+        if isinstance(definitions, dict) and all(isinstance(v, str) for v in definitions.values()):
+            return dict(definitions)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = {}
+    for sdir in stage_folders(run_dir):
+        try:
+            with open(sdir / "replay.jsonl", encoding="utf-8") as f:
+                row = json.loads(f.readline() or "{}")
+        except (OSError, ValueError):
+            continue
+        if isinstance(row, dict) and isinstance(row.get("definition"), str):
+            found[row.get("task") or stage_task(sdir.name)] = row["definition"]
+    return found
 
 
 def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None = None) -> tuple[list[list], list[list]]:
