@@ -12,11 +12,14 @@ What. The stage's block trains exactly as the per-task oracle's does (weight 1 o
 the whole stage is the router warm-up). Then the router alone (the shared query MLP and key t; the old keys
 stay frozen, as in joint training) takes `router_fit_steps` AdamW steps at the router's learning rate on
 
-    CE(routing logits of the task's training prompts, t)                  route the new task to its block
-  + kl_ratio * sum_i KL(target_i || routing of old task i's replay inputs)  attentive reflection, as always
+    CE(routing logits of the task's training prompts, t)                     route the new task to its block
+  + router_fit_kl * sum_i KL(target_i || routing of old task i's replay inputs)  attentive reflection
 
 The router reads only max-pooled token embeddings (no backbone pass), so the pooled prompts are computed
-once and a step costs a small MLP: hundreds of steps take about a second. The diagonal then equals the
+once and a step costs a small MLP: a thousand steps take a few seconds. The KL's weight is its own
+(`router_fit_kl`, default 10), not the joint schedule's kl_ratio: here it competes with a cross-entropy of
+the router alone, not with the language-model loss, and with weight 1 the new task's cross-entropy pulled
+old tasks' real inputs (which the few replay inputs only sample) to the new block (bench/router_refit.py). The diagonal then equals the
 oracle's by construction (the block is the oracle's block), and what is left to lose is routing, which
 `sapt eval --routing oracle` measures. The old tasks' routing is held by the same reflection KL the joint
 schedule uses; the new task is supervised by its own label, which is known at training time.

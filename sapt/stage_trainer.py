@@ -171,7 +171,7 @@ class StageTrainer:
         cfg, reflection = self.cfg, self.reflection
         self.router_fit = fit_router(
             self.model, self.t, self.items, self.val, reflection.sets if reflection else [],
-            reflection.kl_ratio if reflection else 0.0, steps=cfg.router_fit_steps, lr=self.lrs[1],
+            cfg.router_fit_kl if reflection else 0.0, steps=cfg.router_fit_steps, lr=self.lrs[1],
             batch_size=cfg.batch_size, seed=stage_seed(cfg, self.t), eval_batch_size=cfg.eval_batch_size)
         self.dist.broadcast_parameters(self.router)
         w, kl = self.router_fit["new_task_weight"], self.router_fit["old_tasks_kl"]

@@ -34,7 +34,8 @@ def test_an_unknown_model_is_one_clear_error(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "cannot load model" in errors[0]
+    # a path that does not exist is refused by the config check, before the loader (sapt.model_names)
+    assert len(errors) == 1 and "no-such-model" in errors[0] and "is unknown" in errors[0]
     assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
 
 

@@ -21,7 +21,8 @@ class SAPT(Method):
                 ("router: centred query", str(cfg.router_centre).lower()),
                 ("router: a new task's key", cfg.router_key_init),
                 ("router: schedule", cfg.router_schedule if cfg.router_schedule == "joint" else
-                 f"learn, then route ({cfg.router_fit_steps} router steps after each block)")]
+                 f"learn, then route ({cfg.router_fit_steps} router steps after each block, "
+                 f"reflection KL weight {cfg.router_fit_kl:g})")]
         if cfg.router_ce and cfg.router_schedule == "joint":
             rows.append(("router: routing supervision (CE to the stage's block)", f"{cfg.router_ce:g}"))
         if not cfg.reflection:
