@@ -31,6 +31,7 @@ from sapt import io  # noqa: E402
 from sapt.evaluate import encode_task_split  # noqa: E402
 from sapt.reflection import ReplaySet, encode_replay, routing_target  # noqa: E402
 from sapt.router_fit import fit_router, pooled_prompts  # noqa: E402
+from sapt.router_setup import update_centre  # noqa: E402
 from sapt.rundir import trained_stages  # noqa: E402
 from sapt.stage_trainer import stage_seed  # noqa: E402
 from sapt.train import load_run_config, load_run_tasks, load_trained  # noqa: E402
@@ -50,10 +51,9 @@ def refit(model, cfg, tasks, stages, replay_inputs, steps: int, kl_weight: float
             torch.manual_seed(stage_seed(cfg, t))  # a fresh uniform key (not the run's draw: the block's came first)
             with torch.no_grad():
                 router.keys[t].uniform_(-1.0, 1.0)
-                train = encode_task_split(model, task, "train", *lengths)
-                if cfg.router_centre:
-                    mean = pooled_prompts(model, train, cfg.eval_batch_size).mean(0)
-                    router.centre.copy_((t * router.centre + mean) / (t + 1))
+            if cfg.router_centre:
+                update_centre(model, task, t, cfg)  # as SAPT.prepare_stage does before the stage trains
+            train = encode_task_split(model, task, "train", *lengths)
             model.requires_grad_(False)
             router.keys[t].requires_grad_(True)
             router.query_mlp.requires_grad_(fit == "mlp+key")

@@ -19,8 +19,9 @@ The router reads only max-pooled token embeddings (no backbone pass), so the poo
 once and a step costs a small MLP: a thousand steps take a few seconds. The KL's weight is its own
 (`router_fit_kl`, default 10), not the joint schedule's kl_ratio: here it competes with a cross-entropy of
 the router alone, not with the language-model loss, and with weight 1 the new task's cross-entropy pulled
-old tasks' real inputs (which the few replay inputs only sample) to the new block (bench/router_refit.py). The diagonal then equals the
-oracle's by construction (the block is the oracle's block), and what is left to lose is routing, which
+old tasks' real inputs (which the few replay inputs only sample) to the new block (bench/router_refit.py).
+The diagonal then equals the oracle's by construction (the block is the oracle's block), and what is left
+to lose is routing, which
 `sapt eval --routing oracle` measures. The old tasks' routing is held by the same reflection KL the joint
 schedule uses; the new task is supervised by its own label, which is known at training time.
 
@@ -61,8 +62,7 @@ def fit_router(model: SAPTModel, t: int, train_items: Sequence[Encoded], val_ite
     params = [p for p in router.parameters() if p.requires_grad]
     x_train = pooled_prompts(model, train_items, eval_batch_size)
     x_val = pooled_prompts(model, val_items, eval_batch_size) if val_items else x_train
-    old = [(pooled_prompts(model, s.items, eval_batch_size), _padded(s.target, model.n_blocks, x_train.device))
-           for s in replay if s.items]
+    old = _old_tasks(model, replay, eval_batch_size)
     before = _measure(model, t, x_val, old, kl_ratio)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -80,11 +80,16 @@ def fit_router(model: SAPTModel, t: int, train_items: Sequence[Encoded], val_ite
     return {"steps": steps, "lr": lr, "new_task_weight": [before[0], after[0]], "old_tasks_kl": [before[1], after[1]]}
 
 
-def _padded(target: list[float], n: int, device: torch.device) -> torch.Tensor:
-    """An old task's routing target over the keys of tasks 0..i, zero for the newer keys."""
-    out = torch.zeros(n, device=device)
-    out[: len(target)] = torch.tensor(target, device=device)
-    return out
+def _old_tasks(model: SAPTModel, replay: Sequence[ReplaySet], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each old task's pooled replay prompts and its routing target over the keys of tasks 0..i, zero for
+    the newer keys."""
+    old = []
+    for s in replay:
+        if s.items:
+            target = torch.zeros(model.n_blocks, device=model.device)
+            target[: len(s.target)] = torch.tensor(s.target, device=model.device)
+            old.append((pooled_prompts(model, s.items, batch_size), target))
+    return old
 
 
 @torch.no_grad()
@@ -104,8 +109,7 @@ def routing_probe(model: SAPTModel, t: int, items: Sequence[Encoded], replay: Se
     routing targets)."""
     x = pooled_prompts(model, items, eval_batch_size)
     logits = model.router.logits(x).float()
-    old = [(pooled_prompts(model, s.items, eval_batch_size), _padded(s.target, model.n_blocks, x.device))
-           for s in replay if s.items]
+    old = _old_tasks(model, replay, eval_batch_size)
     weight, kl = _measure(model, t, x, old, kl_ratio)
     gap = float((logits[:, :t].max(-1).values - logits[:, t]).mean()) if t > 0 else 0.0
     return {"new_task_weight": weight, "logit_gap": round(gap, 4), "old_tasks_kl": kl}
