@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ from sapt.rundir import (
 )
 from sapt.rundir.layout import log, open_run_log
 from sapt.rundir.plan import drop_if_bare
-from sapt.stage_trainer import TrainingError, stage_seed, train_stage
+from sapt.stage_trainer import TrainingError, optimiser_steps_per_epoch, stage_seed, train_stage
 from sapt.tracking import Trackers, check_trackers
 from sapt.unseen import UnseenScoring, load_unseen_tasks
 
@@ -193,7 +192,7 @@ class StageLoop(UnseenScoring):
             torch.manual_seed(stage_seed(cfg, t))
             method.add_stage(self.model, t, task.name)
             summary = self.load(t, task, sdir) if (t, "trained") in done else self.train(t, task, sdir)
-            self.step_offset += cfg.epochs * math.ceil(math.ceil(summary["n_train"] / cfg.batch_size) / cfg.grad_accum)
+            self.step_offset += cfg.epochs * optimiser_steps_per_epoch(summary["n_train"], cfg.batch_size, cfg.grad_accum)
             method.after_stage(self.model, task, sdir, cfg)
             if self.reflect:
                 self.reflection_inputs(t, task, sdir, summary, (t, "replay") in done)
