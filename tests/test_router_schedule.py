@@ -134,3 +134,5 @@ def test_routing_supervision_adds_a_router_cross_entropy_after_the_warmup(tmp_pa
     assert all("router_ce" not in r for r in stage1[:half]) and all(r["router_ce"] >= 0 for r in stage1[half:])
     assert all("router_ce" not in r for r in records if r["stage"] == 0)  # one block: nothing to supervise
     assert main(["run", *COMMON, "--router-ce", "-1", "--output", str(tmp_path / "bad")]) == 2
+    assert main(["run", *COMMON, "--router-fit-kl", "-1", "--output", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
