@@ -3,8 +3,10 @@ import json
 import os
 import re
 import socket
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -39,14 +41,45 @@ def sapt_run(out: Path, processes: int, fsdp: bool = False, opts: list[str] = OP
 def sapt_cli(args: list[str], processes: int, fsdp: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    if processes == 1:
-        launcher = [sys.executable, "-m", "sapt.cli"]
-    else:
-        kind = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes",
-                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port()), "-m", "sapt.cli"]
-    return subprocess.run([*launcher, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    def launch() -> subprocess.CompletedProcess:
+        if processes == 1:
+            launcher = [sys.executable, "-m", "sapt.cli"]
+        else:
+            kind = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
+            launcher = [sys.executable, "-m", "accelerate.commands.launch", *kind, "--num_processes",
+                        str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port()), "-m", "sapt.cli"]
+        return subprocess.run([*launcher, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    result = launch()
+    if processes > 1 and result.returncode != 0 and GLOO_ABORT in result.stderr:
+        # One CI run (2026-12-06: 751 of 752 passed) saw rank 1 of this file's first launch die by SIGABRT;
+        # the part of the output it kept held only the launcher's summary, and about twenty launches here,
+        # on quiet and on loaded cores, never did it again. gloo on the CPU is known to abort a process now
+        # and then when a worker thread outlives the interpreter (pytorch/pytorch#179291). So a launch whose
+        # rank died by SIGABRT is tried once more, from scratch on a new port, and says so with the ranks'
+        # error lines; an abort that repeats, or any other failure, still fails the test.
+        warnings.warn(f"a rank died by SIGABRT; launching once more:\n{rank_errors(result.stderr)}")
+        if "--output" in args:
+            shutil.rmtree(args[args.index("--output") + 1], ignore_errors=True)
+        result = launch()
+    return result
+
+
+GLOO_ABORT = "Signal 6 (SIGABRT)"
+
+
+def rank_errors(stderr: str, limit: int = 40) -> str:
+    """The lines of the ranks' output that say why a launch failed (the launcher's own summary, which is
+    all the last 2,000 characters show, names only the signal)."""
+    keys = ("Error", "error:", "terminate called", "what():", "Fatal", "Traceback", "Signal", "Exception")
+    return "\n".join([line for line in stderr.splitlines() if any(k in line for k in keys)][:limit])
+
+
+def failed(result: subprocess.CompletedProcess) -> str:
+    """The assertion message of a failed launch: the ranks' error lines, then the end of the output."""
+    return f"{rank_errors(result.stderr)}\n---- end of the output:\n{result.stderr[-2000:]}"
 
 
 def assert_same_stages(one: Path, two: Path) -> None:
@@ -68,9 +101,9 @@ def assert_same_stages(one: Path, two: Path) -> None:
 def test_two_processes_train_what_one_process_trains_with_the_same_global_batch(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = sapt_run(one, 1)
-    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert r1.returncode == 0, failed(r1)
     r2 = sapt_run(two, 2)
-    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert r2.returncode == 0, failed(r2)
     assert "2 processes, global batch 3" in r2.stderr  # really two ranks, not two copies of one
     assert r2.stdout.count("AP ") == 1  # only the main process prints the table
     assert "FSDP" not in r2.stderr
@@ -92,9 +125,9 @@ FSDP_OPTS = ["--model", "tiny-llama", "--tasks", "topic,sentiment", "--epochs", 
 def test_fsdp_shards_the_backbone_and_trains_what_one_process_trains(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = sapt_run(one, 1, opts=FSDP_OPTS)
-    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert r1.returncode == 0, failed(r1)
     r2 = sapt_run(two, 2, fsdp=True, opts=FSDP_OPTS)
-    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.returncode == 0, failed(r2)
     assert r2.stdout.count("AP ") == 1
     # really sharded: each process holds half of the blocks' backbone weights
     held = re.findall(r"FSDP over 2 processes: (\d+) LlamaDecoderLayer blocks sharded, this process holds (\d+) "
@@ -112,7 +145,7 @@ def test_fsdp_shards_the_backbone_and_trains_what_one_process_trains(tmp_path):
     assert (one / "stages/00_topic/replay.jsonl").read_text() == (two / "stages/00_topic/replay.jsonl").read_text()
     # `sapt eval` on the finished run, sharded again after its blocks are loaded: the last row, printed once
     r3 = sapt_cli(["eval", "--run", str(two)], 2, fsdp=True)
-    assert r3.returncode == 0, r3.stderr[-2000:]
+    assert r3.returncode == 0, failed(r3)
     assert r3.stdout.count("AP ") == 1 and "FSDP over 2 processes" in r3.stderr
     last = json.loads((two / "metrics.json").read_text())["matrix"][-1]
     assert [v["score"] for v in json.loads((two / "eval" / "scores.json").read_text())["scores"].values()] == last
@@ -130,9 +163,9 @@ def test_gradient_clipping_under_fsdp_clips_what_one_process_clips(tmp_path):
     opts = [*FSDP_OPTS, "--max-grad-norm", "1e-3"]
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = sapt_run(one, 1, opts=opts)
-    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert r1.returncode == 0, failed(r1)
     r2 = sapt_run(two, 2, fsdp=True, opts=opts)
-    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.returncode == 0, failed(r2)
     assert "FSDP over 2 processes" in r2.stderr
     assert_same_stages(one, two)
     norms = [[json.loads(x)["grad_norm"] for x in (d / "train_log.jsonl").read_text().splitlines()
@@ -147,9 +180,9 @@ def test_fsdp_on_t5_trains_what_data_parallel_trains(tmp_path):
     opts = ["--model", "tiny-t5", *FSDP_OPTS[2:]]
     dp, fsdp = tmp_path / "dp", tmp_path / "fsdp"
     r1 = sapt_run(dp, 2, opts=opts)
-    assert r1.returncode == 0, r1.stderr[-2000:]
+    assert r1.returncode == 0, failed(r1)
     r2 = sapt_run(fsdp, 2, fsdp=True, opts=opts)
-    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert r2.returncode == 0, failed(r2)
     assert re.search(r"FSDP over 2 processes: \d+ T5Block blocks sharded", r2.stderr)
     assert_same_stages(dp, fsdp)
 
