@@ -18,6 +18,7 @@ The files are parsed by `sapt.data.schema`, strictly here: the first problem is 
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -101,6 +102,27 @@ def _has_task(bench_dir: Path, name: str) -> bool:
     return has_train(bench_dir / name)
 
 
+def _why_missing(bench_dir: Path, name: str) -> str:
+    """A missing task's name, with what stands in the way when it is not plain absence: a user whose
+    train.jsonl is a broken link or a folder reads the cause, not only "not found"."""
+    task_dir = bench_dir / name
+    if not task_dir.is_dir():
+        return name + (" (a broken symbolic link)" if task_dir.is_symlink() else "")
+    for split_file in (task_dir / f"train.{ext}" for ext in ("json", "jsonl", "csv")):
+        if split_file.is_symlink() and not split_file.exists():
+            try:  # a loop and a dangling link both fail exists(); resolving tells them apart
+                split_file.resolve(strict=True)
+            except RuntimeError:
+                return f"{name} ({split_file.name} is a symbolic link loop)"
+            except OSError as e:
+                if "loop" in str(e).lower():
+                    return f"{name} ({split_file.name} is a symbolic link loop)"
+            return f"{name} ({split_file.name} is a broken symbolic link to {os.readlink(split_file)})"
+        if split_file.is_dir():
+            return f"{name} ({split_file.name} is a folder, not a file)"
+    return name
+
+
 def _order_names(bench_dir: Path, benchmark: str, order: int) -> list[str]:
     orders = TASK_ORDERS.get(benchmark, {})
     if order not in orders:
@@ -137,7 +159,7 @@ def resolve_task_names(data_dir: str | Path, benchmark: str, tasks: list[str] | 
         missing = [t for t in tasks if not _has_task(bench_dir, t)]
         if missing:
             raise DataError(f"{bench_dir}: tasks not found (no <task>/train.json, train.jsonl, train.csv or "
-                            f"train/): {', '.join(missing)}")
+                            f"train/): {', '.join(_why_missing(bench_dir, t) for t in missing)}")
         return list(tasks)
     if order is not None:
         return _order_names(bench_dir, benchmark, order)
