@@ -151,8 +151,13 @@ def _disk_full(e: OSError, path: Path, size: int) -> OSError:
         return e
     try:
         free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
+        # ENOSPC also means the file system ran out of inodes, with bytes to spare: say which it is
+        out_of_inodes = e.errno == errno.ENOSPC and os.statvfs(path.parent).f_favail == 0
     except OSError:
-        free = "free space unknown"
+        free, out_of_inodes = "free space unknown", False
+    if out_of_inodes:
+        return DiskFullError(e.errno, f"{path}: no free inodes left on the device ({free}, but no room for another "
+                                      "file); delete some files and run the same command again to resume")
     return DiskFullError(e.errno, f"{path}: no space left on the device (writing {size:,} bytes, {free}); "
                                   "free some space and run the same command again to resume")
 

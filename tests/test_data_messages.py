@@ -1,5 +1,6 @@
-"""A task that cannot be found says what stands in the way (issue 27's minor cases): a broken link, a link
-loop, a folder where a file should be, or plain absence."""
+"""Messages that name the real cause (issue 27's minor cases): a task that cannot be found says what stands
+in the way (a broken link, a link loop, a folder where a file should be, or plain absence), and a full
+file system says whether it ran out of bytes or of inodes."""
 import os
 
 import pytest
@@ -46,3 +47,23 @@ def test_a_broken_link_for_the_whole_task_folder_is_named(tmp_path):
     os.symlink(tmp_path / "gone", bench / "a")
     with pytest.raises(DataError, match=r"a \(a broken symbolic link\)"):
         resolve_task_names(tmp_path, "B", ["a"], None)
+
+
+def test_a_file_system_out_of_inodes_is_not_called_out_of_space(tmp_path, monkeypatch):
+    """ENOSPC is also what a write gets when the inodes are gone with bytes to spare (issue 27's probe: "no
+    space left" with 20 MB free); the line says which it is."""
+    import errno
+    from types import SimpleNamespace
+
+    from sapt import io
+
+    real = io.os.statvfs
+    for favail, says in ((0, "no free inodes left"), (1000, "no space left on the device")):
+        monkeypatch.setattr(io.os, "statvfs", lambda p, favail=favail: SimpleNamespace(
+            **{k: getattr(real(p), k) for k in dir(real(p)) if k.startswith("f_") and k != "f_favail"}, f_favail=favail))
+        error = io._disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "metrics.json", 10)
+        assert isinstance(error, io.DiskFullError)
+        assert says in str(error) and str(tmp_path / "metrics.json") in str(error)
+        assert "run the same command again" in str(error)
+    other = OSError(errno.EACCES, "Permission denied")
+    assert io._disk_full(other, tmp_path / "x", 1) is other
