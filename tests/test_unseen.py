@@ -80,8 +80,8 @@ def test_unseen_overlapping_an_order_is_refused(tmp_path):
     cfg = tiny_config(tmp_path / "run", unseen=["topic"])  # no --tasks: the whole built-in suite trains
     with pytest.raises(ConfigError, match="topic"):
         load_unseen_tasks(cfg, load_run_tasks(cfg))
-    with pytest.raises(ConfigError, match="unknown built-in"):
-        load_unseen_tasks(tiny_config(tmp_path / "r", tasks=["topic"], unseen=["nope"]), [])
+    with pytest.raises(ConfigError, match=r"^unseen \(--unseen\): unknown built-in task\(s\): nope"):
+        load_unseen_tasks(tiny_config(tmp_path / "r", tasks=["topic"], unseen=["nope"]), [])  # named by its option
 
 
 def test_unseen_scores_base_and_every_stage_and_survive_a_resume(tmp_path):
