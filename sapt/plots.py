@@ -1,25 +1,33 @@
-"""Figures of a run (and of several runs side by side), as PNG files ready for a paper or a report.
+"""Figures of a run (and of several runs side by side), as PNG, PDF or SVG files ready for a paper or a report.
 
-    score_matrix.png     heatmap of metrics.json "matrix": a row per stage, a column per task, values
-                         annotated, blank where a task was not seen yet
-    routing_weights.png  mean routing weight of each block over each task's evaluation inputs, after the
-                         last evaluated stage (from stages/NN_<task>/predictions/<task>.jsonl "weights")
-    score_curves.png     each task's score across the stages from the one that learned it, and the AP
-    unseen_curves.png    with --unseen: each unseen task's score on the base model and after every stage,
-                         and their mean
-    compare.png          AP and BWT of several runs, grouped bars (`sapt compare`)
+    score_matrix     heatmap of metrics.json "matrix": a row per stage, a column per task, values printed in
+                     the cells, blank where a task was not seen yet; the colour scale gives 90-100 half its
+                     length, so that 90.6 and 100 do not look alike
+    routing_weights  mean routing weight of each block over each task's evaluation inputs, after the last
+                     evaluated stage (from stages/NN_<task>/predictions/<task>.jsonl "weights")
+    score_curves     small multiples: a panel for the AP and one per task, its score across the stages from
+                     the one that learned it (one line per panel: no line hides another)
+    unseen_curves    with --unseen: the same for each unseen task (base model, then every stage) and their mean
+    compare          AP, BWT and F.Ra of several runs, a panel and an axis each (`sapt compare`)
 
-Matplotlib is used without pyplot (an explicit `Figure` on the Agg canvas): no global state, no display
-needed, safe to call from tests and threads. Every function returns the values it plotted, so what is
-drawn can be checked against metrics.json and the prediction files. Every file is written atomically.
+Each figure is written in one or more formats (`--format png,pdf,svg`, `--dpi` for PNG): PDF and SVG are
+vector (heatmaps are drawn as cells, not as an embedded image), with TrueType fonts in the PDF (publishers'
+PDF checks often refuse the Type 3 fonts matplotlib embeds by default) and no creation date, so the same figure gives
+the same bytes.
+
+Matplotlib is used without pyplot (an explicit `Figure` on the Agg canvas): no display needed, safe to call
+from tests. The `draw_*` functions return the Figure (so tests can read what was drawn); the `plot_*`
+functions write it and return the values they plotted, so what is drawn can be checked against metrics.json
+and the prediction files. Every file is written atomically, with the mode the umask gives (sapt.io).
 """
 from __future__ import annotations
 
 import io as _io
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -28,8 +36,17 @@ from sapt.config import ConfigError
 from sapt.metrics import metrics_problems, short_name
 from sapt.rundir import METRICS, stage_dir
 
-DPI = 150
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 150  # PNG resolution by default: sharp on a screen, small files in a run directory
+MAX_DPI = 1200  # above this a PNG of a wide figure runs into tens of thousands of pixels a side
 NAME_WIDTH = 24  # task names on axes: 'task1572_samsum_summary' -> 't1572_samsum_summary'
+# The score matrix's colour scale: 0-SPLIT takes the lower half of the colours, SPLIT-100 the upper half.
+# Scores of a working method sit between 85 and 100, where a linear 0-100 scale gives 90.6 and 100 almost
+# the same colour; here they are half the colour bar apart, and 0-90 still moves a tenth of it per 18 points.
+SCORE_SPLIT = 90.0
 
 
 # ---- reading a run ---------------------------------------------------------------------------------
@@ -81,7 +98,10 @@ def routing_means(run_dir: str | Path, metrics: dict[str, Any] | None = None) ->
         path = pred_dir / f"{task}.jsonl"
         if not path.exists():
             raise ConfigError(f"{run_dir}: {path.relative_to(run_dir)} is missing")
-        weights = [json.loads(line)["weights"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # split on "\n" alone: str.splitlines also splits on U+2028, U+0085 and the like, which JSON Lines
+        # leaves raw inside strings (IMDB reviews hold U+0085: the routing figure of a Long Sequence run failed)
+        lines = path.read_text(encoding="utf-8").split("\n")
+        weights = [json.loads(line)["weights"] for line in lines if line.strip()]
         if not weights:
             raise ConfigError(f"{run_dir}: {path.relative_to(run_dir)} is empty")
         w = np.asarray(weights, dtype=float)
@@ -96,16 +116,10 @@ def stage_labels(tasks: Sequence[str], n: int) -> list[str]:
     return [f"{i + 1}: {short_name(tasks[i], NAME_WIDTH)}" for i in range(n)]
 
 
-# ---- drawing helpers -------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-# The formats `sapt compare --out` writes, by the file's suffix (none: PNG). A .pdf holding PNG bytes, as
-# before, opens nowhere; matplotlib writes these three without anything more installed.
+# ---- formats, resolution and writing ---------------------------------------------------------------
+# The formats sapt writes; matplotlib writes these three without anything more installed.
 CHART_FORMATS = ("png", "pdf", "svg")
+FORMAT_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF", "svg": b"<?xml"}  # how each file starts
 
 
 def chart_format(path: str | Path) -> str | None:
@@ -114,33 +128,111 @@ def chart_format(path: str | Path) -> str | None:
     return "png" if not suffix else suffix if suffix in CHART_FORMATS else None
 
 
-def _save(fig, path: str | Path, fmt: str = "png") -> Path:
-    buf = _io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=DPI)
-    io.atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+def parse_formats(value: str | Sequence[str]) -> tuple[str, ...]:
+    """`--format png,pdf,svg` as a tuple, in the order given, without repeats; ConfigError naming the option
+    for an unknown or empty one (a typo should stop before a long report, not after it)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    formats = tuple(dict.fromkeys(str(x).strip().lower().lstrip(".") for x in items if str(x).strip()))
+    unknown = [f for f in formats if f not in CHART_FORMATS]
+    if not formats or unknown:
+        what = f"unknown format {', '.join(repr(f) for f in unknown)}" if unknown else "no format given"
+        raise ConfigError(f"--format {value if isinstance(value, str) else ','.join(map(str, items))}: {what}; "
+                          f"sapt writes {', '.join(CHART_FORMATS)} (one or several, comma-separated)")
+    return formats
 
 
-def _heatmap(ax, data: np.ndarray, fmt: str, vmin: float, vmax: float, cmap: str):
+def check_dpi(value: float | str) -> float:
+    """`--dpi` as a number of dots per inch, 0 < dpi <= MAX_DPI; ConfigError naming the option otherwise
+    (0 or a negative dpi makes matplotlib fail deep in the PNG writer, with a traceback)."""
+    try:
+        dpi = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--dpi {value}: not a number (dots per inch, e.g. 300)") from None
+    if not (math.isfinite(dpi) and 0 < dpi <= MAX_DPI):
+        raise ConfigError(f"--dpi {value}: must be above 0 and at most {MAX_DPI} (dots per inch, e.g. 300)")
+    return dpi
+
+
+def chart_paths(path: str | Path, formats: Sequence[str] | None = None) -> list[tuple[Path, str]]:
+    """Where a chart goes, and in which format: without `formats`, `path` itself in the format its suffix
+    names (none: PNG); with them, `path` with its suffix (if one of CHART_FORMATS) replaced by each format's."""
+    path = Path(path)
+    if formats is None:
+        fmt = chart_format(path)
+        if fmt is None:
+            raise ConfigError(f"{path}: sapt writes a chart as {', '.join('.' + f for f in CHART_FORMATS)} "
+                              f"(the suffix picks the format), not {path.suffix}")
+        return [(path, fmt)]
+    base = path.with_suffix("") if path.suffix.lower().lstrip(".") in CHART_FORMATS else path
+    return [(base.with_name(f"{base.name}.{fmt}"), fmt) for fmt in parse_formats(formats)]
+
+
+# TrueType (42) fonts in PDF and PostScript: publishers' PDF checks often refuse the Type 3 fonts that are
+# matplotlib's default. A fixed SVG id salt and no dates: the same figure, the same bytes.
+_SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "sapt"}
+_METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": None}
+
+
+def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] | None = None, dpi: float = DPI) -> list[Path]:
+    """Write `fig` (see chart_paths for the names), each file atomically; returns the files written."""
     import matplotlib
 
-    cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
-    im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    dpi = check_dpi(dpi)
+    written = []
+    for target, fmt in chart_paths(path, formats):
+        buf = _io.BytesIO()
+        with matplotlib.rc_context(_SAVE_RC):
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA[fmt])
+        io.atomic_write_bytes(target, buf.getvalue())
+        written.append(target)
+    return written
+
+
+# ---- drawing helpers -------------------------------------------------------------------------------
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _score_norm():
+    """0-100 with SCORE_SPLIT-100 on the upper half of the colours (see SCORE_SPLIT)."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    return TwoSlopeNorm(vcenter=SCORE_SPLIT, vmin=0.0, vmax=100.0)
+
+
+def _text_colour(rgba: Sequence[float]) -> str:
+    """Black on a light cell, white on a dark one, from the cell colour's luminance (whatever the colour map)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.5 else "white"
+
+
+def _heatmap(ax: Axes, data: np.ndarray, fmt: str, norm: Any, cmap: str):
+    """Cells as vector rectangles (pcolormesh; imshow would put a bitmap into a PDF or SVG), NaN left blank,
+    each value printed in its cell."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    rows, cols = data.shape
+    mesh = ax.pcolormesh(np.arange(cols + 1) - 0.5, np.arange(rows + 1) - 0.5, np.ma.masked_invalid(data),
+                         cmap=cm, norm=norm, edgecolors="white", linewidth=0.8)
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(rows - 0.5, -0.5)  # row 0 at the top, as a table reads
     n = max(data.shape)
     size = 9 if n <= 6 else 7 if n <= 10 else 5.5
     for (i, j), x in np.ndenumerate(data):
-        if np.isnan(x):
-            continue
-        low = (x - vmin) / (vmax - vmin) < 0.55
-        white = low if cmap == "viridis" else not low  # viridis is dark at the low end, Blues at the high end
-        ax.text(j, i, format(x, fmt), ha="center", va="center", fontsize=size, color="white" if white else "black")
-    return im
+        if not np.isnan(x):
+            ax.text(j, i, format(x, fmt), ha="center", va="center", fontsize=size, color=_text_colour(cm(norm(x))))
+    return mesh
 
 
-def _ticks(ax, xlabels: Sequence[str], ylabels: Sequence[str]) -> None:
+def _ticks(ax: Axes, xlabels: Sequence[str], ylabels: Sequence[str]) -> None:
     ax.set_xticks(range(len(xlabels)), labels=xlabels, rotation=40, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(len(ylabels)), labels=ylabels)
     ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
 
 
 def _side(n: int, base: float = 4.5, per: float = 0.55) -> float:
@@ -151,79 +243,132 @@ def _title(metrics: dict[str, Any]) -> str:
     return f"{metrics.get('method', 'sapt')} on {metrics.get('model', '?')}"
 
 
-# ---- the three figures of a run ----------------------------------------------------------------------
-def plot_score_matrix(metrics: dict[str, Any], path: str | Path) -> np.ndarray:
-    """Heatmap of the score matrix; returns the plotted array (stages x tasks, NaN = not seen)."""
+# ---- the figures of a run ----------------------------------------------------------------------------
+def draw_score_matrix(metrics: dict[str, Any]) -> Figure:
+    """Heatmap of the score matrix, values in the cells, on the 0-100 scale that spreads 90-100 (SCORE_SPLIT)."""
     a = score_array(metrics)
     tasks = metrics["tasks"]
-    fig = _figure(_side(len(tasks)) + 1.2, _side(len(a)))
+    fig = _figure(_side(len(tasks)) + 1.4, _side(len(a)))
     ax = fig.add_subplot()
-    im = _heatmap(ax, a, ".1f", 0.0, 100.0, "viridis")
+    mesh = _heatmap(ax, a, ".1f", _score_norm(), "viridis")
     _ticks(ax, [short_name(t, NAME_WIDTH) for t in tasks], [f"after {s}" for s in stage_labels(tasks, len(a))])
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("stage (after training task)")
     metric = sorted(set((metrics.get("metric") or {}).values())) or ["score"]
-    ax.set_title(f"Score matrix: {_title(metrics)}\n(eval split: {metrics.get('eval_split', '?')}; blank = not seen yet)")
-    fig.colorbar(im, ax=ax, label=f"score (0-100; {', '.join(metric)})")
-    _save(fig, path)
-    return a
+    ax.set_title(f"Score matrix: {_title(metrics)}\n(eval split: {metrics.get('eval_split', '?')}; "
+                 "blank = not seen yet)")
+    bar = fig.colorbar(mesh, ax=ax, label=f"{', '.join(metric)} (0-100; {SCORE_SPLIT:g}-100 takes the upper half)")
+    bar.set_ticks([0, 30, 60, 90, 95, 100])
+    return fig
 
 
-def plot_routing_weights(run_dir: str | Path, path: str | Path, metrics: dict[str, Any] | None = None) -> Routing:
-    """Heatmap of mean routing weights (evaluation task x block) after the last evaluated stage."""
-    metrics = metrics or read_metrics(run_dir)
-    r = routing_means(run_dir, metrics)
+def plot_score_matrix(metrics: dict[str, Any], path: str | Path, formats: Sequence[str] | None = None,
+                      dpi: float = DPI) -> np.ndarray:
+    """Write draw_score_matrix (see save_figure); returns the plotted array (stages x tasks, NaN = not seen)."""
+    save_figure(draw_score_matrix(metrics), path, formats, dpi)
+    return score_array(metrics)
+
+
+def draw_routing_weights(r: Routing, metrics: dict[str, Any]) -> Figure:
+    """Heatmap of mean routing weights (evaluation task x block), 0-1 linear, values in the cells."""
+    from matplotlib.colors import Normalize
+
     n = len(r.blocks)
     fig = _figure(_side(n) + 1.2, _side(n))
     ax = fig.add_subplot()
-    im = _heatmap(ax, r.weights, ".2f", 0.0, 1.0, "Blues")
+    mesh = _heatmap(ax, r.weights, ".2f", Normalize(0.0, 1.0), "Blues")
     names = [short_name(t, NAME_WIDTH) for t in r.blocks]
     _ticks(ax, [f"{i + 1}: {x}" for i, x in enumerate(names)], names)
     ax.set_xlabel("LoRA block (task it was trained on)")
     ax.set_ylabel("evaluation inputs of task")
     ax.set_title(f"Mean routing weights after stage {r.stage + 1} ({short_name(r.stage_task, NAME_WIDTH)})\n"
                  f"{_title(metrics)}; diagonal = routed to the task's own block")
-    fig.colorbar(im, ax=ax, label="mean routing weight")
-    _save(fig, path)
+    fig.colorbar(mesh, ax=ax, label="mean routing weight")
+    return fig
+
+
+def plot_routing_weights(run_dir: str | Path, path: str | Path, metrics: dict[str, Any] | None = None,
+                         formats: Sequence[str] | None = None, dpi: float = DPI) -> Routing:
+    """Write the mean routing weights after the last evaluated stage (see save_figure); returns them."""
+    metrics = metrics or read_metrics(run_dir)
+    r = routing_means(run_dir, metrics)
+    save_figure(draw_routing_weights(r, metrics), path, formats, dpi)
     return r
 
 
-def plot_score_curves(metrics: dict[str, Any], path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Each task's score across stages (from the stage that learned it) and the AP after each stage.
+def _grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for n small panels: one row up to 3, else about square (5 -> 2 x 3, 16 -> 4 x 4)."""
+    cols = n if n <= 3 else math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
 
-    Returns (scores, ap): scores[i, j] = metrics["matrix"][i][j] (NaN if unseen); ap[i] = mean of row i
-    over the seen tasks.
-    """
-    a = score_array(metrics)
-    tasks = metrics["tasks"]
-    ap = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in a])
-    x = np.arange(1, len(a) + 1)
-    fig = _figure(max(6.0, 2.5 + 0.6 * len(a)), 4.8)
-    ax = fig.add_subplot()
+
+def _small_multiples(x: np.ndarray, xlabels: Sequence[str], panels: Sequence[tuple[str, np.ndarray, bool]],
+                     title: str, xlabel: str) -> Figure:
+    """One panel per curve, a shared 0-100 axis: curves that coincide (several tasks at 100) cannot hide each
+    other, as they did on one axis. panels: (title, y, summary); a summary curve is drawn black and dashed.
+    Points are labelled with their values (all of them up to 6 points, else the first and the last)."""
     import matplotlib
 
-    colours = matplotlib.colormaps["tab20" if len(tasks) > 10 else "tab10"]
-    for j, task in enumerate(tasks):
-        seen = ~np.isnan(a[:, j])
-        if seen.any():
-            ax.plot(x[seen], a[seen, j], marker="o", ms=4, lw=1.5, color=colours(j % colours.N),
-                    label=short_name(task, NAME_WIDTH))
-    ax.plot(x, ap, color="black", ls="--", lw=2, marker="s", ms=4, label="AP (mean over seen tasks)")
-    ax.set_xticks(x, labels=stage_labels(tasks, len(a)), rotation=40, ha="right", rotation_mode="anchor")
-    ax.set_xlim(0.5, len(a) + 0.5)
-    _score_axes(ax, f"Scores across stages: {_title(metrics)}")
-    _save(fig, path)
+    rows, cols = _grid(len(panels))
+    fig = _figure(0.6 + 2.5 * cols, 1.0 + 2.1 * rows)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    colours = matplotlib.colormaps["tab20" if len(panels) > 11 else "tab10"]
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.remove()
+            continue
+        name, y, summary = panels[k]
+        ok = np.isfinite(y)
+        style = dict(color="black", ls="--", marker="s") if summary else dict(color=colours((k - 1) % colours.N),
+                                                                               ls="-", marker="o")
+        ax.plot(x[ok], y[ok], lw=1.8, ms=4.5, label=name, **style)
+        shown = np.flatnonzero(ok)
+        if len(shown) > 6:
+            shown = shown[[0, -1]]
+        for i in shown:
+            ax.annotate(f"{y[i]:.1f}", (x[i], y[i]), xytext=(0, -5 if y[i] > 75 else 5), textcoords="offset points",
+                        ha="center", va="top" if y[i] > 75 else "bottom", fontsize=6.5, color="0.25")
+        ax.set_title(name, fontsize=9, fontweight="bold" if summary else "normal")
+        ax.set_ylim(-5, 108)
+        ax.set_yticks([0, 25, 50, 75, 100])
+        ax.set_xlim(x[0] - 0.5, x[-1] + 0.5)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        last_in_column = k + cols >= len(panels)
+        if last_in_column:  # the panel below was removed or there is none: this one carries the stage ticks
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel(xlabel, fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("score (0-100)", fontsize=8)
+    axes[0, 0].set_xticks(x, labels=list(xlabels))
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def score_curves_values(metrics: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ap): scores[i, j] = metrics["matrix"][i][j] (NaN if unseen); ap[i] = mean of row i over the
+    seen tasks."""
+    a = score_array(metrics)
+    ap = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in a])
     return a, ap
 
 
-def _score_axes(ax: Any, title: str) -> None:
-    """The axes of a score-across-stages figure: 0-100, labelled, a grid, the legend outside on the right."""
-    ax.set_ylim(-3, 103)
-    ax.set_xlabel("stage (after training task)")
-    ax.set_ylabel("score (0-100)")
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+def draw_score_curves(metrics: dict[str, Any]) -> Figure:
+    """Small multiples: the AP after each stage, then each task's score from the stage that learned it."""
+    a, ap = score_curves_values(metrics)
+    tasks = metrics["tasks"]
+    panels = [("AP (mean over seen tasks)", ap, True)]
+    panels += [(f"{j + 1}: {short_name(t, NAME_WIDTH)}", a[:, j], False) for j, t in enumerate(tasks)]
+    x = np.arange(1, len(a) + 1)
+    return _small_multiples(x, [str(i) for i in x], panels,
+                            f"Scores across stages: {_title(metrics)} (stage k trains task k)", "after stage")
+
+
+def plot_score_curves(metrics: dict[str, Any], path: str | Path, formats: Sequence[str] | None = None,
+                      dpi: float = DPI) -> tuple[np.ndarray, np.ndarray]:
+    """Write draw_score_curves (see save_figure); returns score_curves_values."""
+    save_figure(draw_score_curves(metrics), path, formats, dpi)
+    return score_curves_values(metrics)
 
 
 def unseen_array(metrics: dict[str, Any]) -> np.ndarray:
@@ -235,65 +380,71 @@ def unseen_array(metrics: dict[str, Any]) -> np.ndarray:
         len(rows), len(unseen["tasks"]))
 
 
-def plot_unseen_curves(metrics: dict[str, Any], path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Each unseen task's score (--unseen) on the base model and after every stage, and their mean.
-    Returns (scores, mean): scores = `unseen_array`, mean[i] over the tasks scored in row i."""
+def unseen_curves_values(metrics: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, mean): scores = `unseen_array`, mean[i] over the tasks scored in row i."""
     a = unseen_array(metrics)
-    tasks = metrics["unseen"]["tasks"]
-    mean = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in a])
-    x = np.arange(len(a))
-    fig = _figure(max(6.0, 2.5 + 0.6 * len(a)), 4.8)
-    ax = fig.add_subplot()
-    import matplotlib
+    return a, np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan for row in a])
 
-    colours = matplotlib.colormaps["tab20" if len(tasks) > 10 else "tab10"]
-    for j, task in enumerate(tasks):
-        ok = np.isfinite(a[:, j])
-        if ok.any():
-            ax.plot(x[ok], a[ok, j], marker="o", ms=4, lw=1.5, color=colours(j % colours.N),
-                    label=short_name(task, NAME_WIDTH))
-    ok = np.isfinite(mean)
-    ax.plot(x[ok], mean[ok], color="black", ls="--", lw=2, marker="s", ms=4, label="mean over unseen tasks")
-    ax.set_xticks(x, labels=["base", *stage_labels(metrics["tasks"], len(a) - 1)], rotation=40, ha="right",
-                  rotation_mode="anchor")
-    ax.set_xlim(-0.5, len(a) - 0.5)
-    _score_axes(ax, f"Unseen tasks across stages: {_title(metrics)}")
-    _save(fig, path)
-    return a, mean
+
+def draw_unseen_curves(metrics: dict[str, Any]) -> Figure:
+    """Small multiples: the mean over the unseen tasks, then each one, on the base model and after every stage."""
+    a, mean = unseen_curves_values(metrics)
+    tasks = metrics["unseen"]["tasks"]
+    panels = [("mean over unseen tasks", mean, True)]
+    panels += [(short_name(t, NAME_WIDTH), a[:, j], False) for j, t in enumerate(tasks)]
+    x = np.arange(len(a))
+    return _small_multiples(x, ["base", *(str(i) for i in x[1:])], panels,
+                            f"Unseen tasks across stages: {_title(metrics)} (stage k trains task k)",
+                            "base model, then after stage")
+
+
+def plot_unseen_curves(metrics: dict[str, Any], path: str | Path, formats: Sequence[str] | None = None,
+                       dpi: float = DPI) -> tuple[np.ndarray, np.ndarray]:
+    """Write draw_unseen_curves (see save_figure); returns unseen_curves_values."""
+    save_figure(draw_unseen_curves(metrics), path, formats, dpi)
+    return unseen_curves_values(metrics)
 
 
 @dataclass
 class RunPlots:
-    files: dict[str, Path]  # written, by figure name
+    files: dict[str, Path]  # by figure name: its file in the first format asked for
     skipped: dict[str, str]  # figure name -> why it was not drawn
+    written: list[Path] = field(default_factory=list)  # every file written, all formats
 
 
-def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> RunPlots:
-    """Write the three figures of a run into out_dir (default RUN_DIR/plots).
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, formats: Sequence[str] = ("png",),
+             dpi: float = DPI) -> RunPlots:
+    """Write the figures of a run into out_dir (default RUN_DIR/plots), as NAME.<format> for each format.
 
     The score figures need metrics.json alone; the routing figure also needs the last evaluated stage's
     prediction files, and is skipped (with the reason) when they are missing. A method without a router
     (metrics.json's routing_accuracy null) gets no routing figure and no reason: there is nothing to show.
+    The formats and dpi are checked first, before anything is drawn.
     """
+    formats, dpi = parse_formats(formats), check_dpi(dpi)
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "plots"
     metrics = read_metrics(run_dir)
-    files, skipped = {}, {}
-    files["score_matrix"] = out / "score_matrix.png"
-    plot_score_matrix(metrics, files["score_matrix"])
-    files["score_curves"] = out / "score_curves.png"
-    plot_score_curves(metrics, files["score_curves"])
+    plots = RunPlots({}, {})
+
+    def write(name: str, fig: Figure) -> None:
+        paths = save_figure(fig, out / name, formats, dpi)
+        plots.files[name] = paths[0]
+        plots.written.extend(paths)
+
+    write("score_matrix", draw_score_matrix(metrics))
+    write("score_curves", draw_score_curves(metrics))
     if metrics.get("unseen"):
-        files["unseen_curves"] = out / "unseen_curves.png"
-        plot_unseen_curves(metrics, files["unseen_curves"])
+        write("unseen_curves", draw_unseen_curves(metrics))
     if "routing_accuracy" in metrics and metrics["routing_accuracy"] is None:
-        return RunPlots(files, skipped)  # no router (seq-lora, inc-lora, ...): its mixing weights are fixed
+        return plots  # no router (seq-lora, inc-lora, ...): its mixing weights are fixed
     try:
-        plot_routing_weights(run_dir, out / "routing_weights.png", metrics)
-        files["routing_weights"] = out / "routing_weights.png"
+        r = routing_means(run_dir, metrics)
     except ConfigError as e:
-        skipped["routing_weights"] = str(e)
-    return RunPlots(files, skipped)
+        plots.skipped["routing_weights"] = str(e)
+        return plots
+    write("routing_weights", draw_routing_weights(r, metrics))
+    return plots
 
 
 # ---- several runs --------------------------------------------------------------------------------
@@ -303,6 +454,8 @@ class Comparison:
     ap: np.ndarray  # NaN where absent
     bwt: np.ndarray  # NaN where absent (a run with one stage has no BWT)
     metrics: list[dict[str, Any]]
+    fra: np.ndarray = field(default_factory=lambda: np.array([]))  # NaN where absent, as BWT
+    files: list[Path] = field(default_factory=list)  # the chart files written (plot_compare)
 
 
 def run_names(run_dirs: Sequence[str | Path], metrics: Sequence[dict[str, Any]]) -> list[str]:
@@ -330,7 +483,8 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> Comparison:
         raise ConfigError("compare needs at least one run directory")
     metrics = [read_metrics(d) for d in run_dirs]
     return Comparison(run_names(run_dirs, metrics), np.array([_value(m.get("ap")) for m in metrics]),
-                      np.array([_value(m.get("bwt")) for m in metrics]), metrics)
+                      np.array([_value(m.get("bwt")) for m in metrics]), metrics,
+                      np.array([_value(m.get("fra")) for m in metrics]))
 
 
 def _tasks_label(m: dict[str, Any]) -> str:
@@ -340,36 +494,61 @@ def _tasks_label(m: dict[str, Any]) -> str:
     return f"{n} tasks" + (f", {done} done" if unfinished else "")
 
 
-def plot_compare(run_dirs: Sequence[str | Path], path: str | Path) -> Comparison:
-    """Grouped bars of AP and BWT per run; returns the plotted values."""
-    c = compare_runs(run_dirs)
+# (attribute of Comparison, panel title, colour, fixed axis range or None: fitted to the values and 0)
+COMPARE_PANELS = (
+    ("ap", "AP (higher is better)", "tab:blue", (0.0, 100.0)),
+    ("bwt", "BWT (0 = no forgetting;\nnegative = forgot)", "tab:orange", None),
+    ("fra", "F.Ra (forgetting from the best;\nlower is better)", "tab:red", None),
+)
+
+
+def _limits(values: np.ndarray, fixed: tuple[float, float] | None) -> tuple[float, float]:
+    """An axis range holding 0, the values and room for their labels (a fifth of the span on the open sides)."""
+    finite = values[np.isfinite(values)]
+    lo, hi = fixed if fixed is not None else (min(0.0, *finite, 0.0), max(0.0, *finite, 0.0))
+    if hi - lo < 1.0:
+        hi = lo + 1.0
+    pad = (0.1 if fixed is not None else 0.22) * (hi - lo)
+    return lo - (pad if lo < 0 else 0), hi + (pad if hi > 0 else 0)
+
+
+def draw_compare(c: Comparison) -> Figure:
+    """AP, BWT and F.Ra per run: three panels of horizontal bars, one axis each (BWT's few points do not
+    vanish on AP's 0-100), the runs listed once on the left, top to bottom in the order given."""
     n = len(c.names)
-    fig = _figure(max(6.0, 2.5 + 1.1 * n), 4.8)
-    ax = fig.add_subplot()
-    x = np.arange(n)
-    width = 0.38
-    for offset, values, label, colour in ((-width / 2, c.ap, "AP", "tab:blue"), (width / 2, c.bwt, "BWT", "tab:orange")):
-        bars = ax.bar(x + offset, np.nan_to_num(values), width, label=label, color=colour)
+    fig = _figure(10.0, 1.3 + 0.62 * n)
+    axes = fig.subplots(1, len(COMPARE_PANELS), sharey=True, width_ratios=[1.25, 1, 1])
+    y = np.arange(n)
+    for ax, (key, title, colour, fixed) in zip(axes, COMPARE_PANELS):
+        values = getattr(c, key)
+        bars = ax.barh(y, np.nan_to_num(values), 0.6, color=colour, label=key)
         for bar, v in zip(bars, values):
-            text = "n/a" if np.isnan(v) else f"{v:.1f}"
-            y = 0.0 if np.isnan(v) else v
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y), xytext=(0, 3 if y >= 0 else -3),
-                        textcoords="offset points", ha="center", va="bottom" if y >= 0 else "top", fontsize=8)
-    ax.axhline(0, color="black", lw=0.8)
-    labels = ["\n".join([name, *([method_label(m)] if method_label(m) != name else []), m.get("model", "?"),
-                          _tasks_label(m)])  # one short line each
-              for name, m in zip(c.names, c.metrics)]
-    ax.set_xticks(x, labels=labels, fontsize=8)
-    finite = np.concatenate([c.ap[np.isfinite(c.ap)], c.bwt[np.isfinite(c.bwt)], [0.0]])
-    lo, hi = min(0.0, finite.min()), max(finite.max(), 1.0)
-    pad = 0.12 * (hi - lo)
-    ax.set_ylim(lo - (pad if lo < 0 else 0), hi + pad)
-    ax.set_xlabel("run")
-    ax.set_ylabel("points (0-100 scale)")
-    ax.set_title("Average performance (AP) and backward transfer (BWT) per run")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(frameon=False)
-    _save(fig, path, chart_format(path) or "png")
+            right = not (np.isfinite(v) and v < 0)
+            ax.annotate("n/a" if np.isnan(v) else f"{v:.1f}", (0.0 if np.isnan(v) else v, bar.get_y() + 0.3),
+                        xytext=(3 if right else -3, 0), textcoords="offset points", va="center",
+                        ha="left" if right else "right", fontsize=8)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlim(*_limits(values, fixed))
+        if fixed is not None:  # no tick beyond the scale (the room on the right is for the value labels)
+            ax.set_xticks(np.linspace(*fixed, 6))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("points (0-100 scale)", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=7)
+    labels = [" · ".join([name, *([method_label(m)] if method_label(m) != name else [])]) + "\n"
+              + f"{m.get('model', '?')}, {_tasks_label(m)}" for name, m in zip(c.names, c.metrics)]
+    axes[0].set_yticks(y, labels=labels, fontsize=8)
+    axes[0].set_ylim(n - 0.5, -0.5)  # the first run at the top
+    fig.suptitle("Average performance (AP), backward transfer (BWT) and forgetting (F.Ra) per run", fontsize=10)
+    return fig
+
+
+def plot_compare(run_dirs: Sequence[str | Path], path: str | Path, formats: Sequence[str] | None = None,
+                 dpi: float = DPI) -> Comparison:
+    """Write draw_compare (see save_figure: without `formats`, the suffix of `path` picks the format);
+    returns the plotted values and the files."""
+    c = compare_runs(run_dirs)
+    c.files = save_figure(draw_compare(c), path, formats, dpi)
     return c
 
 

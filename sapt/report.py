@@ -161,10 +161,11 @@ REFERENCE_KEYS = ("model", "data_dir", "benchmark", "val_size", "max_train_per_t
                   "lr", "epochs", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_source_length",
                   "max_target_length", "max_new_tokens", "backbone_dtype", "stop_at_newline",
                   "pet", "prompt_len", "prompt_mlp_hidden", "lora_dropout", "mixed_precision", "max_grad_norm",
-                  "template", "input_field", "output_field")
+                  "template", "input_field", "output_field", "lr_scheduler", "warmup_ratio", "target_modules")
 # Keys that shape one kind of block only: compared when the run uses that kind (`pet` itself always is), so
 # that a LoRA run's prompt_len, say, cannot refuse a reference that computed exactly the same.
-BLOCK_KIND_KEYS = {"lora": ("lora_r", "lora_alpha", "lora_dropout"), "prompt": ("prompt_len", "prompt_mlp_hidden")}
+BLOCK_KIND_KEYS = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "target_modules"),
+                   "prompt": ("prompt_len", "prompt_mlp_hidden")}
 
 
 def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
