@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +39,13 @@ TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
 PETS = ("lora", "prompt")  # --pet: the block type (sapt.train.build_model, sapt.modules.blocks)
 TEMPLATES = ("family", "release")  # --template: the prompt template (sapt.data.prompts.template_key)
+# --lr-scheduler: transformers' schedules that need nothing but the step counts (sapt.stage_trainer.make_scheduler).
+# Left out: reduce_lr_on_plateau and greedy (driven by a metric, not the step), cosine_with_min_lr,
+# cosine_warmup_with_min_lr and warmup_stable_decay (they need settings of their own), polynomial (it decays
+# from the optimiser's default rate, not the groups' rates).
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "inverse_sqrt")
+# --tracker-project: characters W&B refuses in a project name, and path separators (it is a folder too)
+TRACKER_PROJECT_REFUSED = "/\\#?%:"
 
 # The sections of the config, in the order of the source, of `sapt run --help` and of the docs.
 SECTIONS: dict[str, str] = {
@@ -108,6 +116,11 @@ class RunConfig:
     log_with: list[str] = option(["jsonl"], section="run", resume="free",
                                  help="trackers, comma-separated: jsonl, tensorboard, wandb; through accelerate, "
                                       "into RUN_DIR/trackers (train_log.jsonl is always written)")
+    # The W&B project and the TensorBoard sub-folder of RUN_DIR/trackers (sapt.tracking.Trackers); None: the run
+    # directory's name, as before. With a project, a W&B run is named after the run directory.
+    tracker_project: str | None = option(None, section="run", resume="free", default_help="the run directory's name",
+                                         help="--log-with wandb / tensorboard: the W&B project (the run is named after "
+                                              "the run directory) and the TensorBoard sub-folder of RUN_DIR/trackers")
     notes: dict[str, Any] = option({}, section="run", flag=False, resume="free",
                                    help="free-form notes kept with the run (YAML only)")
 
@@ -172,6 +185,15 @@ class RunConfig:
     block_init: str = option("zero", section="block", choices=BLOCK_INITS,
                              help="a new task's block: zero (the paper) or previous: a copy of the previous "
                                   "task's block")
+    # The Linears that get LoRA blocks, as PEFT's target_modules (sapt.modules.blocks.lora.config.target_pattern):
+    # names (a module whose name is one of them or ends in ".<name>") or one regular expression matched against
+    # the whole module name. None: q and v of every attention (TARGET_PATTERNS, per model family). Kept as the
+    # text the user gave: a regex may hold commas ({1,2}). A YAML list of names is joined with commas (`coerce`).
+    target_modules: str | None = option(None, section="block", default_help="q and v of every attention",
+                                        help="--pet lora: the Linear modules that get LoRA blocks, as PEFT's "
+                                             "target_modules: comma-separated names (q_proj,v_proj: a module named so "
+                                             "or ending in .q_proj) or a regular expression matched against the whole "
+                                             "module name; a fused q/k/v projection still gets blocks on q and v only")
 
     # ---- router ---------------------------------------------------------------------------------------
     query_hidden: int = option(100, section="router", help="hidden width of the router's query MLP")
@@ -228,6 +250,17 @@ class RunConfig:
     max_grad_norm: float = option(0.0, section="optimisation",
                                   help="clip the total gradient norm of the blocks and router (the reflection KL's "
                                        "gradient included) to this before each optimiser step; 0 = off (the release: 1)")
+    # The learning rate's schedule over one stage's optimiser steps (sapt.stage_trainer.make_scheduler): each
+    # task's stage is its own training run, so every stage warms up and decays again. "constant" with no warm-up
+    # is the paper's and the release's (and sapt's before this option): no scheduler is built at all.
+    lr_scheduler: str = option("constant", section="optimisation", choices=LR_SCHEDULERS,
+                               help="learning-rate schedule of transformers (get_scheduler) over each stage's "
+                                    "optimiser steps: every task's stage is its own run, warmed up and decayed anew "
+                                    "(the router-fit phase of learn-then-route keeps a constant rate)")
+    warmup_ratio: float = option(0.0, section="optimisation",
+                                 help="share of each stage's optimiser steps over which the learning rate warms up "
+                                      "from 0 (rounded up, as transformers' Trainer does); needs a schedule with a "
+                                      "warm-up, not constant")
     seed: int = option(42, section="optimisation", help="seed for data splits, initialisation and shuffling")
 
     # ---- lengths and decoding -------------------------------------------------------------------------
@@ -299,6 +332,7 @@ class RunConfig:
             raise ConfigError(f"prompt_mlp_hidden must be >= 0 (0 = off), got {self.prompt_mlp_hidden}")
         if not self.max_grad_norm >= 0:
             raise ConfigError(f"max_grad_norm must be >= 0 (0 = off), got {self.max_grad_norm}")
+        self._validate_schedule_targets_tracker()
         if self.template == "release":
             from sapt.data.prompts import RELEASE_BENCHMARKS
 
@@ -342,6 +376,35 @@ class RunConfig:
         trained = sorted(set(self.unseen) & set(self.tasks or []))
         if trained:
             raise ConfigError(f"unseen: task(s) {', '.join(trained)} are also in --tasks; an unseen task is never trained on")
+
+
+    def _validate_schedule_targets_tracker(self) -> None:
+        """lr_scheduler / warmup_ratio, target_modules and tracker_project (part of `validate`)."""
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.warmup_ratio > 0 and self.lr_scheduler == "constant":  # transformers' constant ignores a warm-up
+            raise ConfigError(f"warmup_ratio {self.warmup_ratio}: lr_scheduler constant has no warm-up; use "
+                              "constant_with_warmup (or linear, cosine, ...) or warmup_ratio 0")
+        if self.target_modules is not None:
+            if self.pet != "lora":
+                raise ConfigError(f"target_modules: pet {self.pet} (soft prompts) adapts no module; target_modules "
+                                  "is for LoRA blocks: leave it out")
+            from sapt.modules.blocks.lora.config import target_pattern
+
+            try:
+                target_pattern(self.target_modules)
+            except ValueError as e:
+                raise ConfigError(f"target_modules: {e}") from None
+        if self.tracker_project is not None:
+            bad = sorted(set(self.tracker_project) & set(TRACKER_PROJECT_REFUSED))
+            if not self.tracker_project.strip() or self.tracker_project.strip() in (".", "..") or bad \
+                    or len(self.tracker_project) > 128:
+                why = f"holds {' '.join(map(repr, bad))}" if bad else "is not a folder name of at most 128 characters"
+                raise ConfigError(f"tracker_project {self.tracker_project!r} {why}: it names a W&B project and a "
+                                  "sub-folder of RUN_DIR/trackers")
+            if not set(self.log_with) & {"tensorboard", "wandb"}:
+                raise ConfigError(f"tracker_project {self.tracker_project!r}: log_with {','.join(self.log_with)} has "
+                                  "no tracker with a project; add tensorboard or wandb to log_with, or leave it out")
 
 
 # The built-in suite is a few hundred short examples for a CPU demo: larger steps than the paper's
@@ -389,6 +452,7 @@ SAVED_ORDER = (
     "pet", "prompt_len",
     "router_schedule", "router_fit_steps", "router_ce", "router_fit_kl",
     "prompt_mlp_hidden", "max_grad_norm", "template",
+    "lr_scheduler", "warmup_ratio", "target_modules", "tracker_project",
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")
@@ -497,6 +561,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 # ---- types: every value is checked against its field's annotation before RunConfig sees it ------------
 _TYPES = typing.get_type_hints(RunConfig)
+# Text keys that also take a list of names (YAML `target_modules: [q_proj, v_proj]`, as PEFT's), kept joined
+# by commas: the text form, a single regex, may itself hold commas, so the key is not a list of strings.
+NAME_LISTS = ("target_modules",)
 
 
 def coerce_all(values: dict[str, Any], source: str = "") -> dict[str, Any]:
@@ -553,6 +620,11 @@ def coerce(key: str, value: Any) -> Any:
     if origin is str:
         if isinstance(value, str):
             return value
+        if key in NAME_LISTS and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            if not all(re.fullmatch(r"\s*[\w.]+\s*", v) for v in value):  # names, not patterns (PEFT's list)
+                raise ConfigError(f"{key}: a list holds module names (letters, digits, _ and .); give a regular "
+                                  f"expression as one string, got {value!r}")
+            return ",".join(v.strip() for v in value)  # a YAML list of names, as PEFT's target_modules list
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if origin is list:
         items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value

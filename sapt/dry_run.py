@@ -5,7 +5,9 @@ items there are and how many optimiser steps that makes, from the task data read
 (the same splits, subsets and method). No model is loaded and nothing is written, so a paper config can
 be checked on a laptop before a GPU is booked: the step counts (a 100-epoch SuperNI stage, a 20-epoch
 LLaMA stage), the router's frozen warm-up steps and the number of reflection inputs per task (the 2% rule
-and `pseudo_max`) are the numbers that decide its cost and its fidelity to the release.
+and `pseudo_max`) are the numbers that decide its cost and its fidelity to the release. With a learning-rate
+schedule (`lr_scheduler`), the schedule's span is each stage's own optimiser steps, and with `warmup_ratio`
+each stage's warm-up steps are a column of their own.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
                           "(give --data-dir DIR)")
     from sapt.methods import make_method
     from sapt.reflection import replay_count
-    from sapt.stage_trainer import optimiser_steps_per_epoch
+    from sapt.stage_trainer import lr_warmup_steps, optimiser_steps_per_epoch
     from sapt.train import load_run_tasks, load_unseen_tasks
 
     tasks = load_run_tasks(cfg)
@@ -47,6 +49,7 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
             "steps_per_epoch": per_epoch, "steps": per_epoch * cfg.epochs,
             "router_frozen": min(method.warmup_steps(cfg, t, per_epoch), per_epoch * cfg.epochs) if method.routed else None,
             "replay_inputs": replay_count(len(stage.train), cfg.pseudo_ratio, cfg.pseudo_max) if reflects else None,
+            "lr_warmup": lr_warmup_steps(cfg.warmup_ratio, per_epoch * cfg.epochs),
         })
     return rows
 
@@ -60,10 +63,17 @@ def dry_run(cfg: RunConfig) -> str:
         lines.append("# kl_ratio null: the model family's default (1 for causal LMs; T5: 0.5 SuperNI, 0.1 Long_Sequence)")
     lines.append(f"# per stage: {cfg.epochs} epochs of micro-batches of {cfg.batch_size}, an optimiser step every "
                  f"{cfg.grad_accum} of them (and at the end of an epoch)")
-    head = ["stage", "task", "train", "val", "eval", "steps/epoch", "optimiser steps", "router frozen", "replay inputs"]
+    if cfg.lr_scheduler != "constant":
+        lines.append(f"# learning rate: transformers' {cfg.lr_scheduler} schedule over each stage's optimiser steps "
+                     "(it starts again at every stage)"
+                     + (f", warming up over the first {cfg.warmup_ratio:g} of them (lr warm-up)" if cfg.warmup_ratio else ""))
+    warm = cfg.warmup_ratio > 0  # the column only then: the default plan reads as it always has
+    head = ["stage", "task", "train", "val", "eval", "steps/epoch", "optimiser steps", "router frozen", "replay inputs",
+            *(["lr warm-up"] if warm else [])]
     table = [[str(r["stage"]), r["task"], str(r["train"]), str(r["val"]), str(r["eval"]), str(r["steps_per_epoch"]),
               str(r["steps"]), "-" if r["router_frozen"] is None else str(r["router_frozen"]),
-              "-" if r["replay_inputs"] is None else str(r["replay_inputs"])] for r in rows]
+              "-" if r["replay_inputs"] is None else str(r["replay_inputs"]),
+              *([str(r["lr_warmup"])] if warm else [])] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     for row in [head, *table]:
         lines.append("  ".join(x.ljust(w) if i == 1 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths))).rstrip())

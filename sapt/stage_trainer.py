@@ -36,8 +36,8 @@ from sapt.reflection import Reflection, routing_target
 from sapt.rundir.layout import log
 from sapt.tracking import Trackers
 
-__all__ = ["StageTrainer", "TrainingError", "distributed_loss", "optimiser_steps_per_epoch", "stage_seed",
-           "train_stage"]
+__all__ = ["StageTrainer", "TrainingError", "distributed_loss", "lr_warmup_steps", "make_scheduler",
+           "optimiser_steps_per_epoch", "stage_seed", "train_stage"]
 
 
 class TrainingError(RuntimeError):
@@ -59,6 +59,13 @@ def train_stage(
     parameters, optimiser, the torch / shuffling / reflection RNG states, history) is saved there after
     every epoch, and if the file exists training continues after its epoch, exactly as if never
     stopped. The learning rates always come from `cfg` (they may have been lowered to resume).
+
+    Learning-rate schedule (`lr_scheduler`, `warmup_ratio`; `make_scheduler`): transformers' schedule over
+    this stage's optimiser steps, `epochs` x `optimiser_steps_per_epoch`. Each task's stage is its own
+    training run, so the schedule starts again at every stage (a warm-up, then the decay, per task). Both
+    parameter groups (blocks and router) follow it, the router's frozen warm-up steps included. Its state is
+    in the checkpoint with the optimiser's, so a resumed stage goes on at the same point of the schedule.
+    The default, constant with no warm-up, builds no scheduler: the rates are never touched, as before.
 
     Router warm-up (SAPT's `warmup_steps`): a new block starts at zero (B = 0), so at the start of stage
     t > 1 it cannot help and every old block that fits the answer format a little can; Adam then moves the
@@ -103,6 +110,8 @@ class StageTrainer:
         self.n_batches = math.ceil(len(self.items) / cfg.batch_size)
         steps_per_epoch = optimiser_steps_per_epoch(len(self.items), cfg.batch_size, cfg.grad_accum)
         self.warmup = method.warmup_steps(cfg, t, steps_per_epoch)
+        # the learning rate's schedule spans this stage's optimiser steps (None: constant, no warm-up)
+        self.scheduler = make_scheduler(self.optimizer, cfg, cfg.epochs * steps_per_epoch)
         # learn, then route: the whole stage is the block alone (validated alone too), then the router fit
         self.fits_router = method.fits_router(cfg) and t > 0
         self.alone = self.fits_router or self.warmup >= cfg.epochs * steps_per_epoch > 0
@@ -146,8 +155,7 @@ class StageTrainer:
         at `step_offset` (the optimiser steps of the earlier stages) + this stage's step."""
         self.log_path, self.checkpoint, self.trackers, self.step_offset = log_path, checkpoint, trackers, step_offset
         self.resume()
-        for group, lr in zip(self.optimizer.param_groups, self.lrs):  # after load_state_dict, which restores the old ones
-            group["lr"] = lr
+        self.set_rates()  # after load_state_dict, which restores the old ones
         if self.checkpoint is not None and self.dist.is_main:
             trim_log(self.log_path, self.t, self.start)
         self.model.train()
@@ -163,9 +171,30 @@ class StageTrainer:
             self.fit_router()
         return self.summary()
 
+    def set_rates(self) -> None:
+        """The groups' learning rates from `cfg` (lr, router_lr: they may have been changed to resume), at the
+        schedule's current step when there is one: base rate x the schedule's factor at that step, exactly what
+        LambdaLR computes, so that a resumed stage steps with the rates an uninterrupted one would."""
+        groups = self.optimizer.param_groups
+        if self.scheduler is None:
+            for group, lr in zip(groups, self.lrs):
+                group["lr"] = lr
+            return
+        step = self.scheduler.last_epoch
+        self.scheduler.base_lrs = list(self.lrs)
+        rates = [lr * factor(step) for lr, factor in zip(self.lrs, self.scheduler.lr_lambdas)]
+        for group, lr, rate in zip(groups, self.lrs, rates):
+            group["initial_lr"], group["lr"] = lr, rate
+        self.scheduler._last_lr = rates
+
     def fit_router(self) -> None:
         """Learn, then route: the block has learned alone; now the router alone (`sapt.router_fit`). Every
-        process fits the same router from the same data and seed; the main one's is broadcast all the same."""
+        process fits the same router from the same data and seed; the main one's is broadcast all the same.
+
+        The fit keeps a constant rate (router_lr), whatever `lr_scheduler`: it is an optimisation of its own
+        (its own AdamW and `router_fit_steps`, over pooled prompts, after the block's stage), not more steps of
+        the stage's schedule, which has run out by then (a linear or cosine schedule ends at 0 and would leave
+        the router unfitted); its step count is not the stage's, so the stage's warm-up share has no meaning there."""
         from sapt.router_fit import fit_router
 
         cfg, reflection = self.cfg, self.reflection
@@ -188,6 +217,8 @@ class StageTrainer:
             if state.get("task") != task.name or state.get("stage") != t or \
                     [tuple(p.shape) for p in state["params"]] != [tuple(p.shape) for p in self.params]:
                 raise CheckpointError("it belongs to another stage or model")
+            if self.scheduler is not None and (state.get("scheduler") or {}).get("last_epoch") != state["steps"]:
+                raise CheckpointError("it holds no learning-rate schedule at its step")
         except (CheckpointError, KeyError, TypeError) as e:
             log(f"sapt: stage {t + 1} ({task.name}): the checkpoint {checkpoint} is not usable ({e}); "
                 "the stage restarts from its beginning")
@@ -197,6 +228,8 @@ class StageTrainer:
             for p, saved in zip(self.params, state["params"]):
                 p.copy_(saved)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:  # where the schedule stands; `set_rates` then re-bases it on cfg's rates
+            self.scheduler.load_state_dict(state["scheduler"])
         self.best = state["best"]
         self.history, self.steps, self.start, self.seconds = state["history"], state["steps"], state["epoch"], state["seconds"]
         torch.set_rng_state(state["rng"]["torch"])
@@ -336,15 +369,20 @@ class StageTrainer:
                 p.grad = None  # AdamW skips a parameter without gradient: no update, no state
         if self.cfg.max_grad_norm > 0:
             record["grad_norm"] = self.clip_gradients()
+        if self.scheduler is not None:  # the blocks' rate this step uses (the router's follows the same factor)
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
         self.steps += 1
         if self.trackers is not None:
             self.trackers.log({"train/loss": record["loss"], **({"train/kl": record["kl"]} if "kl" in record else {}),
+                               **({"train/lr": record["lr"]} if "lr" in record else {}),
                                "stage": self.t + 1}, step=self.step_offset + self.steps)
 
     def clip_gradients(self) -> float:
@@ -404,6 +442,7 @@ class StageTrainer:
             "params": [p.detach().clone() for p in self.params], "best": self.best,
             "optimizer": self.optimizer.state_dict(), "history": self.history,
             "seconds": self.seconds + time.time() - self.t0,
+            **({"scheduler": self.scheduler.state_dict()} if self.scheduler is not None else {}),
             "rng": {"torch": torch.get_rng_state(), "perm": self.gen.get_state(),
                     "reflection": self.reflection.rng.getstate() if self.reflection is not None else None},
         })
@@ -418,6 +457,23 @@ def check_clippable(params: list[torch.nn.Parameter]) -> None:
     if any(hasattr(p, "to_local") for p in params):
         raise TrainingError("max_grad_norm > 0 with trainable parameters sharded by FSDP: the norm of local shards "
                             "is not the total norm; set max_grad_norm: 0 or keep the blocks and router unsharded")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
+    """transformers' `lr_scheduler` over one stage's `total_steps` optimiser steps, with
+    `lr_warmup_steps(warmup_ratio, total_steps)` of warm-up: a LambdaLR, stepped after every optimiser step.
+    None for "constant" with no warm-up (the default): no scheduler, the rates stay as set, as before."""
+    if cfg.lr_scheduler == "constant" and cfg.warmup_ratio == 0:
+        return None
+    from transformers import get_scheduler
+
+    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=lr_warmup_steps(cfg.warmup_ratio, total_steps),
+                         num_training_steps=total_steps)
+
+
+def lr_warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    """The warm-up steps of a stage of `total_steps`: the ratio's share, rounded up (transformers' Trainer)."""
+    return math.ceil(warmup_ratio * total_steps)
 
 
 def optimiser_steps_per_epoch(n_items: int, batch_size: int, grad_accum: int) -> int:

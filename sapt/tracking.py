@@ -8,7 +8,10 @@ What goes to them, with the run's optimiser step (counted across stages) as the 
 
 `jsonl` (the default) is a small accelerate `GeneralTracker` of ours writing RUN_DIR/trackers/metrics.jsonl,
 one JSON object per call; `tensorboard` and `wandb` are accelerate's own (they need the `tensorboard` or
-`wandb` package; wandb also its login or WANDB_MODE=offline). train_log.jsonl is written whatever the
+`wandb` package; wandb also its login or WANDB_MODE=offline). Their project is the config's `tracker_project`
+(--tracker-project), else the run directory's name: the W&B project (with a project given, the W&B run is
+named after the run directory) and the TensorBoard folder RUN_DIR/trackers/<project>/.
+With a learning-rate schedule (--lr-scheduler) each optimiser step also logs train/lr, the blocks' rate. train_log.jsonl is written whatever the
 trackers: resuming relies on it. Only the main process logs.
 """
 from __future__ import annotations
@@ -65,21 +68,26 @@ def check_trackers(names: list[str]) -> None:
             raise ConfigError(f"--log-with {name} needs the {PACKAGES[name]} package: pip install {PACKAGES[name]}")
 
 
-def _make(name: str, run_name: str, logging_dir: Path) -> GeneralTracker:
+def _make(name: str, run_name: str, logging_dir: Path, project: str | None = None) -> GeneralTracker:
+    """Tracker `name`; `project` (--tracker-project) replaces `run_name` as the W&B project and the TensorBoard
+    folder, and the W&B run is then named `run_name`. accelerate's trackers name both after their run_name."""
     check_trackers([name])
     if name == "jsonl":
         return JSONLTracker(run_name, logging_dir)
     if name == "tensorboard":
         from accelerate.tracking import TensorBoardTracker
 
-        return TensorBoardTracker(run_name, logging_dir)
+        return TensorBoardTracker(project or run_name, logging_dir)
     from accelerate.tracking import WandBTracker
 
-    return WandBTracker(run_name, dir=str(logging_dir))
+    if project is None:
+        return WandBTracker(run_name, dir=str(logging_dir))
+    return WandBTracker(project, dir=str(logging_dir), name=run_name)
 
 
 class Trackers:
-    """The run's trackers, started on the main process; on the others every call does nothing."""
+    """The run's trackers, started on the main process; on the others every call does nothing. `config` is the
+    run's (`sapt.config.to_dict`): stored by each tracker, and its `tracker_project` names their project."""
 
     def __init__(self, names: list[str], run_dir: Path, config: dict[str, Any], active: bool = True):
         self.trackers: list[GeneralTracker] = []
@@ -87,7 +95,7 @@ class Trackers:
             return
         logging_dir = run_dir / "trackers"
         for name in dict.fromkeys(names):  # in order, once each
-            tracker = _make(name, run_dir.name or "run", logging_dir)
+            tracker = _make(name, run_dir.name or "run", logging_dir, config.get("tracker_project"))
             tracker.start()
             # trackers take flat scalars as hyper-parameters
             tracker.store_init_configuration({k: v if isinstance(v, (bool, int, float, str)) else str(v)

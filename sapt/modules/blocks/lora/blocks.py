@@ -17,7 +17,7 @@ from torch import nn
 from sapt.modules.blocks.base import BlockType
 from sapt.modules.blocks.lora.config import LoRAConfig
 from sapt.modules.blocks.lora.fused import MixtureLoRASlice
-from sapt.modules.blocks.lora.inject import inject_mixture_lora
+from sapt.modules.blocks.lora.inject import check_user_targets, inject_mixture_lora
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
 from sapt.modules.blocks.lora.losses import l2_loss, orthogonality_loss
 from sapt.modules.blocks.lora.merge import merged_lora
@@ -25,7 +25,8 @@ from sapt.modules.blocks.routing import RoutingState
 
 
 class LoRABlocks(BlockType):
-    """Mixture LoRA on the Linears matched by `config.pattern(family)` (q and v by default)."""
+    """Mixture LoRA on the Linears matched by `config.pattern(family)` (q and v by default, else the user's
+    --target-modules)."""
 
     name = "lora"
     extra_losses = ("orthogonality", "l2")
@@ -38,6 +39,8 @@ class LoRABlocks(BlockType):
     def attach(self, model: nn.Module, family: str, state: RoutingState) -> None:
         c = self.config
         self.state = state
+        if c.target_modules is not None and c.target_pattern is None:  # a user's --target-modules
+            check_user_targets(model, c.target_modules, c.pattern(family))
         self.layers = inject_mixture_lora(model, c.pattern(family), state, c.r, c.alpha, c.dropout)
 
     @property

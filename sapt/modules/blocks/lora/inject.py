@@ -17,13 +17,39 @@ from sapt.modules.blocks.lora.fused import FUSED_QKV, FusedQKVLoRA, qkv_layouts
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
 from sapt.modules.blocks.routing import RoutingState
 
-__all__ = ["TARGET_PATTERNS", "find_targets", "inject_mixture_lora"]
+__all__ = ["TARGET_PATTERNS", "check_user_targets", "find_targets", "inject_mixture_lora", "linear_names"]
 
 
 def find_targets(model: nn.Module, pattern: str) -> list[str]:
     """Names of the `nn.Linear` modules whose full name matches `pattern`."""
     regex = re.compile(pattern)
     return [n for n, m in model.named_modules() if regex.search(n) and isinstance(m, nn.Linear)]
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The distinct last parts of the names of the model's `nn.Linear` modules, in the model's order
+    (q_proj, k_proj, ..., lm_head): what --target-modules can name."""
+    return list(dict.fromkeys(n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n))
+
+
+def check_user_targets(model: nn.Module, target_modules: str, pattern: str) -> None:
+    """Refuse a --target-modules text (`pattern`, from `config.target_pattern`) that matches no Linear of the
+    model, naming the Linears there are, or that matches the output layer (the LM head): its input holds only
+    the answer positions of a batch (sapt.modules.target_logits), which a per-example mixture cannot weigh,
+    and PEFT's "all-linear" leaves it out too."""
+    from sapt.models import ModelLoadError
+
+    names = find_targets(model, pattern)
+    if not names:
+        first = next((n for n, m in model.named_modules() if isinstance(m, nn.Linear)), None)
+        raise ModelLoadError(f"--target-modules {target_modules!r} matches no Linear module of the model (model type "
+                             f"{model_type(model)!r}); its Linear modules: {', '.join(linear_names(model))}"
+                             + (f" (full names such as {first})" if first else ""))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hit = next((n for n in names if head is not None and model.get_submodule(n) is head), None)
+    if hit is not None:
+        raise ModelLoadError(f"--target-modules {target_modules!r} matches {hit}, the model's output layer (LM head), "
+                             "which sapt does not adapt; name the modules without it")
 
 
 def model_type(model: nn.Module) -> str:
@@ -45,7 +71,7 @@ def inject_mixture_lora(
             raise ModelLoadError(
                 f"model type {kind!r} has no recognised attention projections: LoRA blocks go on q_proj/v_proj "
                 "(LLaMA, Qwen2, Gemma, Mistral), qkv_proj (Phi-3), query_key_value (GPT-NeoX, Falcon) "
-                "or T5's q/v Linears; give another target_pattern to adapt other modules")
+                "or T5's q/v Linears; --target-modules names other Linear modules to adapt")
         raise ModelLoadError(f"no Linear of the model (model type {kind!r}) matches the LoRA target pattern {pattern!r}")
     layers: dict[str, MixtureLoRALinear] = {}
     for name in names:
