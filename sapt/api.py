@@ -10,6 +10,10 @@
     [a] = trained.predict(["Review: flimsy and noisy."])
     a.text, a.routing                             # the answer; {"topic": 0.31, "sentiment": 0.69}
 
+`sapt.load` also takes an export of a run (`sapt export --out DIR`: the folder, a copy of it anywhere, or
+the id of a Hub repo it was pushed to, `sapt export --push-to-hub USER/REPO`), and answers from it exactly
+as from the run.
+
 `sapt.run` takes the keys of a YAML config (`sapt run --help` lists them, with underscores) and resolves
 them exactly as `sapt run` does (defaults < built-in preset < `config_file` < keywords, every value checked
 by `sapt.config.resolve`), so a bad value is the same one-line `ConfigError`. `sapt run` and
@@ -103,7 +107,8 @@ def run(config_file: str | Path | None = None, *, force_new: bool = False,
 
 class TrainedRun:
     """A finished (or partly finished) run, loaded once to answer inputs: every trained stage's block and
-    the router of the last one, on the base model of its config (`sapt.load`). `run_dir`: its absolute path.
+    the router of the last one, on the base model of its config (`sapt.load`). `run_dir`: its absolute path
+    (of the run directory, or of the export it was loaded from: `from_export` then says so).
 
     `tasks`: the trained tasks in training order; `config`: the run's RunConfig (config.yaml);
     `metrics`: metrics.json as a dict (None if the run has evaluated no stage); `model`: the SAPTModel;
@@ -117,12 +122,20 @@ class TrainedRun:
         self.method = method
         self._warned_no_definition = False
 
+    @property
+    def from_export(self) -> bool:
+        """Whether this was loaded from an export of the run (`sapt export`), not from its run directory."""
+        from sapt.rundir import is_export
+
+        return is_export(self.run_dir)
+
     def __repr__(self) -> str:
         return f"TrainedRun({str(self.run_dir)!r}, model={self.config.model!r}, method={self.config.method!r}, tasks={self.tasks})"
 
     @property
     def definitions(self) -> dict[str, str]:
-        """Each trained task's definition (RUN_DIR/tasks.json; `sapt report` lists them), in training order."""
+        """Each trained task's definition (tasks.json of the run or export; `sapt report` and the export's
+        model card list them), in training order."""
         from sapt.rundir import task_definitions
 
         return task_definitions(self.run_dir)
@@ -293,9 +306,11 @@ class TrainedRun:
         if any(self.definitions.get(name) for name in self.tasks):
             import warnings
 
+            where = (f"in {self.run_dir / 'README.md'} (Task definitions)" if self.from_export else
+                     f"by `sapt report --run {self.run_dir}`")
             warnings.warn(f"the tasks of {self.run_dir} trained with a definition in every prompt and none was "
                           "given: routing and answers may be wrong; give each input its task's definition "
-                          f"(--definition, or definition=), listed by `sapt report --run {self.run_dir}`",
+                          f"(--definition, or definition=), listed {where}",
                           MissingDefinitionWarning, stacklevel=4)
 
     def _routing(self, weights) -> dict[str, float] | None:
@@ -333,12 +348,47 @@ def _texts(texts: str | Sequence[str]) -> list[str]:
 
 def load(run_dir: str | Path) -> TrainedRun:
     """The model of a run directory, rebuilt from its trained stages (each checked against manifest.json,
-    as `sapt eval`, `predict` and `export` do), ready to answer. Raises ConfigError for a path that is not
-    a sapt run or a damaged stage."""
+    as `sapt eval`, `predict` and `export` do), ready to answer.
+
+    `run_dir` may also be an export of a run (`sapt export --out DIR`, which is self-contained: a copy
+    of it anywhere loads), or, when no such local folder exists, the id of a Hugging Face Hub repo an
+    export was pushed to ("USER/REPO"), downloaded with `huggingface_hub.snapshot_download` (into the Hub
+    cache; HF_HUB_OFFLINE uses the cache alone; for a branch, tag or commit, pass the folder
+    `snapshot_download(repo_id, revision=...)` returns). The
+    model answers exactly as the run's does. Raises ConfigError for a path that is not a sapt run or
+    export, a damaged stage or export file, or a Hub repo that cannot be fetched or holds no export."""
     from sapt.train import load_trained  # torch, transformers: only now
 
-    cfg, model, names = load_trained(Path(run_dir))
-    return TrainedRun(Path(run_dir).absolute(), cfg, model, names, method_of(cfg))
+    path = _local_source(run_dir)
+    cfg, model, names = load_trained(path)
+    return TrainedRun(path.absolute(), cfg, model, names, method_of(cfg))
+
+
+_HUB_REPO = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"  # USER/REPO (a repo's own id; a local path has other forms too)
+
+
+def _local_source(source: str | Path) -> Path:
+    """The local folder to load: `source` itself, or, when it names no local path and reads as USER/REPO,
+    the snapshot of that Hub repo (which must hold a sapt export)."""
+    import re
+
+    from sapt.rundir import EXPORT_MARKER, is_export
+
+    path = Path(source)
+    if not isinstance(source, str) or path.exists() or not re.match(_HUB_REPO, source):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = Path(snapshot_download(source, repo_type="model"))
+    except Exception as e:  # hub, HTTP, offline and token errors come in many types; one line is what users need
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{source}: no such run directory or export here, and it cannot be fetched as a Hugging "
+                          f"Face Hub repo ({type(e).__name__}: {first})") from None
+    if not is_export(local):
+        raise ConfigError(f"Hub repo {source} holds no sapt export (no {EXPORT_MARKER}); `sapt export "
+                          "--push-to-hub REPO` writes one")
+    return local
 
 
 def method_of(cfg: RunConfig) -> Method:

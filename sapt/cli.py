@@ -112,6 +112,38 @@ def unknown_option_message(parser: argparse.ArgumentParser, command: str | None,
     return f"{target.prog}: error: unrecognized option {flag}{hint} (see {target.prog} --help)"
 
 
+def figure_formats(value: str) -> tuple[str, ...]:
+    """argparse type of `--format png,pdf,svg`: a bad one is refused at parsing, in one line naming the option,
+    before a report or a comparison has done any work."""
+    from sapt.plots import CHART_FORMATS, parse_formats
+
+    try:
+        return parse_formats(value)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{value!r}: sapt writes {', '.join(CHART_FORMATS)} "
+                                         "(one or several, comma-separated)") from None
+
+
+def figure_dpi(value: str) -> float:
+    """argparse type of `--dpi`: a number above 0 (0 or less made matplotlib fail deep in its PNG writer)."""
+    from sapt.plots import MAX_DPI, check_dpi
+
+    try:
+        return check_dpi(value)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of dots per inch above 0 and at most {MAX_DPI}, "
+                                         "e.g. 300") from None
+
+
+def add_figure_options(parser: argparse.ArgumentParser, formats_help: str) -> None:
+    """`--format` and `--dpi`, the same for every command that draws figures (report, compare)."""
+    parser.add_argument("--format", dest="formats", type=figure_formats, metavar="FMT[,FMT...]",
+                        help=f"png, pdf, svg, one or several, comma-separated: {formats_help}; PDF and SVG are "
+                             "vector, with TrueType fonts")
+    parser.add_argument("--dpi", type=figure_dpi, help="resolution of PNG files in dots per inch (default 150; "
+                                                       "300 for print)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="sapt", description="Continual learning of language models with SAPT.")
     p.add_argument("--version", action=VersionAction)
@@ -142,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     pr = sub.add_parser("predict", help="answer a text with the final model, with its routing weights")
-    pr.add_argument("--run", required=True, help="run directory")
+    pr.add_argument("--run", required=True, help="run directory, or an export of one (`sapt export`: its folder, "
+                    "or the USER/REPO id of a Hub repo it was pushed to)")
     pr.add_argument("text", nargs="+", help="input text(s); the run's prompt template is applied")
     pr.add_argument("--definition", default="", help="task definition to put in the prompt (default: none)")
     pr.add_argument("--max-new-tokens", type=int, help="generation length (default: the run's)")
@@ -158,17 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--run", required=True, help="run directory")
     rp.add_argument("--json", action="store_true", help="print metrics.json")
     rp.add_argument("--no-plots", action="store_true",
-                    help="do not write RUN_DIR/plots/ (score_matrix.png, routing_weights.png, score_curves.png)")
+                    help="do not write RUN_DIR/plots/ (score_matrix, routing_weights, score_curves)")
+    add_figure_options(rp, "the formats of RUN_DIR/plots/NAME.FORMAT (default png)")
 
-    cp = sub.add_parser("compare", help="AP and BWT of several runs: a table and a grouped bar chart")
+    cp = sub.add_parser("compare", help="AP, BWT and F.Ra of several runs: a table and a bar chart, a panel each")
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
     cp.add_argument("--out", default="compare.png", help="chart file to write: .png, .pdf or .svg, by its suffix "
                                                           "(default compare.png)")
+    add_figure_options(cp, "write the chart in these formats, as --out with each one's suffix (default: the one "
+                           "--out's suffix names)")
 
     ex = sub.add_parser("export", help="write each task block as a PEFT LoRA adapter, and the router")
     ex.add_argument("--run", required=True, help="run directory")
-    ex.add_argument("--out", required=True, help="output directory: OUT/<task>/ adapters, OUT/router.safetensors")
+    ex.add_argument("--out", help="output directory: OUT/<task>/ adapters, OUT/router.safetensors, the config and "
+                                  "a model card; `sapt.load(OUT)` and `sapt predict --run OUT` answer from it "
+                                  "(optional with --push-to-hub: then a temporary folder)")
     ex.add_argument("--force", action="store_true", help="write into a non-empty directory that is not an export")
+    ex.add_argument("--push-to-hub", metavar="REPO", help="then upload the export to this Hugging Face Hub model "
+                    "repo (USER/REPO, created if absent; needs a token: `hf auth login` or HF_TOKEN); "
+                    "`sapt.load(\"USER/REPO\")` loads it back")
+    ex.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
     fb = sub.add_parser("fetch-benchmark", help="download the public CL_Benchmark (SuperNI, Long_Sequence)")
     fb.add_argument("--dest", required=True, help="directory to create; use it as --data-dir")
@@ -339,47 +381,65 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print("\n".join([render(metrics), *render_definitions(task_definitions(args.run))]))
     if not args.no_plots:
-        from sapt.plots import plot_run
+        from sapt.plots import DPI, plot_run
 
         try:
-            plots = plot_run(args.run)  # messages on stderr: stdout stays the table (or JSON)
+            plots = plot_run(args.run, formats=args.formats or ("png",), dpi=args.dpi or DPI)  # messages on stderr
         except OSError as e:  # e.g. a read-only run directory: the table is what was asked for
             print(f"sapt: plots not written ({e.filename or args.run}: {e.strerror or e}); "
                   "--no-plots skips them", file=sys.stderr)
             return 0
-        print(f"sapt: plots written to {Path(args.run) / 'plots'}: " + ", ".join(p.name for p in plots.files.values()),
-              file=sys.stderr)
+        print(f"sapt: plots written to {Path(args.run) / 'plots'}: " + ", ".join(p.name for p in plots.written),
+              file=sys.stderr)  # stdout stays the table (or JSON)
         for name, why in plots.skipped.items():
-            print(f"sapt: {name}.png not drawn: {why}", file=sys.stderr)
+            print(f"sapt: {name} not drawn: {why}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sapt.plots import CHART_FORMATS, chart_format, format_comparison, plot_compare
+    from sapt.plots import CHART_FORMATS, DPI, chart_format, format_comparison, plot_compare
 
-    if chart_format(args.out) is None:
+    fmt = chart_format(args.out)
+    if fmt is None:
         raise ConfigError(f"--out {args.out}: sapt writes a chart as {', '.join('.' + f for f in CHART_FORMATS)} "
                           f"(the suffix picks the format), not {Path(args.out).suffix}")
+    if args.formats and Path(args.out).suffix and fmt not in args.formats:  # which one did the user mean?
+        raise ConfigError(f"--out {args.out}: its suffix asks for {fmt}, --format for {','.join(args.formats)}; "
+                          "give --out without a suffix, or with one of --format's")
     parent = Path(args.out).absolute().parent
     if not parent.is_dir():  # a typo in --out should not scatter new folders around
         why = "is not a folder" if parent.exists() else "does not exist"
         raise ConfigError(f"--out {args.out}: folder {parent} {why}")
-    comparison = plot_compare(args.runs, args.out)
+    comparison = plot_compare(args.runs, args.out, args.formats, args.dpi or DPI)
     print(format_comparison(comparison))
-    print(f"sapt: chart written to {args.out}", file=sys.stderr)
+    print(f"sapt: chart written to {', '.join(str(f) for f in comparison.files)}", file=sys.stderr)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sapt.export import export_run
+    import tempfile
 
-    info = export_run(args.run, args.out, force=args.force)
-    out = Path(args.out)
-    for task in info["tasks"]:
-        print(f"{task:30s} {out / task}")
-    print(f"router ({len(info['tasks'])} keys, d_model {info['d_model']}, hidden {info['hidden']}): "
-          f"{out / 'router.safetensors'}, {out / 'router.json'}")
-    print(f"load one task: peft.PeftModel.from_pretrained(base_model, {str(out / info['tasks'][0])!r})")
+    from sapt.export import check_hub_repo, export_run, push_to_hub
+
+    if args.out is None and args.push_to_hub is None:
+        raise ConfigError("export needs --out DIR, --push-to-hub REPO, or both")
+    if args.private and args.push_to_hub is None:
+        raise ConfigError("--private is for --push-to-hub")
+    if args.push_to_hub is not None:
+        check_hub_repo(args.push_to_hub)  # a malformed id is refused before any work
+    with tempfile.TemporaryDirectory(prefix="sapt-export-") as tmp:
+        out = Path(args.out) if args.out is not None else Path(tmp) / "export"
+        info = export_run(args.run, out, force=args.force)
+        if args.out is not None:
+            for task in info["tasks"]:
+                print(f"{task:30s} {out / task}")
+            print(f"router ({len(info['tasks'])} keys, d_model {info['d_model']}, hidden {info['hidden']}): "
+                  f"{out / 'router.safetensors'}, {out / 'router.json'}")
+            print(f"load one task: peft.PeftModel.from_pretrained(base_model, {str(out / info['tasks'][0])!r})")
+            print(f"load the routed model: sapt.load({str(out)!r}), or sapt predict --run {out} TEXT")
+        if args.push_to_hub is not None:
+            url = push_to_hub(out, args.push_to_hub, private=args.private)
+            print(f"pushed to {url}; load it with sapt.load({args.push_to_hub!r})")
     return 0
 
 

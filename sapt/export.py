@@ -9,9 +9,26 @@
     OUT/router.json                       tasks, d_model, hidden, model, LoRA r/alpha, target modules,
                                           how the routing is computed, and each task's definition
     OUT/README.md                         a model card: Hub front matter (library_name peft, base_model,
-                                          tags, the base's license when known), the tasks in order, the
+                                          tags, the base's license when known, a model-index of the
+                                          scores), the tasks in order with their data and definitions, the
                                           method and its settings (config.yaml), the score matrix and
                                           AP/F.Ra/BWT/FWT (metrics.json) and how to load it (`model_card`)
+    OUT/config.yaml, OUT/tasks.json       the run's config and task definitions, as the run holds them
+    OUT/metrics.json                      the run's scores (when it has evaluated a stage)
+    OUT/<task>/sapt_prompt.safetensors    a reparameterised soft prompt's SAPT block, P and its MLP (PEFT
+                                          ignores it; the adapter holds P + MLP(P))
+    OUT/sapt_export.json                  marks the folder as an export (format, sapt version, tasks) with
+                                          the sha256 of every file the loader reads
+
+**An export is a model.** `sapt.load(OUT)` and `sapt predict --run OUT` answer from it exactly as from the
+run (the same tensors, the same config): `read_export` turns the adapters and the router back into the
+run's stage tensors (the inverse of what `_write_export` does; sapt.rundir.source), and
+`sapt.train.load_trained` builds the model from them as it does from a run's stage files. Nothing in the
+export points back to the run directory, so a copy of it anywhere, or a Hub repo of it
+(`push_to_hub`, `sapt export --push-to-hub REPO`; `sapt.load("USER/REPO")` downloads it with
+`huggingface_hub.snapshot_download`), loads on its own. The adapter configs name the real base model:
+the embedded `smollm2` is HuggingFaceTB/SmolLM2-135M-Instruct (the model its GGUF file was quantised from),
+a hub id or path stays as given, a random `tiny-*` model keeps its sapt name (it has no other).
 
 Each task adapter loads with `peft.PeftModel.from_pretrained(base_model, OUT/<task>)` and then behaves
 exactly as the SAPT model with all routing weight on that task's block. PEFT cannot reproduce the
@@ -27,7 +44,7 @@ SAPT's alpha / r (set for the whole adapter when every adapted module is fused, 
 `rank_pattern` / `alpha_pattern`). Finding the layout needs the base model's config and the fused
 Linear's size: a tiny-* model is rebuilt (it is small), another from its config on the meta device.
 
-The export reads the stage files of the run directory only (no weights are loaded): the blocks from
+The export reads the stage files of the run directory only (no base model weights are loaded): the blocks from
 stages/NN_<task>/adapter.safetensors, the keys from each stage's router.safetensors (key t is frozen
 after stage t) and the query MLP and centre from the last stage's. Every stage is first checked against
 the run's manifest.json checksums (a damaged stage is refused, never exported), and the export is built
@@ -41,17 +58,22 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
 
 from sapt import io
 from sapt.config import ConfigError
+from sapt.manifest import sha256_file
 from sapt.models import RESERVED
 from sapt.modules.blocks.lora.fused import FUSED_QKV, SliceLayout, qkv_layouts
-from sapt.model_card import model_card, run_metrics
-from sapt.rundir import load_run_config, task_definitions, trained_stages
+from sapt.model_card import base_model_id, model_card, run_metrics
+from sapt.rundir import CONFIG, EXPORT_MARKER, METRICS, TASKS, load_run_config, task_definitions, trained_stages
+
+EXPORT_FORMAT = "sapt-export/1"
+# OUT/<task>/ of a reparameterised soft prompt (`prompt_mlp_hidden`): its SAPT block, P and the residual MLP
+SAPT_PROMPT = "sapt_prompt.safetensors"
 
 PEFT_PREFIX = "base_model.model."
 TASK_TYPE = {"seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}
@@ -172,6 +194,14 @@ def model_layouts(cfg: Any, fused: list[str]) -> dict[str, dict[str, SliceLayout
     return layouts
 
 
+def peft_base_model(model: str) -> str:
+    """adapter_config.json's `base_model_name_or_path`: the hub id of the embedded smollm2
+    (HuggingFaceTB/SmolLM2-135M-Instruct, which its GGUF file was quantised from), so that PEFT's
+    `AutoPeftModelFor*` finds a base model; a hub id or a local path as the run was given it; a random
+    tiny-* model (no hub id) its sapt name."""
+    return base_model_id(model) if model == "smollm2" else model  # base_model_id: sapt.model_card's
+
+
 def adapter_config(cfg: Any, family: str, targets: list[str], fused_targets: list[str] = ()) -> dict[str, Any]:
     """A PEFT LoraConfig as a JSON dict. Fields PEFT does not find take its defaults when loading.
 
@@ -183,7 +213,7 @@ def adapter_config(cfg: Any, family: str, targets: list[str], fused_targets: lis
     return {
         "peft_type": "LORA",
         "task_type": TASK_TYPE.get(family),
-        "base_model_name_or_path": cfg.model,
+        "base_model_name_or_path": peft_base_model(cfg.model),
         "revision": None,
         "inference_mode": True,
         "r": 2 * r if all_fused else r,
@@ -210,22 +240,23 @@ def _family(modules: list[str]) -> str:
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "router.json").exists() and not force:
+    if out.is_dir() and any(out.iterdir()) and not ((out / EXPORT_MARKER).exists() or (out / "router.json").exists()) \
+            and not force:
         raise ConfigError(f"{out} is not empty and holds no sapt export; use another --out (or --force)")
 
 
 def _install(work: Path, out: Path) -> None:
     """Move the finished export to `out` by renames. An absent or empty `out` is the folder itself; into a
     non-empty one (a previous export, or any folder with --force) each exported entry is moved, replacing
-    only the entries of the same name (router.json last: it marks the folder as an export). Replaced
-    entries are put aside first and put back if a rename fails."""
+    only the entries of the same name (router.json, then EXPORT_MARKER last: they mark the folder as an
+    export). Replaced entries are put aside first and put back if a rename fails."""
     if not out.exists() or (not out.is_symlink() and not any(out.iterdir())):
         if out.exists():
             out.rmdir()
         os.replace(work, out)
         return
     aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
-    entries = sorted(work.iterdir(), key=lambda p: (p.name == "router.json", p.name))
+    entries = sorted(work.iterdir(), key=lambda p: (p.name == EXPORT_MARKER, p.name == "router.json", p.name))
     replaced, placed = [], []
     try:
         for entry in entries:
@@ -292,7 +323,7 @@ def prompt_adapter_config(cfg: Any, family: str, prompt: torch.Tensor) -> dict[s
     return {
         "peft_type": "PROMPT_TUNING",
         "task_type": TASK_TYPE.get(family),
-        "base_model_name_or_path": cfg.model,
+        "base_model_name_or_path": peft_base_model(cfg.model),
         "revision": None,
         "inference_mode": True,
         "num_virtual_tokens": int(prompt.shape[0]),
@@ -307,7 +338,9 @@ def prompt_adapter_config(cfg: Any, family: str, prompt: torch.Tensor) -> dict[s
 def _write_prompt_adapters(cfg: Any, stages: list[tuple[str, Path]], out: Path) -> tuple[list, dict, str, torch.Tensor]:
     """One PEFT prompt-tuning adapter per task (`pet: prompt`): its `prompt_embeddings`, the prompt the
     backbone sees. A reparameterised prompt (`prompt_mlp_hidden`) is saved as P and its residual MLP; PEFT's
-    prompt tuning has no MLP, so the adapter holds P + MLP(P), which is all the MLP is for once trained."""
+    prompt tuning has no MLP, so the adapter holds P + MLP(P), which is all the MLP is for once trained; the
+    block itself (P and its MLP) is kept beside it as SAPT_PROMPT, from which `sapt.load` of the export
+    computes the prompt exactly as the run does (P + MLP(P) computed again can differ in the last bit)."""
     from sapt.modules.blocks.prompt import KEY, PROMPT_ENCODER_KEYS, effective_prompt
 
     family = model_family(cfg)
@@ -319,6 +352,8 @@ def _write_prompt_adapters(cfg: Any, stages: list[tuple[str, Path]], out: Path) 
         prompt = effective_prompt(block).contiguous()
         io.save_tensors(out / task / "adapter_model.safetensors", {"prompt_embeddings": prompt}, {"format": "pt"})
         io.write_json(out / task / "adapter_config.json", prompt_adapter_config(cfg, family, prompt))
+        if set(block) != {KEY}:
+            io.save_tensors(out / task / SAPT_PROMPT, block, {"format": "pt"})
         keys.append(_load(sdir / "router.safetensors")["key"].float())
         adapters[task] = task
     return keys, adapters, family, prompt
@@ -364,6 +399,7 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
         "tasks": [task for task, _ in stages],
         "adapters": adapters,
         "model": cfg.model,
+        "base_model": peft_base_model(cfg.model),
         "model_family": family,
         "d_model": int(d_model),
         "hidden": int(hidden),
@@ -388,7 +424,169 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
     if cfg.model in RESERVED:
         how = f"sapt.models.load_model({cfg.model!r}" + (f", seed={cfg.seed})" if cfg.model.startswith("tiny-") else ")")
         info["model_note"] = f"{cfg.model!r} is a name reserved by sapt: the base model is {how}.model"
-    io.atomic_write_text(out / "README.md", model_card(cfg, info, *run_metrics(run_dir)))
+    metrics, note = run_metrics(run_dir)
+    io.atomic_write_text(out / "README.md", model_card(cfg, info, metrics, note))
     io.atomic_write_text(out / "router.json", json.dumps(info, indent=2) + "\n")
+    # what makes it a model on its own: the run's config and definitions (and scores), and the marker
+    io.atomic_write_bytes(out / CONFIG, (run_dir / CONFIG).read_bytes())
+    io.write_json(out / TASKS, {"definitions": info["definitions"]})
+    if metrics is not None:
+        io.atomic_write_bytes(out / METRICS, (run_dir / METRICS).read_bytes())
+    read = [CONFIG, TASKS, "router.json", "router.safetensors",
+            *(f"{folder}/{name}" for folder in adapters.values() for name in ("adapter_model.safetensors", SAPT_PROMPT)
+              if (out / folder / name).is_file())]
+    io.write_json(out / EXPORT_MARKER, {
+        "format": EXPORT_FORMAT,
+        "sapt_version": _version(),
+        "method": cfg.method,
+        "model": cfg.model,
+        "base_model": info["base_model"],
+        "tasks": info["tasks"],
+        # what sapt.load reads, checked before it is used (as a run's stages are against manifest.json)
+        "sha256": {name: sha256_file(out / name) for name in read},
+    })
     return info
 
+
+def _version() -> str:
+    from sapt.version import __version__
+
+    return __version__
+
+
+
+# ---- an export as a model: read back (sapt.load, sapt predict) and pushed to the Hub ----------------------
+def read_export(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(task, block, router) of every stage of an export, in training order, as the run's stage files
+    hold them (sapt.rundir.stage_tensors): the inverse of `_write_export`. Every file it reads is first
+    checked against its sha256 in EXPORT_MARKER (a damaged or edited export is refused, never loaded).
+
+    The blocks: each PEFT adapter's tensors under SAPT's names (`sapt_block`; a fused projection's rank-2r
+    LoRA split back into its q and v blocks). The routers: stage t gets key t of router.safetensors and
+    the export's query MLP and centre, which are the last stage's; loading the stages in order leaves the
+    run's final router, as loading the run's stage files does. A soft prompt is the adapter's
+    prompt_embeddings, or, reparameterised (`prompt_mlp_hidden`), the block kept beside it (SAPT_PROMPT)."""
+    path = Path(path)
+    _check_marker(path)
+    try:
+        info = io.read_json(path / "router.json")
+        tasks, folders = list(info["tasks"]), dict(info["adapters"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path / 'router.json'} cannot be read as a sapt export's ({e})") from None
+    cfg = load_run_config(path)
+    router = _load(path / "router.safetensors")
+    keys = router.pop("keys", None)
+    if keys is None or keys.shape[0] != len(tasks):
+        raise ConfigError(f"{path / 'router.safetensors'}: expected keys for the {len(tasks)} tasks of router.json")
+    fused = list(info.get("fused_qkv_modules") or [])
+    layouts = model_layouts(cfg, fused) if fused else {}
+    stages = []
+    for t, task in enumerate(tasks):
+        adapter = _load(path / folders[task] / "adapter_model.safetensors")
+        block = _prompt_block(adapter, path / folders[task]) if info.get("pet") == "prompt" else sapt_block(adapter, layouts)
+        stages.append((task, block, {"key": keys[t], **router}))
+    return stages
+
+
+def _check_marker(path: Path) -> dict[str, Any]:
+    marker_path = path / EXPORT_MARKER
+    try:
+        marker = io.read_json(marker_path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{marker_path} cannot be read ({e}); export the run again") from None
+    if not isinstance(marker, dict) or marker.get("format") != EXPORT_FORMAT or not isinstance(marker.get("sha256"), dict):
+        found = marker.get("format") if isinstance(marker, dict) else None
+        raise ConfigError(f"{marker_path}: not a sapt export this sapt reads (format {found!r}, expected "
+                          f"{EXPORT_FORMAT!r}); export the run again with this sapt")
+    for name, digest in marker["sha256"].items():
+        file = path / name
+        if not file.is_file():
+            raise ConfigError(f"{path}: {name} is missing from the export; export the run again")
+        if sha256_file(file) != digest:
+            raise ConfigError(f"{path}: {name} does not match its sha256 in {EXPORT_MARKER} (damaged, or changed "
+                              "after the export); export the run again")
+    return marker
+
+
+def sapt_block(state: dict[str, torch.Tensor], layouts: dict[str, dict[str, SliceLayout]] | None = None
+               ) -> dict[str, torch.Tensor]:
+    """The inverse of `peft_state`: a PEFT LoRA adapter's tensors under SAPT's block names
+    ('<module>.lora_A.weight'). A fused q/k/v projection in `layouts` was exported as one rank-2r LoRA
+    (`fused_lora`); its q and v blocks are A[:r], A[r:], B[L_q, :r] and B[L_v, r:]."""
+    layouts = layouts or {}
+    block = {}
+    for key, tensor in state.items():
+        m = _KEY.match(key.removeprefix(PEFT_PREFIX)) if key.startswith(PEFT_PREFIX) else None
+        if not m:
+            raise ConfigError(f"unexpected tensor {key!r} in an exported adapter")
+        module, ab = m["module"], m["ab"]
+        if module not in layouts:
+            block[f"{module}.lora_{ab}.weight"] = tensor
+            continue
+        for i, part in enumerate(("q", "v")):
+            if ab == "A":
+                r = tensor.shape[0] // 2
+                block[f"{module}.{part}.lora_A.weight"] = tensor[i * r:(i + 1) * r].contiguous()
+            else:
+                r = tensor.shape[1] // 2
+                block[f"{module}.{part}.lora_B.weight"] = tensor[layouts[module][part].rows(), i * r:(i + 1) * r].contiguous()
+    return block
+
+
+def _prompt_block(adapter: dict[str, torch.Tensor], folder: Path) -> dict[str, torch.Tensor]:
+    """A task's SAPT prompt block from its export folder: P and its residual MLP when the run
+    reparameterised its prompts (SAPT_PROMPT), else the PEFT adapter's prompt_embeddings, which is P."""
+    from sapt.modules.blocks.prompt import KEY
+
+    if (folder / SAPT_PROMPT).is_file():
+        return _load(folder / SAPT_PROMPT)
+    if set(adapter) != {"prompt_embeddings"}:
+        raise ConfigError(f"{folder}/adapter_model.safetensors holds {', '.join(sorted(adapter))}, not prompt_embeddings")
+    return {KEY: adapter["prompt_embeddings"]}
+
+
+def check_hub_repo(repo_id: str) -> None:
+    """Refuse a malformed Hub repo id (before anything is exported), in one line."""
+    try:
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        raise ConfigError("--push-to-hub needs the huggingface_hub package (pip install huggingface_hub)") from None
+    try:
+        validate_repo_id(repo_id)
+    except Exception as e:  # HFValidationError: its message says what is wrong
+        raise ConfigError(f"--push-to-hub {repo_id!r}: not a Hub repo id ({_first_line(e)})") from None
+
+
+def push_to_hub(out: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+                api_factory: Callable[..., Any] | None = None) -> str:
+    """Upload the export folder `out` to the Hub model repo `repo_id`, created first if it does not exist
+    (`HfApi.create_repo(exist_ok=True)`, then `HfApi.upload_folder`: one commit). Returns the repo's URL.
+    `private`: create it private (an existing repo keeps its visibility). `api_factory`: what makes the
+    HfApi (tests pass a recorder; default huggingface_hub.HfApi). Any Hub failure (no token, no network,
+    no write access) is a one-line ConfigError."""
+    out = Path(out)
+    if not (out / EXPORT_MARKER).is_file():
+        raise ConfigError(f"{out} is not a sapt export (no {EXPORT_MARKER}); nothing to push")
+    check_hub_repo(repo_id)
+    if api_factory is None:
+        from huggingface_hub import HfApi as api_factory
+    try:
+        api = api_factory(token=token)
+        url = api.create_repo(repo_id, repo_type="model", private=True if private else None, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(out),
+                          commit_message=f"sapt export ({_version()}): {', '.join(io.read_json(out / 'router.json')['tasks'])}")
+    except Exception as e:  # hub, HTTP and token errors come in many types; one line is what users need
+        raise ConfigError(f"--push-to-hub {repo_id}: {_hub_failure(e)}") from None
+    return str(getattr(url, "url", url) or f"https://huggingface.co/{repo_id}")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _hub_failure(e: BaseException) -> str:
+    """One line for a failed push, with what to do when it is about the token."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if type(e).__name__ == "LocalTokenNotFoundError" or status in (401, 403):
+        return (f"{_first_line(e)} (a Hub token with write access is needed: `hf auth login`, or set HF_TOKEN)")
+    return f"{type(e).__name__}: {_first_line(e)}"

@@ -1,6 +1,14 @@
 """The model card of an export (OUT/README.md): Hub front matter, what was learned and in which order, how
 well (the score matrix and AP/F.Ra/BWT/FWT from metrics.json), the settings to reproduce it, and how to
-load it (one task with PEFT, the router, the whole run with `sapt.load`). `sapt.export` writes it inside
+load it (one task with PEFT, the router, the whole routed model with `sapt.load` of the export).
+
+The front matter follows the Hub's model card metadata: `base_model` (the hub id of the base model, the
+embedded smollm2's being the model its GGUF file was quantised from), `license`, `tags`, and a
+`model-index` of the scores (`model_index`: one result per task, its final score with its metric, and one
+for the whole sequence with AP, F.Ra, BWT and FWT). Each result's `dataset` says where the task's data came
+from: `sapt-builtin` (the built-in generated suite), `CL_Benchmark` (config: the benchmark) or `local` (a
+task folder added by `sapt learn`). None of these are Hub datasets, so the card has no `datasets:` list of
+Hub ids; the tasks table names each task's data instead. `sapt.export` writes it inside
 the export's temporary folder, so it is installed atomically with the adapters.
 
 The method's summary and its own settings come from its plugin (`Method.summary`, `Method.settings`), so a
@@ -171,6 +179,54 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
     return rows
 
 
+METRIC_IDS = {"em": ("exact_match", "exact match"), "rougeL": ("rouge", "ROUGE-L")}  # sapt's -> Hub metric id, name
+
+
+def _data_of(cfg: Any, task: str) -> tuple[str, str | None, str]:
+    """Where a task's data came from: (model-index dataset type, its config, a phrase for the card)."""
+    extra = {Path(f).name: f for f in getattr(cfg, "extra_tasks", None) or ()}
+    if task in extra:
+        return "local", None, f"own task folder {_code(Path(extra[task]).name)} (`sapt learn`)"
+    if cfg.data_dir is None:
+        return "sapt-builtin", None, "built-in generated suite"
+    return "CL_Benchmark", cfg.benchmark, f"{_code(f'{cfg.benchmark}/{task}')} (CL_Benchmark layout)"
+
+
+def model_index(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None, name: str) -> list[dict[str, Any]]:
+    """The card's `model-index` (the Hub's model card metadata): one result per task with its score after
+    the last stage (0-100, its metric), and one for the task sequence with the continual-learning metrics
+    that are defined. [] without metrics."""
+    if not metrics or not metrics.get("matrix"):
+        return []
+    task_type = "text2text-generation" if info.get("model_family") == "seq2seq" else "text-generation"
+    split = metrics.get("eval_splits") or {}
+    results = []
+    for task, score in zip(metrics["tasks"], metrics["matrix"][-1]):
+        if score is None:
+            continue
+        kind, config, _ = _data_of(cfg, task)
+        metric_id, metric_name = METRIC_IDS.get((metrics.get("metric") or {}).get(task), ("score", "score"))
+        dataset = {"name": task, "type": kind}
+        if config:
+            dataset["config"] = config
+        dataset["split"] = split.get(task, metrics.get("eval_split", "test"))
+        results.append({"task": {"type": task_type, "name": task}, "dataset": dataset,
+                        "metrics": [{"type": metric_id, "value": round(float(score), 2),
+                                     "name": f"{metric_name} (0-100) after the last stage"}]})
+    sequence = [{"type": key, "value": round(float(metrics[key]), 2), "name": label}
+                for key, label in (("ap", "AP (average performance)"), ("fra", "F.Ra (forgetting)"),
+                                   ("bwt", "BWT (backward transfer)"), ("fwt", "FWT (forward transfer)"))
+                if metrics.get(key) is not None]
+    if sequence:
+        kind, config, _ = _data_of(cfg, "")
+        dataset = {"name": f"the {len(metrics['tasks'])} tasks in order: {', '.join(metrics['tasks'])}", "type": kind}
+        if config:
+            dataset["config"] = config
+        results.append({"task": {"type": task_type, "name": "continual learning"}, "dataset": dataset,
+                        "metrics": sequence})
+    return [{"name": name, "results": results}] if results else []
+
+
 def _matrix_table(tasks: list[str], matrix: list[list[Any]], stage_names: list[str]) -> list[str]:
     lines = ["| after training | " + " | ".join(_code(t) for t in tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
@@ -318,6 +374,9 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     if lic:
         front["license"] = lic
     front["tags"] = list(CARD_TAGS)
+    index = model_index(cfg, info, metrics, Path(info["source_run"]).name)
+    if index:
+        front["model-index"] = index
     exported = list(info["tasks"])
     order = list(metrics["tasks"]) if metrics else (exported if not joint else list(cfg.tasks or exported))
     family = info["model_family"]
@@ -330,11 +389,11 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
              + (f": {method.summary}" if method.summary else "")
              + f". Written by `sapt export` from the run {_code(Path(info['source_run']).name)}.", "",
              "## Base model", "", _base_model_line(cfg, base_id, family), ""]
-    lines += ["## Tasks, in training order", "", "| # | task | adapter folder | metric |", "|---:|---|---|---|"]
+    lines += ["## Tasks, in training order", "", "| # | task | adapter folder | metric | data |", "|---:|---|---|---|---|"]
     metric = (metrics or {}).get("metric") or {}
     for i, task in enumerate(order):
         folder = _code(f"{task}/") if task in exported else ("`all/` (one stage over all tasks)" if joint else "-")
-        lines.append(f"| {i + 1} | {_code(task)} | {folder} | {metric.get(task, '-')} |")
+        lines.append(f"| {i + 1} | {_code(task)} | {folder} | {metric.get(task, '-')} | {_data_of(cfg, task)[2]} |")
     lines.append("")
     lines += _definitions(info.get("definitions") or {})
     if method.shared_block:
@@ -364,10 +423,19 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
                   "how):", "", "```python", ROUTER_SNIPPET, "```", "",
                   "PEFT cannot mix the blocks with per-input weights in one call; the whole routed model is "
                   "sapt's.", ""]
-    lines += ["**The whole run with sapt.** `sapt.load` needs the run directory this was exported from "
-              "(its `stages/`), not this folder:", "", "```python", "import sapt", "",
-              f"trained = sapt.load({json.dumps('path/to/' + Path(info['source_run']).name)})",
-              "for answer in trained.predict([\"your input\"]):",
+    definitions = info.get("definitions") or {}
+    example = next((t for t in order if definitions.get(t)), None)  # a task with a definition to show
+    lines += ["**The whole model with sapt.** This folder is self-contained (`config.yaml`, `tasks.json`, the adapters "
+              "and the router; `sapt_export.json` marks it): `sapt.load` answers from it exactly as from the run it was "
+              "exported from" + (", with each input's routing over the task blocks:" if method.routed else ":"), "", "```python", "import sapt", "",
+              "trained = sapt.load(\"path/to/this/folder\")  # or the Hub repo id, \"USER/REPO\"",
+              *([f"definition = trained.definitions[{json.dumps(example)}]  # the definition of the input's task",
+                 "for answer in trained.predict([\"your input\"], definition=definition):"] if example else
+                ["for answer in trained.predict([\"your input\"]):"]),
               "    print(answer.text, answer.routing)  # the answer, and its weight on each task's block", "```", "",
-              "or on the command line: `sapt predict --run RUN_DIR \"your input\"`.", ""]
+              "or on the command line: `sapt predict --run path/to/this/folder --definition TEXT \"your input\"`.", ""]
+    if cfg.model == "smollm2":
+        lines += [f"`adapter_config.json` names {SMOLLM2_HUB_ID} as the base, so PEFT's `AutoPeftModelForCausalLM` "
+                  "finds one; that is the unquantised original of the Q4_1 weights the adapters were trained on, "
+                  "close to them but not the same, while `sapt.load` uses the trained-on weights.", ""]
     return "\n".join(lines)

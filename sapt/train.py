@@ -365,19 +365,22 @@ def _learned(run_dir: Path, task: str) -> bool:
         return False
 
 
-# ---- a finished run, for eval / predict (its stages: sapt.rundir.trained_stages) --------------------
+# ---- a finished run or its export, for eval / predict (its stages: sapt.rundir.stage_tensors) -------
 def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[RunConfig, SAPTModel, list[str]]:
-    """Rebuild the model of a run from its stages (all that are trained). Returns config, model, task names."""
+    """Rebuild the model of a run from its stages (all that are trained), or of an export of a run (the same
+    tensors: sapt.rundir.source). Returns config, model, task names."""
+    from sapt.rundir import stage_tensors
+
     run_dir = Path(run_dir)
     cfg = cfg or load_run_config(run_dir)
-    stages = trained_stages(run_dir)
+    stages = stage_tensors(run_dir)
     model = build_model(cfg)
     method = make_method(cfg.method, cfg)
     names = []
-    for t, (name, sdir) in enumerate(stages):
+    for t, (name, block, router) in enumerate(stages):
         method.add_stage(model, t, name)
-        model.load_block(method.block_index(t), io.load_tensors(sdir / "adapter.safetensors"))
-        model.load_router(method.block_index(t), io.load_tensors(sdir / "router.safetensors"))
+        model.load_block(method.block_index(t), block)
+        model.load_router(method.block_index(t), router)
         names.append(name)
     place(model)
     model.eval()
@@ -442,6 +445,10 @@ def build_model(cfg: RunConfig) -> SAPTModel:
         from sapt.modules.blocks.prompt import PromptBlocks, PromptConfig
 
         block_type = PromptBlocks(PromptConfig(n_virtual=cfg.prompt_len, seed=cfg.seed, mlp_hidden=cfg.prompt_mlp_hidden))
+    elif cfg.target_modules is not None:  # --target-modules: the user's Linears instead of the family's q and v
+        from sapt.modules.blocks import LoRABlocks, LoRAConfig
+
+        block_type = LoRABlocks(LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, target_modules=cfg.target_modules))
     return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden,
                      block_type=block_type, template=run_template(cfg, loaded.family))
 

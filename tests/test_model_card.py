@@ -187,10 +187,12 @@ def test_a_task_name_cannot_break_the_card(case, tmp_path):
                "ap": 50.0, "fra": 10.0, "bwt": -10.0, "fwt": None, "stages_done": 2, "metric": {name: "rougeL"}}
     card = model_card(cfg, info, metrics)
     title = next(line for line in card.splitlines() if line.startswith("# "))
-    assert raw is None or raw not in card.split("\n## ", 1)[0]
+    # the Markdown before the first section (the front matter is YAML data, its strings quoted by yaml)
+    assert raw is None or raw not in card.split("\n---\n", 1)[1].split("\n## ", 1)[0]
+    assert front_matter(card)["model-index"][0]["results"][0]["task"]["name"] == name  # YAML keeps it as it is
     assert "plain" in title and title.count("→") == 1
     rows = table_rows(section(card, "Tasks, in training order"))
-    assert all(len(re.split(r"(?<!\\)\|", line.strip().strip("|"))) == 4
+    assert all(len(re.split(r"(?<!\\)\|", line.strip().strip("|"))) == 5
                for line in section(card, "Tasks, in training order").splitlines() if line.startswith("|"))
     assert len(rows) == 3 and rows[2][1] == "`plain`"
     for line in section(card, "Results").splitlines():  # every row of each table has its header's cells
@@ -199,3 +201,50 @@ def test_a_task_name_cannot_break_the_card(case, tmp_path):
     for code in re.findall(r"```python\n(.*?)```", card, flags=re.S):
         ast.parse(code)
     assert front_matter(card)["library_name"] == "peft"
+
+
+# ---- issue 26: the card names the data and carries a model-index of the scores ---------------------------
+def test_the_card_has_a_model_index_of_the_scores_and_the_data(exported):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    run_dir, out = exported
+    card = (out / "README.md").read_text(encoding="utf-8")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    index = front_matter(card)["model-index"]
+    name, results = model_index_to_eval_results(index)  # the Hub's own reader accepts it
+    assert name == run_dir.name
+    per_task = [r for r in results if r.task_name != "continual learning"]
+    assert [r.task_name for r in per_task] == [r.dataset_name for r in per_task] == metrics["tasks"]
+    assert [r.metric_value for r in per_task] == [round(x, 2) for x in metrics["matrix"][-1]]
+    assert {(r.task_type, r.dataset_type, r.metric_type, r.dataset_split) for r in per_task} == \
+        {("text-generation", "sapt-builtin", "exact_match", "test")}
+    sequence = {r.metric_type: r.metric_value for r in results if r.task_name == "continual learning"}
+    assert sequence == {k: round(metrics[k], 2) for k in ("ap", "fra", "bwt")}  # FWT: not defined here
+    assert ModelCard(card).data.eval_results  # the whole card parses as a Hub model card
+    tasks = table_rows(section(card, "Tasks, in training order"))
+    assert tasks[0][-1] == "data" and [row[-1] for row in tasks[1:]] == ["built-in generated suite"] * 2
+    definitions = json.loads((out / "tasks.json").read_text())["definitions"]
+    listed = section(card, "Task definitions")
+    assert all(text and text in listed for text in definitions.values())
+    how = section(card, "How to load it")
+    assert 'sapt.load("path/to/this/folder")' in how and "trained.definitions[" in how
+    assert "needs the run directory" not in card
+
+
+def test_the_model_index_of_a_benchmark_run_names_its_benchmark(tmp_path):
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    cfg = resolve({**TINY, "output": str(tmp_path / "r"), "data_dir": str(tmp_path), "benchmark": "SuperNI",
+                   "tasks": ["task1", "task2"]})
+    info = {"tasks": ["task1", "task2"], "model_family": "seq2seq", "target_modules": ["q", "v"],
+            "source_run": str(tmp_path / "r")}
+    metrics = {"tasks": ["task1", "task2"], "matrix": [[40.0, None], [35.5, 61.25]], "ap": 48.375, "fra": 4.5,
+               "bwt": -4.5, "fwt": None, "eval_split": "test", "metric": {"task1": "rougeL", "task2": "rougeL"},
+               "stages_done": 2}
+    front = front_matter(model_card(cfg, info, metrics))
+    _, results = model_index_to_eval_results(front["model-index"])
+    assert [(r.task_type, r.dataset_type, r.dataset_config, r.metric_type, r.metric_value) for r in results[:2]] == [
+        ("text2text-generation", "CL_Benchmark", "SuperNI", "rouge", 35.5),
+        ("text2text-generation", "CL_Benchmark", "SuperNI", "rouge", 61.25)]
+    assert "model-index" not in front_matter(model_card(cfg, info, None, "no metrics"))

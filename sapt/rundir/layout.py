@@ -27,13 +27,16 @@ STAGES = "stages"  # the folder of the stage folders NN_<task>
 UNSEEN_SCORES = "unseen_scores.json"
 UNSEEN_PREDICTIONS = "unseen"
 UNSEEN_BASE = "unseen_base"
+# The file that marks a folder as an export of a run (`sapt export`): what `sapt.load` and `predict` then
+# read instead of stage files (sapt.rundir.source), and what a run refuses to write into (plan)
+EXPORT_MARKER = "sapt_export.json"
 
 # What each phase of a stage writes (inside its directory), in the order a run writes them.
 PHASE_FILES = {"trained": ("adapter.safetensors", "router.safetensors", "memory.jsonl", "stage.json"),
                "replay": ("replay.jsonl", "replay_stats.json"),
                "evaluated": ("scores.json", "predictions", UNSEEN_SCORES, UNSEEN_PREDICTIONS)}
 
-__all__ = ["CONFIG", "MANIFEST", "METRICS", "ORACLE_ROUTING", "PHASE_FILES", "RUN_LOG", "STAGES", "TASKS", "TIMING",
+__all__ = ["CONFIG", "EXPORT_MARKER", "MANIFEST", "METRICS", "ORACLE_ROUTING", "PHASE_FILES", "RUN_LOG", "STAGES", "TASKS", "TIMING",
            "TRAIN_LOG", "UNSEEN_BASE", "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "is_quiet", "log", "open_run_log", "set_quiet",
            "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task"]
 

@@ -10,7 +10,7 @@ import yaml
 
 from sapt.config import CHANGEABLE_KEYS, ConfigError, RunConfig, differences
 from sapt.lock import LOCK_NAME, RunLock
-from sapt.rundir.layout import CONFIG, log
+from sapt.rundir.layout import CONFIG, EXPORT_MARKER, log
 
 __all__ = ["CHANGEABLE_KEYS", "check_run_dir", "drop_if_bare", "lock_run_dir", "plan_run_dir"]
 
@@ -21,6 +21,8 @@ __all__ = ["CHANGEABLE_KEYS", "check_run_dir", "drop_if_bare", "lock_run_dir", "
 def _dir_status(run_dir: Path, cfg: RunConfig, allow: set[str]) -> tuple[str | None, dict[str, list]]:
     """(None, allowed changes {key: [saved, new]}) if `run_dir` can take this run: absent, empty, or a run
     of this config up to the keys in `allow`; else (why not, {})."""
+    if (run_dir / EXPORT_MARKER).is_file():  # it has a config.yaml too, but no stages to resume from
+        return f"{run_dir} holds a sapt export, not a run", {}
     cfg_path = run_dir / CONFIG
     if cfg_path.exists():
         try:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sapt import io
-from sapt.config import RunConfig, from_saved
-from sapt.rundir.layout import TASKS, UNSEEN_BASE, UNSEEN_SCORES, stage_dir, stage_folders, stage_task
+from sapt.config import ConfigError, RunConfig, from_saved
+from sapt.rundir.layout import CONFIG, EXPORT_MARKER, TASKS, UNSEEN_BASE, UNSEEN_SCORES, stage_dir, stage_folders, stage_task
 
 if TYPE_CHECKING:
     from sapt.data import Task
@@ -18,6 +18,10 @@ __all__ = ["collect_matrices", "collect_unseen", "load_run_config", "replay_stat
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config of a run directory, or of an export of one (`sapt export` copies config.yaml)."""
+    if (Path(run_dir) / "router.json").is_file() and not (Path(run_dir) / CONFIG).exists():
+        raise ConfigError(f"{run_dir} is an export written by an older sapt (no {CONFIG}, no {EXPORT_MARKER}): "
+                          "it cannot be loaded as a model; run `sapt export` again from its run directory")
     return from_saved(run_dir)
 
 
