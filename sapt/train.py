@@ -404,6 +404,9 @@ def configured_tasks(cfg: RunConfig, names: list[str] | None, order: int | None 
     """Tasks of the run's benchmark by name (or order; all when neither), or of the built-in suite when
     it has no data_dir, checked first and split as the run splits them. `what` prefixes a built-in error."""
     if cfg.data_dir is None:
+        if order is not None:  # the orders are the benchmarks' (O-LoRA's numbering): never silently dropped
+            raise ConfigError(f"order {order}: the task orders are the benchmark's (SuperNI 1-2, Long_Sequence 1-6) "
+                              "and need --data-dir DIR; the built-in suite takes --tasks a,b,c")
         return builtin_tasks(cfg, names, what)
     names = resolve_task_names(cfg.data_dir, cfg.benchmark, names, order)
     split = split_settings(cfg)

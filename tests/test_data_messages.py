@@ -67,3 +67,15 @@ def test_a_file_system_out_of_inodes_is_not_called_out_of_space(tmp_path, monkey
         assert "run the same command again" in str(error)
     other = OSError(errno.EACCES, "Permission denied")
     assert io._disk_full(other, tmp_path / "x", 1) is other
+
+
+def test_an_order_without_a_benchmark_is_refused_not_ignored(tmp_path, capsys):
+    """--order names a benchmark's task order; on the built-in suite it used to be dropped silently and every
+    built-in task trained. Refused in one line naming the option, exit 2, before the run directory exists."""
+    from sapt.cli import main
+
+    out = tmp_path / "r"
+    assert main(["run", "--model", "tiny-llama", "--order", "1", "--output", str(out), "--max-train-per-task", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "order 1:" in err and "--data-dir" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
