@@ -245,11 +245,20 @@ def _check_out(out: Path, force: bool) -> None:
         raise ConfigError(f"{out} is not empty and holds no sapt export; use another --out (or --force)")
 
 
+# The files an export writes in OUT/<task>/: a re-export replaces them, and removes one it no longer writes
+# (a SAPT_PROMPT left by an export of another run would be loaded in place of the new adapter's prompt).
+TASK_FOLDER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors", SAPT_PROMPT})
+
+
 def _install(work: Path, out: Path) -> None:
     """Move the finished export to `out` by renames. An absent or empty `out` is the folder itself; into a
     non-empty one (a previous export, or any folder with --force) each exported entry is moved, replacing
     only the entries of the same name (router.json, then EXPORT_MARKER last: they mark the folder as an
-    export). Replaced entries are put aside first and put back if a rename fails."""
+    export). A task folder OUT/<task>/ that exists is not replaced whole: only the files the export writes
+    there (TASK_FOLDER_FILES) are, so a file the user put beside an adapter (notes, an evaluation, a
+    tokenizer) stays; it was deleted with the folder before. Kept rather than refused: the user's file is
+    no part of the export and stands in the way of nothing. Every renamed entry is put aside first and
+    everything is put back if a rename fails."""
     if not out.exists() or (not out.is_symlink() and not any(out.iterdir())):
         if out.exists():
             out.rmdir()
@@ -257,20 +266,32 @@ def _install(work: Path, out: Path) -> None:
         return
     aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
     entries = sorted(work.iterdir(), key=lambda p: (p.name == EXPORT_MARKER, p.name == "router.json", p.name))
-    replaced, placed = [], []
+    renames: list[tuple[Path, Path]] = []  # (from, to), undone in reverse order if one fails
+
+    def rename(src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+        renames.append((src, dst))
+
     try:
         for entry in entries:
             target = out / entry.name
+            if entry.is_dir() and target.is_dir() and not target.is_symlink():  # a task folder: file by file
+                (aside / entry.name).mkdir()
+                ours = {p.name for p in target.iterdir()} & TASK_FOLDER_FILES
+                for name in sorted(ours | {p.name for p in entry.iterdir()}):
+                    if (target / name).exists() or (target / name).is_symlink():
+                        rename(target / name, aside / entry.name / name)
+                    if (entry / name).exists():
+                        rename(entry / name, target / name)
+                continue
             if target.exists() or target.is_symlink():
-                os.replace(target, aside / entry.name)
-                replaced.append(entry.name)
-            os.replace(entry, target)
-            placed.append(entry.name)
+                rename(target, aside / entry.name)
+            rename(entry, target)
     except BaseException:
-        for name in placed:
-            os.replace(out / name, work / name)
-        for name in replaced:
-            os.replace(aside / name, out / name)
+        for src, dst in reversed(renames):
+            os.replace(dst, src)
+        for folder in aside.iterdir():  # empty now: everything was put back (rmdir never deletes a file)
+            folder.rmdir()
         aside.rmdir()
         raise
     shutil.rmtree(aside, ignore_errors=True)

@@ -37,7 +37,7 @@ from sapt.rundir.layout import log
 from sapt.tracking import Trackers
 
 __all__ = ["StageTrainer", "TrainingError", "distributed_loss", "lr_warmup_steps", "make_scheduler",
-           "optimiser_steps_per_epoch", "stage_seed", "train_stage"]
+           "optimiser_steps_per_epoch", "stage_seed", "train_stage", "val_sha256"]
 
 
 class TrainingError(RuntimeError):
@@ -85,6 +85,12 @@ def train_stage(
     """
     trainer = StageTrainer(model, task, t, cfg, method or make_method("sapt"), items, val_items, reflection)
     return trainer.run(log_path, checkpoint, trackers, step_offset)
+
+
+def val_sha256(val_items: list) -> str:
+    """The sha256 of a stage's encoded validation items (prompt and answer token ids), as stage.json and the
+    checkpoint record it: a resumed run compares it with the data it loads (`sapt.train.changed_task_data`)."""
+    return hashlib.sha256(json.dumps([[e.prompt, e.target] for e in val_items]).encode()).hexdigest()
 
 
 def stage_seed(cfg: RunConfig, t: int) -> int:
@@ -158,6 +164,8 @@ class StageTrainer:
         self.set_rates()  # after load_state_dict, which restores the old ones
         if self.checkpoint is not None and self.dist.is_main:
             trim_log(self.log_path, self.t, self.start)
+            if self.trackers is not None:  # metrics.jsonl likewise: no step twice after a resume
+                self.trackers.drop_after(self.step_offset + self.steps)
         self.model.train()
         # Only the main process writes the log; the others write to nowhere.
         with (open(self.log_path, "a", encoding="utf-8") if self.dist.is_main else open(os.devnull, "w")) as logf:
@@ -243,7 +251,7 @@ class StageTrainer:
         return {"task": self.task.name, "best_epoch": self.best["epoch"], "best_val_loss": self.best["val_loss"],
                 "history": self.history, "n_train": len(self.items), "n_val": len(val), "steps": self.steps,
                 # which examples the epoch was chosen on: their encoded prompts and answers, hashed
-                "val_sha256": hashlib.sha256(json.dumps([[e.prompt, e.target] for e in val]).encode()).hexdigest(),
+                "val_sha256": val_sha256(val),
                 # one process computes it, so that every process replays towards exactly the same target
                 "routing_target": dist.broadcast(routing_target(self.model, val, self.cfg.eval_batch_size)
                                                  if dist.is_main else None) if self.method.routed else None,
@@ -439,6 +447,7 @@ class StageTrainer:
     def save_checkpoint(self, epoch: int) -> None:
         save_checkpoint(self.checkpoint, {
             "format": 1, "stage": self.t, "task": self.task.name, "epoch": epoch + 1, "steps": self.steps,
+            "val_sha256": val_sha256(self.val),  # the data it trained on, checked before a resume goes on
             "params": [p.detach().clone() for p in self.params], "best": self.best,
             "optimizer": self.optimizer.state_dict(), "history": self.history,
             "seconds": self.seconds + time.time() - self.t0,

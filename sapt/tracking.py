@@ -50,6 +50,35 @@ class JSONLTracker(GeneralTracker):
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
+    def drop_after(self, step: int) -> None:
+        """Drop the rows of steps after `step` (and a row cut short by a kill), atomically; the rows without
+        a step (each start's config) stay.
+
+        Called where a stage's training starts, with the step it starts from: what a killed process logged
+        after its last checkpoint is logged again by the resumed one, and without this metrics.jsonl held
+        those steps twice. Dropped, not skipped when logged again: the resumed process's values are those
+        of the parameters the run keeps (the killed one's were discarded with it; on a GPU the two can
+        differ in the last bits), and a stage redone because its files were damaged logs its steps anew
+        over the old ones. The file is closed, rewritten by an atomic rename (`sapt.io`), and opened again:
+        an append handle still on the old file would write into the unlinked copy."""
+        kept, dropped = [], False
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                row = json.loads(line) if line.endswith("\n") else None
+            except ValueError:
+                row = None
+            if not isinstance(row, dict) or (isinstance(row.get("step"), int) and row["step"] > step):
+                dropped = True
+            else:
+                kept.append(line)
+        if not dropped:
+            return
+        from sapt import io  # here: sapt.io imports torch, and `check_trackers` is used by light commands
+
+        self._file.close()
+        io.atomic_write_text(self.path, "".join(kept))
+        self._file = open(self.path, "a", encoding="utf-8")
+
     def finish(self) -> None:
         self._file.close()
 
@@ -105,6 +134,13 @@ class Trackers:
     def log(self, values: dict[str, Any], step: int) -> None:
         for tracker in self.trackers:
             tracker.log(values, step=step)
+
+    def drop_after(self, step: int) -> None:
+        """Forget the logged steps after `step`, where the trackers' files allow it (`JSONLTracker.drop_after`);
+        TensorBoard and W&B show a restarted job's steps again, as they do for any job resumed."""
+        for tracker in self.trackers:
+            if isinstance(tracker, JSONLTracker):
+                tracker.drop_after(step)
 
     def finish(self) -> None:
         for tracker in self.trackers:

@@ -46,7 +46,10 @@ import yaml
 
 from sapt import io
 from sapt.config import ConfigError, RunConfig, to_dict
+from sapt.batching import encode
 from sapt.data import Task, builtin_suite, load_benchmark, load_task, resolve_task_names
+from sapt.data.benchmark import task_order_reason
+from sapt.data.overview import order_line, task_lines
 from sapt.data.validate import validate_or_raise
 from sapt.data.formats import has_train
 from sapt.distributed import get_dist
@@ -55,17 +58,17 @@ from sapt.manifest import Manifest
 from sapt.methods import Method, make_method
 from sapt.models import eager_attention_on_cpu, load_model
 from sapt.modules.sapt_model import SAPTModel
-from sapt.recovery import CHECKPOINT, kill_point
+from sapt.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
 from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
-    CONFIG, METRICS, PHASE_FILES, load_run_config, lock_run_dir,
+    CONFIG, METRICS, PHASE_FILES, absolute_data_dir, load_run_config, lock_run_dir,
     stage_dir, trained_stages, verify_stages, write_task_definitions,
 )
 from sapt.rundir.layout import log, open_run_log
 from sapt.rundir.plan import drop_if_bare
-from sapt.stage_trainer import TrainingError, optimiser_steps_per_epoch, stage_seed, train_stage
+from sapt.stage_trainer import TrainingError, optimiser_steps_per_epoch, stage_seed, train_stage, val_sha256
 from sapt.tracking import Trackers, check_trackers
 from sapt.unseen import UnseenScoring, load_unseen_tasks
 
@@ -86,6 +89,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     `allow_changes`: keys of CHANGEABLE_KEYS (lr, router_lr) that may differ from the saved config; the
     change is recorded in manifest.json and config.yaml is updated."""
     # Everything that can be refused without the directory is checked first; nothing is written yet.
+    cfg = absolute_data_dir(cfg)  # config.yaml names the data the run read, whatever folder a later command is in
     tasks = load_run_tasks(cfg)
     unseen = load_unseen_tasks(cfg, tasks)
     check_trackers(cfg.log_with)
@@ -136,12 +140,17 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
 def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel,
                 changes: dict[str, list] | None = None, unseen: list[Task] | None = None) -> RunResult:
     log(f"sapt: {len(tasks)} tasks ({', '.join(t.name for t in tasks)}), model {cfg.model}, output {run_dir}")
+    log_data_overview(cfg, tasks, model)
     dist = get_dist()
     main = dist.is_main  # only the main process writes; every process computes (see sapt.distributed)
     manifest = Manifest(run_dir)
     method = make_method(cfg.method, cfg)
     stages = method.stages(tasks)
     done = dist.broadcast(verify_stages(run_dir, stages, manifest, method.reflects(cfg)) if main else None)
+    # before anything is written: a refusal leaves the run directory as it was
+    problem = dist.broadcast(changed_task_data(cfg, tasks, stages, run_dir, model, method, done) if main else None)
+    if problem is not None:
+        raise ConfigError(problem)
     if changes and main:
         first = next((t for t in range(len(stages)) if (t, "trained") not in done), len(stages))
         manifest.record_change(first, changes)
@@ -156,6 +165,93 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
     finally:
         trackers.finish()
     return result
+
+
+def log_data_overview(cfg: RunConfig, tasks: list[Task], model: SAPTModel) -> None:
+    """Log the task order and, per task, its split sizes, where its evaluation comes from, its metric and its
+    first training prompt and target as the model gets them (`sapt.data.overview`): what the loader made of
+    the data, said before the first stage trains rather than discovered from the scores. Every start of the
+    run says it, a resumed one too: the log of each command is read on its own."""
+    if not get_dist().is_main:  # log() prints from the main process only; the others skip the tokenising too
+        return
+    learned = {Path(f).name: Path(f).parent.name for f in cfg.extra_tasks}  # task -> its benchmark folder
+    if cfg.data_dir is None:
+        reason = "the built-in suite's order" if cfg.tasks is None else "as given by --tasks"
+    else:
+        reason = task_order_reason(cfg.benchmark, cfg.tasks, cfg.order)
+    if learned:
+        reason += f"; then {', '.join(learned)}, added by sapt learn"
+    log(order_line([t.name for t in tasks], reason))
+    for t, task in enumerate(tasks):
+        tokens = None
+        if task.train:  # uncut lengths (no limit), so that the line can say when the run's limits cut them
+            whole = encode(model.tokenizer, model.family, task.definition, task.train[:1], 10**9, 10**9,
+                           model.template)[0]
+            tokens = (len(whole.prompt), len(whole.target))
+        benchmark = learned.get(task.name, cfg.benchmark if cfg.data_dir is not None else None)
+        for line in task_lines(t, len(tasks), task, model.family, model.template, benchmark, tokens,
+                               cfg.max_source_length, cfg.max_target_length):
+            log(line)
+
+
+def changed_task_data(cfg: RunConfig, tasks: list[Task], stages: list[Task], run_dir: Path, model: SAPTModel,
+                      method: Method, done: set[tuple[int, str]]) -> str | None:
+    """Why the run must not go on with the task data it loaded (one line), or None: a stage that is trained
+    (stage.json) or was training (its checkpoint) recorded the sha256 of its validation examples, and the
+    data loaded now gives others. The validation examples are carved from the task's training file by a
+    seeded split, so an edit that adds, removes or changes examples almost always moves them (an edit of a
+    training-only example that leaves the split as it was is not seen: only this hash is recorded).
+
+    Refused, not warned: going on would load blocks trained on the old data and train the next ones (or the
+    rest of an interrupted one) on the new, a run that measures neither, and a warning in the stage lines is
+    easily missed. The user decides: restore the data, or start a new run for it. A stage.json or
+    checkpoint without the hash (an older sapt) is not checked."""
+    names = {t.name for t in tasks}
+    for t, stage in enumerate(stages):
+        sdir = stage_dir(run_dir, t, stage.name)
+        trained = (t, "trained") in done
+        if trained:
+            recorded, record = io.read_json(sdir / "stage.json").get("val_sha256"), sdir / "stage.json"
+        else:  # the stage in progress: the checkpoint it resumes from, if it has a usable one
+            try:
+                state = load_checkpoint(sdir / CHECKPOINT)
+            except (OSError, CheckpointError):
+                return None
+            usable = state.get("task") == stage.name and state.get("stage") == t
+            recorded, record = (state.get("val_sha256") if usable else None), sdir / CHECKPOINT
+        if recorded is not None:
+            _, val_items = method.training_items(model, stage, tasks, cfg)
+            if val_items is None:
+                val_items = encode_task_split(model, stage, "val", cfg.max_source_length, cfg.max_target_length)
+            if val_sha256(val_items) != recorded:
+                which = [stage.name] if stage.name in names else [task.name for task in tasks]  # mtl: every task
+                how = "trained on it" if trained else "was training on it when it stopped"
+                return (f"{', '.join(task_data_file(cfg, n) for n in which)}: the data of task "
+                        f"{', '.join(repr(n) for n in which)} changed since stage {t + 1} of {run_dir} {how} "
+                        f"({record} records other validation examples than the data gives now); going on would "
+                        "mix blocks trained on the old data with training on the new: restore the data as it "
+                        "was, or start a new run on the new data (another --output)")
+        if not trained:
+            return None
+    return None
+
+
+def task_data_file(cfg: RunConfig, name: str) -> str:
+    """Where the run reads task `name`'s training data, for a message: its train file (or folder), or the
+    built-in suite."""
+    from sapt.data import DataError
+    from sapt.data.formats import find_source
+
+    folder = next((Path(f) for f in cfg.extra_tasks if Path(f).name == name), None)
+    if folder is None and cfg.data_dir is not None:
+        folder = Path(cfg.data_dir) / str(cfg.benchmark) / name
+    if folder is None:
+        return f"built-in task {name} (sapt.data.builtin)"
+    try:
+        source = find_source(folder, "train")
+    except DataError:
+        source = None
+    return str(source.path if source is not None else folder)
 
 
 class StageLoop(UnseenScoring):
@@ -400,16 +496,18 @@ def load_run_tasks(cfg: RunConfig) -> list[Task]:
     return tasks
 
 
-def configured_tasks(cfg: RunConfig, names: list[str] | None, order: int | None = None, what: str = "") -> list[Task]:
+def configured_tasks(cfg: RunConfig, names: list[str] | None, order: int | None = None, what: str = "",
+                     eval_only: bool = False) -> list[Task]:
     """Tasks of the run's benchmark by name (or order; all when neither), or of the built-in suite when
-    it has no data_dir, checked first and split as the run splits them. `what` prefixes a built-in error."""
+    it has no data_dir, checked first and split as the run splits them. `what` prefixes a built-in error.
+    `eval_only`: tasks only evaluated (--unseen), which need only their evaluation examples (`load_task`)."""
     if cfg.data_dir is None:
         if order is not None:  # the orders are the benchmarks' (O-LoRA's numbering): never silently dropped
             raise ConfigError(f"order {order}: the task orders are the benchmark's (SuperNI 1-2, Long_Sequence 1-6) "
                               "and need --data-dir DIR; the built-in suite takes --tasks a,b,c")
         return builtin_tasks(cfg, names, what)
     names = resolve_task_names(cfg.data_dir, cfg.benchmark, names, order)
-    split = split_settings(cfg)
+    split = {**split_settings(cfg), **({"eval_only": True} if eval_only else {})}
     validate_or_raise(cfg.data_dir, cfg.benchmark, names, **split)  # every file, all problems at once
     return load_benchmark(cfg.data_dir, cfg.benchmark, tasks=names, **split)
 

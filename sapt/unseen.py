@@ -35,7 +35,8 @@ def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
         raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
     from sapt.train import configured_tasks
 
-    return configured_tasks(cfg, list(cfg.unseen), what="unseen (--unseen): ")
+    # eval_only: an unseen task is never trained or validated on, so it needs only what its evaluation uses
+    return configured_tasks(cfg, list(cfg.unseen), what="unseen (--unseen): ", eval_only=True)
 
 
 class UnseenScoring:

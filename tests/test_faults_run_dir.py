@@ -285,3 +285,145 @@ def test_ctrl_c_in_the_first_second_is_one_line_and_exit_130(argv, tmp_path):
     assert p.returncode == 130, p.stderr[-2000:]
     assert p.stderr.splitlines() == [INTERRUPTED]
     assert not (tmp_path / "out").exists()
+
+
+# ---- issue 27's minor cases of the run directory --------------------------------------------------------------
+def write_bench(root: Path, sizes: dict[str, int]) -> Path:
+    """A data folder root/B/<task>/train.jsonl, `sizes[task]` examples each; returns root."""
+    for name, n in sizes.items():
+        (root / "B" / name).mkdir(parents=True)
+        (root / "B" / name / "train.jsonl").write_text("".join(
+            json.dumps({"input": f"{name} question {i}", "output": f"{name}{i % 2}"}) + "\n" for i in range(n)))
+    return root
+
+
+def on_bench(root: Path, tasks: str = "a,b") -> list[str]:
+    return ["--data-dir", str(root), "--benchmark", "B", "--tasks", tasks]
+
+
+@pytest.mark.parametrize("how", ["cli", "api"])
+def test_a_relative_data_dir_is_stored_absolute_and_an_older_relative_one_still_works(how, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """config.yaml kept `data_dir: data` as typed, so `sapt eval --run RUN` from another folder read another
+    folder's data (or none). A new run stores it absolute; an older run's relative one is read against the
+    current directory, as before, with one warning."""
+    import sapt
+
+    write_bench(tmp_path / "data", {"a": 12, "b": 12})
+    monkeypatch.chdir(tmp_path)
+    if how == "cli":
+        assert main(["run", *TINY, *on_bench(Path("data")), "--output", "run"]) == 0
+    else:
+        sapt.run(model="tiny-llama", max_train_per_task=8, max_eval_per_task=4, epochs=1, max_new_tokens=3,
+                 reflection_source="real", data_dir="data", benchmark="B", tasks=["a", "b"], output="run")
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data_dir"] == str(tmp_path / "data")
+    (tmp_path / "elsewhere").mkdir()  # no `data` here: a relative data_dir was "data: not found" from here
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tmp_path / "run")]) == 0
+    assert list(json.loads((tmp_path / "run" / "eval" / "scores.json").read_text())["scores"]) == ["a", "b"]
+    assert "warning" not in capsys.readouterr().err
+    # an older run: data_dir relative in config.yaml, read against the current directory with one warning
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({**cfg, "data_dir": "data"}, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    from sapt.rundir import read
+    monkeypatch.setattr(read, "_WARNED_RELATIVE", set())
+    assert main(["eval", "--run", "run"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "is relative" in line]
+    assert len(warned) == 1 and str(tmp_path / "data") in warned[0], err
+
+
+def _edit_outputs(root: Path, task: str) -> None:
+    path = root / "B" / task / "train.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, "output": r["output"] + " edited"}) + "\n" for r in rows))
+
+
+# (the stage stopped by a kill, or None: a finished run; the task whose data is edited; the record it is checked against)
+DATA_EDITS = [(None, "a", "stage.json"), ("stage1:epoch1", "b", "checkpoint.pt")]
+
+
+@pytest.mark.parametrize("kill, task, record", DATA_EDITS, ids=[f"{k or 'finished'}: {t}" for k, t, _ in DATA_EDITS])
+def test_task_data_edited_before_a_resume_is_refused_and_the_run_left_as_it_is(kill, task, record, tmp_path, capsys):
+    """Each stage wrote val_sha256, yet a resume trained on edited data in silence: the finished stages'
+    blocks were trained on the old data, the rest on the new."""
+    data = write_bench(tmp_path / "data", {"a": 12, "b": 12})
+    r = tmp_path / "run"
+    argv = ["run", *TINY, "--epochs", "2", *on_bench(data), "--output", str(r)]
+    if kill is None:
+        assert main(argv) == 0
+    else:
+        killed = sapt_subprocess(*argv, env_extra={KILL_ENV: kill})
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        assert (r / "stages" / "01_b" / "checkpoint.pt").is_file()
+    _edit_outputs(data, task)
+    before = snapshot(r)
+    capsys.readouterr()
+    line = one_line_error(capsys, main(argv), f"the data of task '{task}' changed")
+    assert str(data / "B" / task / "train.jsonl") in line and record in line and "--output" in line
+    assert snapshot(r) == before
+
+
+def test_learn_says_which_stage_it_retrains_when_the_manifest_does_not_record_it(two_tasks, tmp_path, capsys):
+    """A manifest.json restored from an older copy lacks stage 2: its files were deleted and it was retrained
+    by `sapt learn` without a word."""
+    run, task, _ = two_tasks
+    r = tmp_path / "run"
+    shutil.copytree(run, r)
+    manifest = json.loads((r / "manifest.json").read_text())
+    del manifest["stages"]["01_sentiment"]
+    (r / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["learn", "--run", str(r), "--task", str(task)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "01_sentiment" in line or "(sentiment)" in line]
+    assert any("stage 2 (sentiment)" in line and "does not record its trained phase" in line and "redone" in line
+               for line in said), said
+
+
+def test_metrics_jsonl_holds_each_step_once_after_a_resume(finished, tmp_path):
+    """The steps logged after the last checkpoint were logged again by the resumed run."""
+    r = tmp_path / "run"
+    argv = ["run", *TINY, *TASKS, "--output", str(r)]
+    killed = sapt_subprocess(*argv, env_extra={KILL_ENV: "stage1:epoch1:mid"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert main(argv) == 0
+
+    def steps(run_dir: Path) -> list[tuple]:
+        rows = [json.loads(line) for line in (run_dir / "trackers" / "metrics.jsonl").read_text().splitlines()]
+        return [(row["step"], row["stage"], tuple(sorted(row))) for row in rows if "step" in row]
+
+    assert steps(r) == steps(finished)  # as if never interrupted: no step twice, none lost
+    assert len(set(steps(r))) == len(steps(r))
+
+
+def test_a_re_export_keeps_the_users_files_in_a_task_folder(finished, tmp_path):
+    """Re-exporting replaced OUT/<task>/ whole, deleting what the user had put there."""
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(finished), "--out", str(out)]) == 0
+    exported = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (out / "topic" / "NOTES.md").write_text("mine")
+    (out / "topic" / "sapt_prompt.safetensors").write_bytes(b"left by an export of another run")  # the export's name
+    (out / "topic" / "adapter_config.json").write_text("{}")  # the export's file: replaced
+    assert main(["export", "--run", str(finished), "--out", str(out)]) == 0
+    now = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    expected = {**exported, "topic/NOTES.md": b"mine"}
+    assert now.keys() == expected.keys()
+    assert all(now[k] == v for k, v in expected.items() if k not in ("router.json", "README.md", "sapt_export.json"))
+    assert not list(tmp_path.glob(".export.*"))
+
+
+def test_an_unseen_task_needs_only_the_examples_its_evaluation_uses(tmp_path):
+    """An unseen task is never trained or validated on, yet it was refused unless it had enough examples for
+    a validation and a training example besides its evaluation ones."""
+    from sapt.data import DataError, load_task
+
+    data = write_bench(tmp_path / "data", {"a": 12, "b": 12, "small": 4})  # 4: exactly the 4 evaluated
+    with pytest.raises(DataError, match="too few"):  # what a task that trains needs
+        load_task(data, "B", "small", max_eval=4, max_train=8)
+    r = tmp_path / "run"
+    assert main(["run", *TINY, *on_bench(data), "--unseen", "small", "--output", str(r)]) == 0
+    metrics = json.loads((r / "metrics.json").read_text())
+    assert metrics["unseen"]["tasks"] == ["small"] and None not in metrics["unseen"]["matrix"][-1]
+    assert len((r / "unseen_base" / "predictions" / "small.jsonl").read_text().splitlines()) == 4

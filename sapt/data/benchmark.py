@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sapt.data.formats import DEFINITION_FILE, find_source, has_train, load_definition, load_source, missing_message
-from sapt.data.schema import effective_labels, load_labels
+from sapt.data.formats import DEFINITION_FILE, find_source, has_train, load_source, missing_message, read_definition
+from sapt.data.schema import SplitFile, effective_labels, load_labels, raise_first
 from sapt.data.types import DataError, Example, Task
 
 # The standard task orders of the public release's launch scripts.
@@ -171,6 +171,24 @@ def resolve_task_names(data_dir: str | Path, benchmark: str, tasks: list[str] | 
     return names
 
 
+def task_order_reason(benchmark: str, tasks: list[str] | None, order: int | None) -> str:
+    """Why `resolve_task_names` put the tasks in the order it did, for the run's "task order:" line.
+
+    Stated rather than refused: a data folder without `--tasks` or `--order` has always trained its tasks
+    in alphabetical order, and refusing now would break commands that work. But the order changes what a
+    continual-learning run measures (which task is forgotten, which one is learned on top of which), and
+    alphabetical is an accident of the folder names, so the run says it loudly, and says when the order is
+    the benchmark's own instead."""
+    if tasks is not None:
+        return "as given by --tasks"
+    if order is not None:
+        return f"{benchmark} order {order}, as given by --order"
+    if TASK_ORDERS.get(benchmark):
+        first = next(iter(TASK_ORDERS[benchmark]))
+        return f"{benchmark} order {first}: no --tasks or --order given; the benchmark's first named order"
+    return "alphabetical: no --tasks or --order given; the benchmark names no order"
+
+
 # ----------------------------------------------------------------------------- splitting
 
 
@@ -189,13 +207,18 @@ def _stratified(pool: list[int], label_of: list[str], n: int) -> list[int]:
 
 def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: float | int = 0.1,
               max_train: int | None = None, max_eval: int | None = None, seed: int = 42,
-              input_field: str = "input", output_field: str = "output") -> Task:
+              input_field: str = "input", output_field: str = "output", eval_only: bool = False) -> Task:
     """Load one task with seeded train / validation / evaluation splits.
 
     val_size: an int is a count, a float a fraction of the training pool (after `max_train`).
     max_train, max_eval: seeded subsets, to keep runs small. Splits depend only on
     (seed, task name, file contents, sizes), never on global random state.
     input_field, output_field: the names of the two fields in train/test .jsonl, .csv and datasets folders.
+    eval_only: a task that is only evaluated (`--unseen`) needs only its evaluation examples. The splits are
+    the same as without it wherever those work (the evaluation split never depends on the others), so an
+    unseen task scores exactly as before; where the file is too small for a validation and a training
+    example besides, the task is not refused: it gets what is left as training examples (its answers still
+    decide the one-line rule, `sapt.evaluate.one_line_answers`) and no validation ones.
     """
     _check_split_args(val_size, max_train, max_eval)
     check_fields(input_field, output_field)
@@ -207,17 +230,17 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
         raise DataError(f"{task_dir / 'train.json'}: {missing_message(task_dir)}")
     train_file = load_source(train_src, **fields)
     examples, definition = train_file.examples, train_file.definition
-    if definition is None:  # no definition of its own: definition.txt, when there is one
-        definition = load_definition(task_dir / DEFINITION_FILE)
+    if definition is None:  # no definition of its own: definition.txt, else a shared instruction field
+        definition = _definition_without_own(task_dir, train_file, train_src.path.name)
     labels = _task_labels(task_dir, examples, train_src.path.name)
     metric = BENCHMARK_METRIC.get(benchmark, "em" if labels is not None else "rougeL")
 
     rng = random.Random(f"{seed}:{name}")
     order = list(range(len(examples)))
     rng.shuffle(order)
-    held = _evaluation_split(task_dir, train_src.path, examples, order, rng, max_eval, fields)
+    held = _evaluation_split(task_dir, train_src.path, examples, order, rng, max_eval, fields, eval_only)
     pool = _training_pool(examples, order, held, train_src.path)
-    train_idx, val_idx = _train_val(pool, examples, labels, val_size, max_train, train_src.path)
+    train_idx, val_idx = _train_val(pool, examples, labels, val_size, max_train, train_src.path, eval_only)
     return Task(
         name=name,
         definition=definition,
@@ -227,7 +250,28 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
         eval=held.examples,
         eval_split=held.split,
         labels=labels,
+        eval_source=held.source,
+        eval_source_size=held.source_size,
     )
+
+
+def _definition_without_own(task_dir: Path, train_file: SplitFile, train_name: str) -> str:
+    """The definition of a task whose train file has none of its own: definition.txt when present (even
+    empty), else the `instruction` field every training example shares, else "".
+
+    Why the explicit definition wins over the instruction field: definition.txt (like train.json's
+    "Definition") is written for one purpose, to be the task's definition, while an instruction field is
+    example data that merely happens to be the same throughout. A user who writes definition.txt beside
+    such a file means it (to shorten or correct the instruction, say), and every folder that had
+    definition.txt before the field was read keeps its definition, so its runs stay as they were."""
+    path = task_dir / DEFINITION_FILE
+    text, problems = read_definition(path)
+    raise_first(path, problems)
+    if text is not None:
+        return text
+    if train_file.instruction_unused is not None:  # examples carry instructions that cannot be the definition
+        warnings.warn(f"{task_dir / train_name}: {train_file.instruction_unused}", stacklevel=3)
+    return train_file.instruction or ""
 
 
 def _check_split_args(val_size: float | int, max_train: int | None, max_eval: int | None) -> None:
@@ -259,10 +303,12 @@ class _HeldOut:
     taken: list[int]  # positions of `order` used for evaluation (heldout-train)
     blocked: set[str]  # inputs that must not be trained or validated on
     source: str  # the evaluation file's name, for warnings
+    source_size: int  # how many examples that file holds (the start-up lines say "N of its M")
 
 
 def _evaluation_split(task_dir: Path, train_path: Path, examples: list[Example], order: list[int],
-                      rng: random.Random, max_eval: int | None, fields: dict[str, str]) -> _HeldOut:
+                      rng: random.Random, max_eval: int | None, fields: dict[str, str],
+                      eval_only: bool = False) -> _HeldOut:
     """The test split (a seeded subset of max_eval) when the task has one, else a held-out part of train."""
     test_src = find_source(task_dir, "test")
     if test_src is not None:
@@ -270,14 +316,14 @@ def _evaluation_split(task_dir: Path, train_path: Path, examples: list[Example],
         keep = sorted(rng.sample(range(len(test)), max_eval)) if max_eval and max_eval < len(test) else None
         chosen = test if keep is None else [test[i] for i in keep]
         # all of the test file is kept out of training, whatever subset is evaluated
-        return _HeldOut(chosen, "test", [], {ex.input for ex in test}, test_src.path.name)
+        return _HeldOut(chosen, "test", [], {ex.input for ex in test}, test_src.path.name, len(test))
     heldout = max_eval if max_eval is not None else max(1, len(examples) // 10)
-    if heldout > len(examples) - 2:
+    if heldout > len(examples) - (0 if eval_only else 2):  # eval_only: no validation or training example needed
         raise DataError(f"{train_path}: {len(examples)} instances are too few to hold out {heldout} "
-                        "for evaluation and keep validation and training data")
+                        + ("for evaluation" if eval_only else "for evaluation and keep validation and training data"))
     taken = order[:heldout]
     chosen = [examples[i] for i in sorted(taken)]
-    return _HeldOut(chosen, "heldout-train", taken, {ex.input for ex in chosen}, train_path.name)
+    return _HeldOut(chosen, "heldout-train", taken, {ex.input for ex in chosen}, train_path.name, len(examples))
 
 
 def _training_pool(examples: list[Example], order: list[int], held: _HeldOut, train_path: Path) -> list[int]:
@@ -297,12 +343,15 @@ def _training_pool(examples: list[Example], order: list[int], held: _HeldOut, tr
 
 
 def _train_val(pool: list[int], examples: list[Example], labels: list[str] | None, val_size: float | int,
-               max_train: int | None, train_path: Path) -> tuple[list[int], list[int]]:
-    """Validation (stratified by label where there are labels) and training indices from the pool."""
+               max_train: int | None, train_path: Path, eval_only: bool = False) -> tuple[list[int], list[int]]:
+    """Validation (stratified by label where there are labels) and training indices from the pool; with
+    `eval_only`, a pool too small for them is all training examples, and no validation (`load_task`)."""
     if isinstance(val_size, int):
         n_val = val_size
     else:
         n_val = max(1, round(val_size * min(len(pool), max_train or len(pool))))
+    if n_val >= len(pool) and eval_only:
+        return pool[:max_train], []
     if n_val >= len(pool):
         raise DataError(f"{train_path}: {len(pool)} usable instances are too few for {n_val} "
                         "validation examples and at least one training example")

@@ -19,7 +19,8 @@ silently. The two splits are found independently (train.csv with test.jsonl is f
 The field (key, column) names are "input" and "output", or the config's `input_field` / `output_field`; they
 apply to these three formats only: the CL_Benchmark train.json schema is fixed. The task definition of a
 JSONL, CSV or datasets task (and of a train.json without a "Definition") is <task>/definition.txt, stripped,
-when present, else empty.
+when present; else the `instruction` field (key, column) of the training examples when every example has
+the same one (Alpaca-style files carry one; see `sapt.data.schema.shared_instruction`); else empty.
 
 Every parser here returns all the problems of a source (`SplitFile.problems`), each with the validator's
 message and the loader's (see sapt.data.schema), after "<path>: ". JSONL problems name the line (1-based),
@@ -42,12 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from sapt.data.schema import (
+    INSTRUCTION_FIELD,
     Problem,
     SplitFile,
     all_empty_problem,
     load_split,
     parse_instance,
     raise_first,
+    shared_instruction,
 )
 from sapt.data.types import DataError
 
@@ -141,6 +144,9 @@ class _Collect:
         self.keys = dict(input_key=input_key, output_key=output_key)
         self.split = SplitFile([], None, 0, [])
         self.clean: list = []
+        # an `instruction` field is read unless it is the input or the output itself (--input-field instruction)
+        self.reads_instruction = INSTRUCTION_FIELD not in (input_key, output_key)
+        self.instructions: list[Any] = []  # each example's instruction, None where it has none
 
     def problem(self, item: int, message: str, loader: str | None) -> None:
         self.split.problems.append(Problem(message, loader, item))
@@ -148,6 +154,8 @@ class _Collect:
     def example(self, item: int, where: str, value: Any) -> None:
         problems, example = parse_instance(item, value, where, sep=": ", **self.keys)
         self.split.problems += problems
+        if self.reads_instruction and isinstance(value, dict):
+            self.instructions.append(value.get(INSTRUCTION_FIELD))
         if example is not None:
             self.split.examples.append(example)
             if not problems:
@@ -155,6 +163,7 @@ class _Collect:
 
     def done(self, what: str) -> SplitFile:
         self.split.problems += all_empty_problem(self.clean, "", what)
+        self.split.instruction, self.split.instruction_unused = shared_instruction(self.instructions)
         return self.split
 
 
@@ -237,6 +246,9 @@ def parse_csv(path: Path, input_key: str = "input", output_key: str = "output") 
     if c.split.problems:
         return c.split
     at = {key: header.index(key) for key in (input_key, output_key)}
+    # the instruction column, when there is exactly one (a repeated one is ambiguous: left unread, as before)
+    instruction_at = (header.index(INSTRUCTION_FIELD)
+                      if c.reads_instruction and header.count(INSTRUCTION_FIELD) == 1 else None)
     for r, row in enumerate(rows[1:], 2):
         if not row:  # a blank line
             continue
@@ -251,7 +263,10 @@ def parse_csv(path: Path, input_key: str = "input", output_key: str = "output") 
             c.problem(r, f"{where}: {key}: missing (the row has {len(row)} field{'s' if len(row) != 1 else ''}, "
                          f"the header {len(header)})", f"{where}: {key} missing")
         if not short:
-            c.example(r, where, {key: row[i] for key, i in at.items()})
+            value = {key: row[i] for key, i in at.items()}
+            if instruction_at is not None:  # a row cut short before the column has none
+                value[INSTRUCTION_FIELD] = row[instruction_at] if instruction_at < len(row) else None
+            c.example(r, where, value)
     if c.split.n_instances == 0:
         c.problem(None, "no rows after the header (no examples)", "no examples (only a header)")
         return c.split
@@ -295,8 +310,12 @@ def parse_datasets(path: Path, input_key: str = "input", output_key: str = "outp
                       f"column '{key}' must hold strings")
     if c.split.problems:
         return c.split
+    read = [input_key, output_key]
+    if c.reads_instruction and isinstance(ds.features.get(INSTRUCTION_FIELD), Value) \
+            and ds.features[INSTRUCTION_FIELD].dtype in _STRING_DTYPES:
+        read.append(INSTRUCTION_FIELD)  # a string column only: another kind is no definition to read
     try:
-        values = ds.select_columns(list(dict.fromkeys((input_key, output_key)))).to_dict()
+        values = ds.select_columns(list(dict.fromkeys(read))).to_dict()
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
         return _fail(f"cannot be read ({type(e).__name__}: {first})", "cannot be read")
@@ -312,7 +331,10 @@ def parse_datasets(path: Path, input_key: str = "input", output_key: str = "outp
                 continue
             out = labels.int2str(out)
         c.split.n_instances += 1
-        c.example(i, where, {input_key: values[input_key][i], output_key: out})
+        value = {input_key: values[input_key][i], output_key: out}
+        if INSTRUCTION_FIELD in read[2:]:
+            value[INSTRUCTION_FIELD] = values[INSTRUCTION_FIELD][i]
+        c.example(i, where, value)
     if c.split.n_instances == 0:
         return _fail("no examples (the dataset has no rows)", "no examples")
     return c.done("examples")

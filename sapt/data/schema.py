@@ -26,12 +26,16 @@ from typing import Any
 
 from sapt.data.types import DataError, Example
 
-__all__ = ["JsonProblem", "LabelsFile", "Problem", "SplitFile", "all_empty_problem", "effective_labels", "load_labels",
-           "load_split", "parse_instance", "parse_labels", "parse_split", "raise_first", "read_json", "type_name"]
+__all__ = ["INSTRUCTION_FIELD", "JsonProblem", "LabelsFile", "Problem", "SplitFile", "all_empty_problem",
+           "effective_labels", "load_labels", "load_split", "parse_instance", "parse_labels", "parse_split",
+           "raise_first", "read_json", "shared_instruction", "type_name"]
 
 # The loader's messages, one per kind of problem it refuses (after "<path>: ").
 _LOADER_DEFINITION = "'Definition' must be a string or a list of strings"
 _LOADER_LABELS = "must be a non-empty JSON list of strings"
+# The per-example field that many instruction-tuning files carry (Alpaca's {"instruction", "input", "output"}):
+# when every example has the same one, it is the task's definition (`shared_instruction`).
+INSTRUCTION_FIELD = "instruction"
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,34 @@ class SplitFile:
     definition: str | None  # the task definition (stripped; "" for an empty list); None: no Definition key
     n_instances: int = 0  # len(Instances) when it is a list
     problems: list[Problem] = field(default_factory=list)
+    instruction: str | None = None  # the `instruction` field every example shares (stripped), see shared_instruction
+    instruction_unused: str | None = None  # why examples that carry an `instruction` field give no definition
+
+
+def shared_instruction(values: list[Any]) -> tuple[str | None, str | None]:
+    """(the instruction every example carries, stripped; why there is none although some examples carry one).
+
+    `values` holds each example's `instruction` value, None where it has none. A task has one definition
+    (every prompt of the task, its reflection inputs and `sapt predict` use the same one), so only an
+    instruction that is the same in every example can become it. Instructions that differ per example, or
+    that some examples lack, are not folded into the inputs either: that would change the data the user
+    wrote; the caller says why they are unused instead."""
+    given = [v for v in values if v is not None]
+    if not given:
+        return None, None
+    texts = {v.strip() for v in given if isinstance(v, str)}
+    if len(given) == len(values) and len(texts) == 1 and all(isinstance(v, str) for v in given) and "" not in texts:
+        return texts.pop(), None
+    if any(not isinstance(v, str) for v in given):
+        why = "some values are not strings"
+    elif len(given) < len(values):
+        why = f"only {len(given)} of the {len(values)} examples have one"
+    elif texts == {""}:
+        why = "it is empty in every example"
+    else:
+        why = f"it differs between examples ({len(texts)} different values)"
+    return None, (f"the '{INSTRUCTION_FIELD}' field is not used as the task definition: {why} (a task has one "
+                  f"definition; write it in definition.txt or put the instruction into the input)")
 
 
 def _definition(d: Any) -> tuple[str, list[Problem]]:
@@ -208,6 +240,8 @@ def parse_split(data: Any) -> SplitFile:
             if not inst_problems:
                 clean.append(example)
     problems += all_empty_problem(clean)
+    split.instruction, split.instruction_unused = shared_instruction(
+        [inst.get(INSTRUCTION_FIELD) for inst in instances if isinstance(inst, dict)])
     return split
 
 

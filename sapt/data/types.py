@@ -6,7 +6,7 @@ touch JSON or file layouts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class DataError(ValueError):
@@ -29,3 +29,8 @@ class Task:
     eval: list[Example]  # test.json if present, else a held-out part of train.json
     eval_split: str  # "test" or "heldout-train"
     labels: list[str] | None = None
+    # Where the evaluation examples were read, for the run's start-up lines: the file's name ("test.jsonl", or
+    # the train file they were held out of) and how many examples it holds; None for generated tasks. Not
+    # compared: the same examples from train.json or train.jsonl are the same task.
+    eval_source: str | None = field(default=None, compare=False)
+    eval_source_size: int | None = field(default=None, compare=False)

@@ -217,7 +217,7 @@ def _check_task(bench_dir: Path, data_dir: Path, benchmark: str, name: str, repo
         _check_split_file(task_dir / "dev.json", report)
     labels_path = task_dir / "labels.json"
     labels = _check_labels(labels_path, report) if labels_path.exists() else None
-    # The definition: train.json's, else definition.txt (what the loader reads).
+    # The definition: train.json's, else definition.txt, else a shared instruction field (what the loader reads).
     definition_path = task_dir / DEFINITION_FILE
     if train_file is not None and train_file.definition is not None:
         if definition_path.exists():
@@ -226,10 +226,12 @@ def _check_task(bench_dir: Path, data_dir: Path, benchmark: str, name: str, repo
         for p in read_definition(definition_path)[1]:
             report.error(definition_path, p.message)
         if train_src is not None and train_src.kind == "json" and train_file is not None \
-                and not definition_path.exists():
+                and not definition_path.exists() and train_file.instruction is None:
             report.warn(train_src.path, "Definition: missing; prompts will have no task definition")
 
-    if train is not None and (test is not None or not has_test):
+    # a task only evaluated (--unseen) needs no training or validation examples: the loader's try below
+    # says what its evaluation split needs
+    if train is not None and (test is not None or not has_test) and not load_kwargs.get("eval_only"):
         assert train_src is not None
         _check_sizes(train_src, train, test, test_src.path.name if test_src is not None else None, report)
     if train is not None and labels is not None:
@@ -253,7 +255,7 @@ def _check_task(bench_dir: Path, data_dir: Path, benchmark: str, name: str, repo
 def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *,
                        val_size: float | int = 0.1, max_train: int | None = None,
                        max_eval: int | None = None, seed: int = 42, input_field: str = "input",
-                       output_field: str = "output") -> tuple[list[str], list[str]]:
+                       output_field: str = "output", eval_only: bool = False) -> tuple[list[str], list[str]]:
     """Check the files of tasks `names` of `data_dir/benchmark`; return `(errors, warnings)`.
 
     Every problem found is listed, not just the first: each is one line starting with the path of the
@@ -275,6 +277,9 @@ def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *
     file, bytes that are not UTF-8, a CSV without the header, a folder `datasets` cannot load or that lacks
     the column); two sources of one split; a definition.txt that is not UTF-8 text; `input_field` and
     `output_field` that are empty or equal.
+
+    eval_only: the tasks are only evaluated (`--unseen`): their sizes are checked for the evaluation split
+    alone (`load_task`'s eval_only).
 
     warnings (the run works): labels.json not covering the train.json outputs (the loader then uses
     the outputs as the label set; the public qqp task has this), test.json outputs outside the label
@@ -304,7 +309,7 @@ def validate_benchmark(data_dir: str | Path, benchmark: str, names: list[str], *
         return report.errors, report.warnings
     fields = dict(input_key=input_field, output_key=output_field)
     load_kwargs = dict(val_size=val_size, max_train=max_train, max_eval=max_eval, seed=seed,
-                       input_field=input_field, output_field=output_field)
+                       input_field=input_field, output_field=output_field, eval_only=eval_only)
     for name in dict.fromkeys(names):
         _check_task(bench_dir, data_dir, benchmark, name, report, load_kwargs, fields)
     return report.errors, report.warnings

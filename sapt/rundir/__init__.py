@@ -46,13 +46,13 @@ from sapt.rundir.layout import (
 )
 from sapt.rundir.plan import CHANGEABLE_KEYS, check_run_dir, lock_run_dir, plan_run_dir
 from sapt.rundir.read import (
-    collect_matrices, collect_unseen, load_run_config, replay_stats, run_timing, task_definitions, write_task_definitions,
+    absolute_data_dir, collect_matrices, collect_unseen, load_run_config, replay_stats, run_timing, task_definitions, write_task_definitions,
 )
 from sapt.rundir.source import is_export, stage_tensors
 from sapt.rundir.verify import trained_stages, verify_stages
 
 __all__ = [
-    "CHANGEABLE_KEYS", "CONFIG", "EXPORT_MARKER", "METRICS", "PHASE_FILES", "STAGES", "TASKS", "TIMING", "TRAIN_LOG",
+    "absolute_data_dir", "CHANGEABLE_KEYS", "CONFIG", "EXPORT_MARKER", "METRICS", "PHASE_FILES", "STAGES", "TASKS", "TIMING", "TRAIN_LOG",
     "UNSEEN_BASE", "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "check_run_dir", "collect_matrices", "collect_unseen", "is_export", "load_run_config", "lock_run_dir", "plan_run_dir", "replay_stats",
     "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task", "stage_tensors", "task_definitions",
     "trained_stages", "verify_stages", "write_task_definitions",

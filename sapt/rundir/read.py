@@ -2,27 +2,61 @@
 its stage files record (metrics.json and timing.json are made from these)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sapt import io
 from sapt.config import ConfigError, RunConfig, from_saved
-from sapt.rundir.layout import CONFIG, EXPORT_MARKER, TASKS, UNSEEN_BASE, UNSEEN_SCORES, stage_dir, stage_folders, stage_task
+from sapt.rundir.layout import (
+    CONFIG, EXPORT_MARKER, TASKS, UNSEEN_BASE, UNSEEN_SCORES, log, stage_dir, stage_folders, stage_task,
+)
 
 if TYPE_CHECKING:
     from sapt.data import Task
 
-__all__ = ["collect_matrices", "collect_unseen", "load_run_config", "replay_stats", "run_timing", "task_definitions",
+__all__ = ["absolute_data_dir", "collect_matrices", "collect_unseen", "load_run_config", "replay_stats", "run_timing", "task_definitions",
            "write_task_definitions"]
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The config of a run directory, or of an export of one (`sapt export` copies config.yaml)."""
+    """The config of a run directory, or of an export of one (`sapt export` copies config.yaml).
+
+    A relative `data_dir` (config.yaml of a run made before sapt stored it absolute, `absolute_data_dir`)
+    is read against the current directory, with a warning once per run directory: that is where every
+    older sapt read it, so an older run keeps working from where it always worked. Against the run
+    directory's parent instead would guess where the user stood when the run started, and a wrong guess
+    scores other data in silence; the warning names the folder that is read and how to read another."""
     if (Path(run_dir) / "router.json").is_file() and not (Path(run_dir) / CONFIG).exists():
         raise ConfigError(f"{run_dir} is an export written by an older sapt (no {CONFIG}, no {EXPORT_MARKER}): "
                           "it cannot be loaded as a model; run `sapt export` again from its run directory")
-    return from_saved(run_dir)
+    cfg = from_saved(run_dir)
+    if cfg.data_dir is not None and not os.path.isabs(cfg.data_dir):
+        absolute = os.path.abspath(cfg.data_dir)
+        if os.path.abspath(run_dir) not in _WARNED_RELATIVE:
+            _WARNED_RELATIVE.add(os.path.abspath(run_dir))
+            log(f"sapt: warning: {Path(run_dir) / CONFIG}: data_dir {cfg.data_dir!r} is relative (written by an "
+                f"older sapt); it is read against the current directory, as {absolute}; give `sapt eval` "
+                "--data-dir DIR to read another")
+        cfg.data_dir = absolute
+    return cfg
+
+
+# The run directories whose relative data_dir was warned about in this process (`load_run_config`): one
+# command loads a run's config several times (eval: the tasks, then the model), and says it once.
+_WARNED_RELATIVE: set[str] = set()
+
+
+def absolute_data_dir(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its data_dir made absolute against the current directory, as a new run stores it in
+    config.yaml: a relative one named other data for every later command started from another folder
+    (`sapt eval --run RUN` read it against its own current directory). os.path.abspath, not
+    Path.resolve: a symbolic link in the path the user gave stays the name it is stored under."""
+    if cfg.data_dir is None or os.path.isabs(cfg.data_dir):
+        return cfg
+    return dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
 
 
 def write_task_definitions(run_dir: Path, tasks: list[Task]) -> None:

@@ -25,12 +25,15 @@ def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflecti
     what is trusted: its files, those of its later phases and every later stage are deleted (a
     checkpoint survives only when the stage's training was simply not finished). An evaluation that is
     damaged is deleted and redone on its own: nothing depends on it."""
+    said = True  # whether a line already says that every stage is redone
     if manifest.damaged:
         log(f"sapt: {manifest.path} cannot be read: no stage on disk is trusted, every stage is redone")
         manifest.reset()
     elif not manifest.exists and _finished_phase_files(run_dir / STAGES):
         log(f"sapt: {run_dir} has stage files but no manifest.json (an older sapt, or it was lost): "
             "they are not trusted, every stage is redone (a checkpoint of unfinished training is still used)")
+    else:
+        said = False
     for sdir in stage_folders(run_dir):
         if (sdir / CHECKPOINT).exists() and not (sdir / CHECKPOINT).is_file():
             raise ConfigError(f"{sdir / CHECKPOINT} is not a file (a sapt checkpoint is); move it away and run "
@@ -44,12 +47,19 @@ def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflecti
             if problems == []:
                 done.add((t, phase))
                 continue
+            n = len(tasks)
+            later = "" if t + 1 >= n else f"; stage {n} is redone too" if t + 2 == n else \
+                f"; stages {t + 2}-{n} are redone too"
             if problems:
-                n = len(tasks)
-                later = "" if t + 1 >= n else f"; stage {n} is redone too" if t + 2 == n else \
-                    f"; stages {t + 2}-{n} are redone too"
                 log(f"sapt: stage {t + 1} ({task.name}): {', '.join(problems)}; its files are not trusted: "
                     f"the stage is redone from its {phase} phase{later}")
+            elif not said and _unrecorded_work(run_dir, sdir, phase):
+                # Not recorded, yet its files (or later stages) are on disk: a kill before the manifest
+                # recorded them, or a manifest.json restored from an older copy. Deleting them in silence
+                # made `sapt learn` retrain a stage without a word; the user should see what is redone.
+                log(f"sapt: stage {t + 1} ({task.name}): manifest.json does not record its {phase} phase, so "
+                    f"its files on disk are not trusted: the stage is redone from its {phase} phase (from its "
+                    f"checkpoint, if it has one){later}")
             _discard(manifest, sdir, PHASES[PHASES.index(phase):], keep_checkpoint=problems is None)
             for later_t in range(t + 1, len(tasks)):
                 _discard(manifest, stage_dir(run_dir, later_t, tasks[later_t].name), PHASES, keep_checkpoint=False)
@@ -70,6 +80,15 @@ def _finished_phase_files(stages: Path) -> bool:
     names = {name for files in PHASE_FILES.values() for name in files}
     return stages.is_dir() and any(sdir.is_dir() and any(p.name in names for p in sdir.iterdir())
                                    for sdir in stages.iterdir())
+
+
+def _unrecorded_work(run_dir: Path, sdir: Path, phase: str) -> bool:
+    """Whether the stage in `sdir` holds a file of `phase`, or a later stage's folder exists: work that a
+    phase the manifest does not record is about to delete (a checkpoint alone is not: training that was
+    interrupted resumes from it, and says so)."""
+    if any((sdir / name).exists() for name in PHASE_FILES[phase]):
+        return True
+    return any(stage_order(d.name) > stage_order(sdir.name) for d in stage_folders(run_dir))
 
 
 def _discard(manifest: Manifest, sdir: Path, phases: tuple[str, ...], keep_checkpoint: bool) -> None:
