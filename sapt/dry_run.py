@@ -67,6 +67,9 @@ def dry_run(cfg: RunConfig) -> str:
         lines.append(f"# learning rate: transformers' {cfg.lr_scheduler} schedule over each stage's optimiser steps "
                      "(it starts again at every stage)"
                      + (f", warming up over the first {cfg.warmup_ratio:g} of them (lr warm-up)" if cfg.warmup_ratio else ""))
+    if cfg.router_schedule == "learn-then-route" and any(r["router_frozen"] is not None for r in rows):
+        lines.append(f"# router: learn, then route: frozen for each stage's steps (the block learns alone), then, from "
+                     f"stage 2, fitted alone for {cfg.router_fit_steps} steps with every block frozen")
     warm = cfg.warmup_ratio > 0  # the column only then: the default plan reads as it always has
     head = ["stage", "task", "train", "val", "eval", "steps/epoch", "optimiser steps", "router frozen", "replay inputs",
             *(["lr warm-up"] if warm else [])]

@@ -46,8 +46,10 @@ def test_the_step_counts_are_those_training_makes(tmp_path, capsys, method):
         summary = io.read_json(sdir / "stage.json")
         assert int(row["train"]) == summary["n_train"] and int(row["val"]) == summary["n_val"]
         assert int(row["optimiser steps"]) == summary["steps"] == 2 * math.ceil(math.ceil(summary["n_train"] / 3) / 2)
-    if method == "sapt":  # the warm-up: a quarter of each later stage's steps, and the replay inputs
-        assert rows[0]["router frozen"] == "0" and int(rows[1]["router frozen"]) == int(0.25 * int(rows[1]["optimiser steps"]))
+    if method == "sapt":  # learn-then-route: the router frozen for every step; and the replay inputs
+        assert all(r["router frozen"] == r["optimiser steps"] for r in rows)
+        _, joint = dry(capsys, [*argv, "--router-schedule", "joint"])  # the warm-up: a quarter of each later stage
+        assert joint[0]["router frozen"] == "0" and int(joint[1]["router frozen"]) == int(0.25 * int(joint[1]["optimiser steps"]))
         stats = io.read_json(stages[0] / "replay_stats.json")
         assert int(rows[0]["replay inputs"]) == stats["wanted"]
     else:

@@ -25,6 +25,9 @@ COMMON = ["--max-train-per-task", "8", "--max-eval-per-task", "4", "--epochs", "
           "--tasks", "topic,sentiment,addition"]
 CASES = {
     "sapt-llama": ["--model", "tiny-llama", "--method", "sapt"],
+    # the paper's joint schedule, the default until learn-then-route replaced it: its bytes are those that
+    # "sapt-llama" recorded then (test_the_joint_schedule_kept_its_bytes)
+    "sapt-joint": ["--model", "tiny-llama", "--method", "sapt", "--router-schedule", "joint"],
     "sapt-llama-generated": ["--model", "tiny-llama", "--method", "sapt", "--reflection-source", "generated",
                              "--pseudo-max-new-tokens", "8"],
     "sapt-t5": ["--model", "tiny-t5", "--method", "sapt", "--reflection-source", "real"],

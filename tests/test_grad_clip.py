@@ -12,9 +12,10 @@ from sapt.cli import main
 from sapt.config import ConfigError
 from sapt.train import run
 
-# two tasks, so that stage 2 trains the router with the reflection KL; 2 optimiser steps per epoch
+# two tasks, so that stage 2 trains the router with the reflection KL (the joint schedule: with learn-then-route
+# the router does not train in a stage's steps); 2 optimiser steps per epoch
 cfg_of = partial(tiny_config, tasks=["topic", "sentiment"], epochs=2, batch_size=4, lr=1e-2,
-                 reflection_source="real", max_new_tokens=2)
+                 reflection_source="real", max_new_tokens=2, router_schedule="joint")
 
 
 def trained_bytes(out):

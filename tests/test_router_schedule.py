@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("schedule")
     variants = {
         "per-task": ["--method", "per-task"],
-        "warmup": ["--method", "sapt", "--router-warmup", "0.5"],
+        "warmup": ["--method", "sapt", "--router-schedule", "joint", "--router-warmup", "0.5"],
         "ltr": ["--method", "sapt", "--router-schedule", "learn-then-route", "--router-fit-steps", "200"],
     }
     for name, extra in variants.items():
@@ -126,7 +126,7 @@ def test_a_stage_killed_before_its_router_fit_resumes_to_the_same_router(runs, t
 
 def test_routing_supervision_adds_a_router_cross_entropy_after_the_warmup(tmp_path):
     run = tmp_path / "ce"
-    assert main(["run", *COMMON, "--method", "sapt", "--router-warmup", "0.5", "--router-ce", "1.0",
+    assert main(["run", *COMMON, "--method", "sapt", "--router-schedule", "joint", "--router-warmup", "0.5", "--router-ce", "1.0",
                  "--output", str(run)]) == 0
     records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     stage1 = [r for r in records if r["stage"] == 1]
@@ -134,5 +134,25 @@ def test_routing_supervision_adds_a_router_cross_entropy_after_the_warmup(tmp_pa
     assert all("router_ce" not in r for r in stage1[:half]) and all(r["router_ce"] >= 0 for r in stage1[half:])
     assert all("router_ce" not in r for r in records if r["stage"] == 0)  # one block: nothing to supervise
     assert main(["run", *COMMON, "--router-ce", "-1", "--output", str(tmp_path / "bad")]) == 2
+    # the default schedule is learn-then-route: routing supervision alone would change nothing, so it is refused
+    assert main(["run", *COMMON, "--router-ce", "1.0", "--output", str(tmp_path / "bad")]) == 2
     assert main(["run", *COMMON, "--router-fit-kl", "-1", "--output", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_learn_then_route_is_the_default_and_a_run_saved_before_the_key_stays_joint(tmp_path):
+    """The default schedule is learn-then-route (BENCHMARKS.md, "The default schedule"); a config.yaml written
+    before router_schedule existed was trained jointly, and reading it (to resume, evaluate or export) keeps
+    the joint schedule instead of today's default."""
+    import yaml
+
+    from sapt.config import RunConfig, from_saved, resolve, to_dict
+
+    assert RunConfig().router_schedule == "learn-then-route"
+    old = to_dict(resolve({"model": "tiny-llama", "output": str(tmp_path)}))
+    del old["router_schedule"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert from_saved(tmp_path).router_schedule == "joint"
+    old["router_schedule"] = "learn-then-route"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert from_saved(tmp_path).router_schedule == "learn-then-route"

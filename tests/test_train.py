@@ -131,7 +131,7 @@ def test_router_warmup_freezes_the_router_while_the_new_block_starts(tmp_path):
     routers = {}
     for warmup in (0.0, 0.9):
         cfg = resolve({"model": "tiny-llama", "output": str(tmp_path), "epochs": 1, "lr": 1e-2,
-                       "router_warmup": warmup, "batch_size": 8})  # 2 steps; 0.9 of them = both
+                       "router_warmup": warmup, "batch_size": 8, "router_schedule": "joint"})  # 2 steps; 0.9 of them = both
         torch.manual_seed(0)
         model = SAPTModel(load_model("tiny-llama"), r=2)
         model.add_task(tasks[0].name)
