@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override any config key of the protocol (YAML value, e.g. --set pseudo_steps=8); repeatable")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE[,KEY=VALUE...]",
                    help="one more row, LABEL, run into OUT/<protocol>/[seed<S>/]LABEL with these config keys over the "
-                        "protocol (method: sapt unless a key names it), e.g. sapt-ltr:router_schedule=learn-then-route; "
+                        "protocol (method: sapt unless a key names it), e.g. sapt-joint:router_schedule=joint; "
                         "repeatable")
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = p.parse_args(argv)
