@@ -299,8 +299,9 @@ class TrainedRun:
                       cfg.max_target_length, self.model.template)
 
     def _warn_no_definition(self) -> None:
-        """Once per loaded run: a MissingDefinitionWarning when its tasks trained with definitions."""
-        if self._warned_no_definition:
+        """Once per loaded run: a MissingDefinitionWarning when its tasks trained with definitions. None for a
+        run trained with `route_without_definition` > 0: its router learned to route inputs without one."""
+        if self._warned_no_definition or self.config.route_without_definition > 0:
             return
         self._warned_no_definition = True
         if any(self.definitions.get(name) for name in self.tasks):

@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="oracle: score each task with its own block alone (the run knows each evaluation set's "
                          "task); on the run's own data, AP(oracle) - AP(routed), the routing loss, goes into "
                          "metrics.json and the report")
+    ev.add_argument("--no-definitions", action="store_true",
+                    help="score every evaluation input without its task's definition in the prompt, as predict is "
+                         "asked without one; the scores and routing accuracy go to RUN_DIR/metrics_no_definitions.json "
+                         "(metrics.json is left as it is)")
 
     dg = sub.add_parser("diagnose", help="per stage: where the router started the new task, how its weight moved, "
                                          "where it ended")
@@ -252,6 +256,7 @@ def _run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sapt import io
     from sapt.distributed import get_dist
+    from sapt.batching import encode
     from sapt.evaluate import encode_task_split, evaluate_task
     from sapt.api import method_of
     from sapt.methods import make_method
@@ -274,12 +279,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     main = get_dist().is_main  # under accelerate launch every process evaluates its share; one writes
     scores = {}
     out = Path(args.run) / "eval"
+    bare = args.no_definitions  # every prompt without its definition: written apart, under names of its own
+    suffix = "_no_definitions" if bare else ""
     for j, task in enumerate(tasks):
-        items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
+        if bare:
+            items = encode(model.tokenizer, model.family, "", task.eval, cfg.max_source_length, cfg.max_target_length,
+                           model.template)
+        else:
+            items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
         score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method,
                                                  cfg.stop_at_newline)
         if main:
-            io.write_jsonl(out / "predictions" / f"{task.name}.jsonl", records)
+            io.write_jsonl(out / f"predictions{suffix}" / f"{task.name}.jsonl", records)
         scores[task.name] = {"score": score}
         line = f"{task.name:30s} {score:6.1f}"
         if accuracy is not None:
@@ -289,12 +300,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(line)
     ap = sum(s["score"] for s in scores.values()) / len(scores)
     if main:
-        io.write_json(out / ("oracle_scores.json" if oracle else "scores.json"),
-                      {"scores": scores, "ap": ap, "after_stage": len(names), "routing": args.routing})
-        print(f"AP {ap:.1f} over {len(scores)} tasks (written to {out / ('oracle_scores.json' if oracle else 'scores.json')})")
-        if oracle and args.data_dir is None and args.max_eval_per_task is None:
+        written = out / f"{'oracle_scores' if oracle else 'scores'}{suffix}.json"
+        io.write_json(written, {"scores": scores, "ap": ap, "after_stage": len(names), "routing": args.routing,
+                                **({"definitions": "none"} if bare else {})})
+        print(f"AP {ap:.1f} over {len(scores)} tasks (written to {written})")
+        if bare and not oracle:
+            record_no_definitions(Path(args.run), args, scores, ap, len(names))
+        elif oracle and not bare and args.data_dir is None and args.max_eval_per_task is None:
             record_oracle_routing(Path(args.run), cfg, {n: s["score"] for n, s in scores.items()}, ap, len(names))
     return 0
+
+
+def record_no_definitions(run_dir: Path, args: argparse.Namespace, scores: dict[str, dict[str, float]], ap: float,
+                          stages: int) -> None:
+    """`sapt eval --no-definitions`: the final model's scores and routing accuracy without definitions, written
+    (atomically) beside metrics.json in a file of its own. metrics.json stays as the run wrote it: its numbers
+    are the run's, with the prompts it trained on, and a resumed run must reproduce its bytes."""
+    from sapt import io
+    from sapt.rundir.layout import METRICS_NO_DEFINITIONS
+
+    routing = {n: s["routing_accuracy"] for n, s in scores.items() if "routing_accuracy" in s}
+    io.write_json(run_dir / METRICS_NO_DEFINITIONS, {
+        "definitions": "none: every evaluation prompt without its task's definition, as predict without --definition",
+        "after_stage": stages, "tasks": list(scores), "scores": {n: s["score"] for n, s in scores.items()}, "ap": ap,
+        "routing_accuracy": routing,
+        "mean_routing_accuracy": sum(routing.values()) / len(routing) if routing else None,
+        "data_dir": args.data_dir, "max_eval_per_task": args.max_eval_per_task})
+    mean = f", mean routing accuracy {sum(routing.values()) / len(routing):.1f}" if routing else ""
+    print(f"without definitions: AP {ap:.1f}{mean} ({run_dir / METRICS_NO_DEFINITIONS})")
 
 
 def record_oracle_routing(run_dir: Path, cfg, scores: dict[str, float], ap: float, stages: int) -> None:

@@ -123,6 +123,15 @@ class RunConfig:
                                               "the run directory) and the TensorBoard sub-folder of RUN_DIR/trackers")
     notes: dict[str, Any] = option({}, section="run", flag=False, resume="free",
                                    help="free-form notes kept with the run (YAML only)")
+    # Score every task seen so far only after every K-th stage and after the last (sapt.train.StageLoop.evaluates):
+    # evaluation after each stage costs O(T^2) task scorings over a run of T tasks (BENCHMARKS.md, "Scale").
+    # Free on resume: it decides which rows are computed, never what a computed row holds (a row is scored right
+    # after its stage, with the blocks of that stage, whatever K is), so a run resumed with another K is the same
+    # run with other rows filled in.
+    eval_every: int = option(1, section="run", resume="free",
+                             help="score the tasks seen so far only after every K-th stage and after the last; the "
+                                  "other rows of the score matrix stay null, and BWT / F.Ra cover the tasks whose "
+                                  "row right after learning them was scored (1 = after every stage)")
 
     # ---- method (sapt.methods) ------------------------------------------------------------------------
     method: str = option("sapt", section="method",
@@ -235,6 +244,14 @@ class RunConfig:
     router_fit_kl: float = option(10.0, section="router",
                                   help="learn-then-route: weight of each old task's reflection KL in the router fit "
                                        "(against the cross-entropy that routes the new task, weight 1)")
+    # A share of the router fit's prompts also without the task's definition, so that an input given without
+    # one (predict with no --definition) is routed as trained (sapt.router_fit: why added, not replacing). 0:
+    # the router of before, byte for byte. Learn-then-route only (validate says why).
+    route_without_definition: float = option(0.0, section="router",
+                                             help="learn-then-route: share of each task's training inputs (and of "
+                                                  "the old tasks' replay inputs) also given to the router fit "
+                                                  "without the task's definition, so that inputs are routed without "
+                                                  "one; 0 = off, 1 = every input")
 
     # ---- optimisation (docs/method.md: lr 3e-4 constant, no warmup, AdamW) -----------------------------
     # lr and router_lr may be lowered on resume (--allow-config-change), e.g. to get past a non-finite loss;
@@ -299,7 +316,8 @@ class RunConfig:
 
     def validate(self) -> None:
         positive = ["lora_r", "epochs", "batch_size", "grad_accum", "max_source_length",
-                    "max_target_length", "max_new_tokens", "eval_batch_size", "query_hidden", "router_fit_steps"]
+                    "max_target_length", "max_new_tokens", "eval_batch_size", "query_hidden", "router_fit_steps",
+                    "eval_every"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -318,6 +336,7 @@ class RunConfig:
                               "with a cross-entropy: add --router-schedule joint, or drop --router-ce")
         if not self.router_fit_kl >= 0:
             raise ConfigError(f"router_fit_kl must be >= 0, got {self.router_fit_kl}")
+        self._validate_route_without_definition()
         if not 0 <= self.router_warmup < 1:
             raise ConfigError(f"router_warmup must be in [0, 1), got {self.router_warmup}")
         if not self.val_size > 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):
@@ -385,6 +404,31 @@ class RunConfig:
         if trained:
             raise ConfigError(f"unseen: task(s) {', '.join(trained)} are also in --tasks; an unseen task is never trained on")
 
+
+    def _validate_route_without_definition(self) -> None:
+        """route_without_definition is a share in [0, 1], taught by the learn-then-route router fit only.
+
+        Refused with the joint schedule rather than implemented there: the joint router reads the pooled
+        prompt of the very batch the block trains on, so routing a share of it from another prompt would need a
+        second prompt per row through collation and the model's forward (and the reflection batches likewise),
+        in the schedule kept as the paper's; the router fit reads pooled prompts only and takes the extra rows for
+        a few more pooled vectors. Refused, not ignored, with a method that has no router fit: it would change
+        nothing and say nothing."""
+        share = self.route_without_definition
+        if not 0 <= share <= 1:
+            raise ConfigError(f"route_without_definition must be a share in [0, 1], got {share}")
+        if not share:
+            return
+        if self.method in method_names():
+            from sapt.methods import make_method
+
+            if not make_method(self.method, self).routed:
+                raise ConfigError(f"route_without_definition {share:g}: method {self.method} has no router to teach; "
+                                  "leave it out (a routed method: sapt, sapt-hard)")
+        if self.router_schedule != "learn-then-route":
+            raise ConfigError(f"route_without_definition {share:g} is taught by the router fit of --router-schedule "
+                              f"learn-then-route, not by the {self.router_schedule} schedule: use --router-schedule "
+                              "learn-then-route, or drop --route-without-definition")
 
     def _validate_schedule_targets_tracker(self) -> None:
         """lr_scheduler / warmup_ratio, target_modules and tracker_project (part of `validate`)."""
@@ -461,6 +505,8 @@ SAVED_ORDER = (
     "router_schedule", "router_fit_steps", "router_ce", "router_fit_kl",
     "prompt_mlp_hidden", "max_grad_norm", "template",
     "lr_scheduler", "warmup_ratio", "target_modules", "tracker_project",
+    "eval_every",
+    "route_without_definition",
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")

@@ -9,6 +9,14 @@ With T rows and a = matrix:
   F.Ra = mean_{j<T-1} max_{j<=i<=T-2} a[i][j] - a[T-1][j]           forgetting from each task's best
   BWT  = mean_{j<T-1} a[T-1][j] - a[j][j]                           backward transfer
   FWT  = mean_{j<T}   a[j][j] - s_j                                 forward transfer vs single-task LoRA
+A row of None is a stage whose evaluation was skipped (`--eval-every K`, see `evaluated_rows`). AP needs the
+last row, which is always evaluated. BWT and F.Ra need a[j][j], task j's score right after it was learned:
+they are means over the tasks j < T-1 whose own row j was evaluated (the max of F.Ra over the evaluated rows
+j..T-2, a[j][j] among them), and None when there is none; FWT likewise over the tasks j < T whose row j was
+evaluated. Not interpolated from neighbouring rows: a[j][j] is the one score the definitions compare against,
+and a later row has already forgotten some of it; fewer tasks, each measured, is the honest reading. With
+every row evaluated these are the definitions above, computed in the same order (the same float bits).
+
 The public SAPT scorer divides BWT by T (counting the last task, which cannot be forgotten) and
 subtracts a leftover constant from FWT; here BWT is a mean over the T-1 tasks it is defined on and
 FWT has no constant. Nothing is rounded.
@@ -34,29 +42,47 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
+def evaluated_rows(matrix: Matrix) -> list[int]:
+    """The indices of the rows that hold scores; a row of None only is a stage whose evaluation was skipped
+    (`--eval-every`). An evaluated row always holds at least its own task's score, so no evaluated row is
+    all None."""
+    return [i for i, row in enumerate(matrix) if any(x is not None for x in row)]
+
+
+def transfer_tasks(matrix: Matrix) -> list[int]:
+    """The tasks j < T-1 that BWT and F.Ra average over: those whose own row j was evaluated (all of them
+    when every row was)."""
+    return [j for j in evaluated_rows(matrix) if j < len(matrix) - 1]
+
+
 def cl_metrics(matrix: Matrix, single_task: Sequence[float] | None = None) -> dict[str, float | None]:
     """AP, F.Ra, BWT and FWT from the score matrix, using its last row as the final state.
 
-    fra and bwt are None with a single row; fwt is None when single_task (the score of a LoRA trained
-    on task j alone, per task) is not given.
+    fra and bwt are None with a single row, or when no earlier task's own row was evaluated; fwt is None
+    when single_task (the score of a LoRA trained on task j alone, per task) is not given. Skipped rows
+    (all None): see the module's docstring; the last row must be evaluated.
     """
     T = len(matrix)
     if T == 0:
         raise ValueError("empty score matrix")
+    rows = set(evaluated_rows(matrix))
+    if T - 1 not in rows:
+        raise ValueError(f"score matrix is missing its last row a[{T - 1}] (its stage was not evaluated): AP needs it")
 
     def a(i: int, j: int) -> float:
         return _cell(matrix, i, j)
 
     ap = _mean([a(T - 1, j) for j in range(T)])
     fra = bwt = None
-    if T > 1:
-        fra = _mean([max(a(i, j) for i in range(j, T - 1)) - a(T - 1, j) for j in range(T - 1)])
-        bwt = _mean([a(T - 1, j) - a(j, j) for j in range(T - 1)])
+    own = transfer_tasks(matrix)
+    if own:
+        fra = _mean([max(a(i, j) for i in range(j, T - 1) if i in rows) - a(T - 1, j) for j in own])
+        bwt = _mean([a(T - 1, j) - a(j, j) for j in own])
     fwt = None
     if single_task is not None:
         if len(single_task) < T:
             raise ValueError(f"need {T} single-task scores, got {len(single_task)}")
-        fwt = _mean([a(j, j) - float(single_task[j]) for j in range(T)])
+        fwt = _mean([a(j, j) - float(single_task[j]) for j in range(T) if j in rows])
     return {"ap": ap, "fra": fra, "bwt": bwt, "fwt": fwt}
 
 

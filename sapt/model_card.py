@@ -259,6 +259,8 @@ def _results(metrics: dict[str, Any] | None, note: str, info: dict[str, Any]) ->
         shown = f"{value:.1f}" if value is not None else f"n/a: {why[key]}"
         lines.append(f"| {label} ({what}) | {shown} |")
     lines.append("")
+    if metrics.get("metrics_note"):  # --eval-every: which rows were scored, and what BWT and F.Ra cover
+        lines += [f"Rows not evaluated are `-` throughout: {metrics['metrics_note']}.", ""]
     done, total = metrics.get("stages_done", len(matrix)), (1 if joint else len(tasks))
     if done < total:
         lines += [f"The run is not finished: {done} of {total} stages evaluated; the metrics take the last "

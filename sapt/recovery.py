@@ -26,6 +26,7 @@ def kill_point(name: str, *flush: Any) -> None:
     1-based epoch:
         stageT:epochE:mid      in epoch E, after its first optimiser step (before its checkpoint)
         stageT:epochE          just after the checkpoint of epoch E is written
+        stageT:router-fit      halfway through the stage's router fit (learn-then-route), before its files
         stageT:between-files   after adapter.safetensors, before router.safetensors and stage.json
         stageT:trained         after the stage's files, before manifest.json records them
         stageT:replay          after replay.jsonl, before replay_stats.json (reflection only)

@@ -11,7 +11,7 @@ gradient reaches the query MLP and the current key only.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -74,6 +74,9 @@ class ReplaySet:
     task: str
     target: list[float]  # routing target over the keys of tasks 0..i
     items: list[Encoded]  # encoded replay prompts (no answers)
+    # a share of the same inputs without the task's definition, for the learn-then-route router fit only
+    # (route_without_definition, sapt.router_fit); empty by default, and the joint schedule never reads it
+    bare_items: list[Encoded] = field(default_factory=list)
 
 
 def encode_replay(model: SAPTModel, definition: str, inputs: list[str], max_source: int) -> list[Encoded]:

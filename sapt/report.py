@@ -15,7 +15,7 @@ from sapt.config import ConfigError, RunConfig, default_value, to_dict
 from sapt.data import Task
 from sapt.manifest import Manifest
 from sapt.methods import make_method
-from sapt.metrics import format_table
+from sapt.metrics import evaluated_rows, format_metrics, format_table, transfer_tasks
 from sapt.rundir import CONFIG, METRICS, ORACLE_ROUTING, TIMING, collect_matrices, collect_unseen, replay_stats, run_timing
 
 __all__ = ["REFERENCE_KEYS", "RunResult", "check_reference", "reference_scores", "render", "timing_note",
@@ -30,11 +30,13 @@ class RunResult:
     run_dir: Path | None = None  # the directory written (OUTPUT, or OUTPUT-2, ... under --force-new)
 
 
-def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult:
+def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done: int | None = None) -> RunResult:
+    """metrics.json and timing.json from the stage files of the first `stages_done` stages (None: every
+    stage on disk). The matrix ends at the last evaluated stage, so AP always reads a scored row."""
     names = [t.name for t in tasks]
     method = make_method(cfg.method, cfg)
     stages = method.stages(tasks)
-    matrix, routing = collect_matrices(run_dir, tasks, stages)
+    matrix, routing = collect_matrices(run_dir, tasks, stages, stages_done)
     m = method.run_metrics(matrix, lambda: reference_scores(cfg.reference, tasks)
                            if cfg.reference and len(matrix) == len(tasks) else None)
     splits = sorted({t.eval_split for t in tasks})
@@ -52,11 +54,14 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
         "replay": replay_stats(run_dir, tasks),
         "stages_done": len(matrix),
     }
+    rows = evaluated_rows(matrix)
+    if cfg.eval_every != 1 or len(rows) < len(matrix):  # only then: a run evaluated after every stage keeps its bytes
+        metrics.update(eval_every_keys(names, matrix, cfg.eval_every, cfg.reference is not None))
     if cfg.reference:
         metrics["fwt_reference"] = cfg.reference
     if cfg.unseen:  # only then: the metrics.json of a run without --unseen stays byte-identical
-        base, rows = collect_unseen(run_dir, stages, list(cfg.unseen))
-        metrics["unseen"] = {"tasks": list(cfg.unseen), "base": base, "matrix": rows}
+        base, unseen_rows = collect_unseen(run_dir, stages, list(cfg.unseen), len(matrix))
+        metrics["unseen"] = {"tasks": list(cfg.unseen), "base": base, "matrix": unseen_rows}
         if method.needs_task_id:
             metrics["unseen"]["note"] = (f"{cfg.method} needs a task id, which an unseen task has none of: "
                                          "scored on the base model only (null after every stage)")
@@ -71,6 +76,27 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task]) -> RunResult
     timing = run_timing(run_dir, stages)
     io.write_json(run_dir / TIMING, timing)
     return RunResult(metrics, render(metrics), timing)
+
+
+def eval_every_keys(names: list[str], matrix: list[list], every: int, with_fwt: bool) -> dict[str, Any]:
+    """What metrics.json says of a run whose rows were not all evaluated (--eval-every K): K, the 0-based
+    indices of the matrix rows that hold scores, the tasks BWT and F.Ra average over (those whose row right
+    after learning them was scored: `sapt.metrics.transfer_tasks`) and a sentence saying so, which `sapt
+    report` prints under the metrics. Said in the file, not only in the docs: two runs' BWT over different
+    sets of tasks should not be compared unawares."""
+    rows = evaluated_rows(matrix)
+    skipped = [i for i in range(len(matrix)) if i not in rows]
+    own = transfer_tasks(matrix)
+    earlier = max(len(matrix) - 1, 0)
+    note = (f"--eval-every {every}: rows after stages {', '.join(str(i + 1) for i in rows)} evaluated"
+            + (f", after {len(skipped)} other stage(s) skipped (null rows)" if skipped else "")
+            + (f"; BWT and F.Ra over the {len(own)} of {earlier} earlier tasks whose row right after learning them "
+               f"was evaluated ({', '.join(names[j] for j in own)})" if own and len(own) < earlier else
+               "; BWT and F.Ra n/a: no earlier task's row right after learning it was evaluated" if earlier and not own
+               else ""))
+    if with_fwt and skipped:
+        note += f"; FWT over the {len(rows)} tasks whose own row was evaluated"
+    return {"eval_every": every, "evaluated_rows": rows, "bwt_fra_tasks": [names[j] for j in own], "metrics_note": note}
 
 
 def oracle_routed(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
@@ -100,7 +126,9 @@ def render(metrics: dict[str, Any]) -> str:
     extra = {}
     if metrics.get("routing_accuracy"):
         extra["routing accuracy (% of inputs whose top weight is their own task's block)"] = metrics["routing_accuracy"]
-    lines = [format_table(metrics["tasks"], metrics["matrix"], metrics, title=title, extra=extra or None)]
+    lines = format_table(metrics["tasks"], metrics["matrix"], metrics, title=title, extra=extra or None).split("\n")
+    if metrics.get("metrics_note"):  # --eval-every: which rows exist and what BWT and F.Ra cover, under the metrics
+        lines.insert(lines.index(format_metrics(metrics)) + 1, metrics["metrics_note"])
     for name, r in (metrics.get("replay") or {}).items():
         line = f"replay inputs of {name}: {r.get('count', 0)}/{r.get('wanted', 0)} ({r.get('source')})"
         if "well_formed_fraction" in r:

@@ -203,17 +203,28 @@ class StageTrainer:
         (its own AdamW and `router_fit_steps`, over pooled prompts, after the block's stage), not more steps of
         the stage's schedule, which has run out by then (a linear or cosine schedule ends at 0 and would leave
         the router unfitted); its step count is not the stage's, so the stage's warm-up share has no meaning there."""
-        from sapt.router_fit import fit_router
+        from sapt.router_fit import fit_router, without_definition
 
-        cfg, reflection = self.cfg, self.reflection
+        cfg, reflection, task, model = self.cfg, self.reflection, self.task, self.model
+        # route_without_definition: a seeded share of the task's training inputs also without the definition,
+        # and every validation input without it to measure the fit (none at 0: the fit of before)
+        share = cfg.route_without_definition
+        bare_train = without_definition(model, task.definition, [ex.input for ex in task.train], share,
+                                        f"{cfg.seed}:{task.name}:train-without-definition", cfg.max_source_length)
+        bare_val = without_definition(model, task.definition, [ex.input for ex in task.val], 1.0 if share else 0.0,
+                                      "", cfg.max_source_length)
         self.router_fit = fit_router(
-            self.model, self.t, self.items, self.val, reflection.sets if reflection else [],
+            model, self.t, self.items, self.val, reflection.sets if reflection else [],
             cfg.router_fit_kl if reflection else 0.0, steps=cfg.router_fit_steps, lr=self.lrs[1],
-            batch_size=cfg.batch_size, seed=stage_seed(cfg, self.t), eval_batch_size=cfg.eval_batch_size)
+            batch_size=cfg.batch_size, seed=stage_seed(cfg, self.t), eval_batch_size=cfg.eval_batch_size,
+            bare_train_items=bare_train, bare_val_items=bare_val)
         self.dist.broadcast_parameters(self.router)
         w, kl = self.router_fit["new_task_weight"], self.router_fit["old_tasks_kl"]
-        log(f"  [{self.t + 1}] {self.task.name} router fit ({cfg.router_fit_steps} steps): its validation inputs' "
-            f"weight on its block {w[0]:.3f} -> {w[1]:.3f}, old tasks' reflection KL {kl[0]:.4f} -> {kl[1]:.4f}")
+        bare = self.router_fit.get("new_task_weight_without_definition")
+        log(f"  [{self.t + 1}] {task.name} router fit ({cfg.router_fit_steps} steps): its validation inputs' "
+            f"weight on its block {w[0]:.3f} -> {w[1]:.3f}"
+            + (f" ({bare[0]:.3f} -> {bare[1]:.3f} without the definition)" if bare else "")
+            + f", old tasks' reflection KL {kl[0]:.4f} -> {kl[1]:.4f}")
 
     def resume(self) -> None:
         """Continue after the checkpoint's epoch; an unusable checkpoint is deleted and the stage starts over."""

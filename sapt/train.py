@@ -61,6 +61,7 @@ from sapt.modules.sapt_model import SAPTModel
 from sapt.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
 from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
+from sapt.router_fit import without_definition
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
     CONFIG, METRICS, PHASE_FILES, absolute_data_dir, load_run_config, lock_run_dir,
@@ -256,7 +257,8 @@ def task_data_file(cfg: RunConfig, name: str) -> str:
 
 class StageLoop(UnseenScoring):
     """The stages of a run, in order. Each is trained (or, if done, loaded), then gives its reflection
-    inputs (methods that reflect), is evaluated, and the metrics so far are written. Only the main process
+    inputs (methods that reflect), is evaluated (with --eval-every K: every K-th and the last, `evaluates`),
+    and the metrics so far are written. Only the main process
     writes; the others compute in step and wait at the barriers for what they read back."""
 
     def __init__(self, cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel, method: Method,
@@ -282,6 +284,7 @@ class StageLoop(UnseenScoring):
         cfg, method = self.cfg, self.method
         if self.unseen:
             self.evaluate_unseen_base()
+        result: RunResult | None = None  # the last stage is always evaluated, so the loop ends with its result
         for t, task in enumerate(self.stages):
             started = time.time()
             sdir = stage_dir(self.run_dir, t, task.name)
@@ -292,12 +295,22 @@ class StageLoop(UnseenScoring):
             method.after_stage(self.model, task, sdir, cfg)
             if self.reflect:
                 self.reflection_inputs(t, task, sdir, summary, (t, "replay") in done)
-            if (t, "evaluated") not in done:
+            evaluated = (t, "evaluated") in done  # a row on disk stays, whatever K is now
+            if not evaluated and self.evaluates(t):
                 self.evaluate(t, sdir)
+                evaluated = True
             if (t, "trained") not in done:  # a stage loaded from disk takes no time: not a measure of one
                 self.stage_seconds.append(time.time() - started)
-            result = self.report(t)
+            result = self.report(t) if evaluated else self.report_skipped(t, result)
         return result
+
+    def evaluates(self, t: int) -> bool:
+        """Whether stage t's row of the score matrix is scored (--eval-every K): after every K-th stage and after
+        the last, whose row gives AP. The rule depends on K and the stage count only, so a resumed run skips the
+        rows the killed one skipped (they are not recorded in manifest.json, as a stage never evaluated, and
+        `verify_stages` has nothing to redo); `sapt learn` moves "the last" on, and the old last row, scored,
+        stays. A skipped row is never scored later: it must be scored with the blocks of its own stage."""
+        return (t + 1) % self.cfg.eval_every == 0 or t == len(self.stages) - 1
 
     def load(self, t: int, task: Task, sdir: Path) -> dict[str, Any]:
         b = self.method.block_index(t)
@@ -353,9 +366,12 @@ class StageLoop(UnseenScoring):
                 log(f"sapt: {len(inputs)} {stats['source']} replay inputs for {task.name}")
             dist.barrier()
         rows = [json.loads(line) for line in (sdir / "replay.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        inputs = [r["input"] for r in rows]
+        # route_without_definition: a seeded share of them also without the definition, for the router fit
+        bare = without_definition(model, task.definition, inputs, cfg.route_without_definition,
+                                  f"{cfg.seed}:{task.name}:replay-without-definition", cfg.max_source_length)
         self.replay_sets.append(ReplaySet(task.name, summary["routing_target"],
-                                          encode_replay(model, task.definition, [r["input"] for r in rows],
-                                                        cfg.max_source_length)))
+                                          encode_replay(model, task.definition, inputs, cfg.max_source_length), bare))
 
     def evaluate(self, t: int, sdir: Path) -> None:
         """Score the method's evaluation tasks after stage t: predictions, scores.json, the trackers."""
@@ -390,7 +406,7 @@ class StageLoop(UnseenScoring):
     def report(self, t: int) -> RunResult:
         """metrics.json and timing.json after stage t (main process), and the progress line."""
         if self.main:
-            result = write_metrics(self.run_dir, self.cfg, self.tasks)
+            result = write_metrics(self.run_dir, self.cfg, self.tasks, stages_done=t + 1)
         self.dist.barrier()
         if not self.main:  # the same numbers, read back from what the main process wrote
             result = RunResult(io.read_json(self.run_dir / METRICS), "")
@@ -398,6 +414,19 @@ class StageLoop(UnseenScoring):
         log(f"sapt: stage {t + 1}/{len(self.stages)} done ({progress}); AP so far {result.metrics['ap']:.1f}"
             + timing_note(result.timing))
         return result
+
+
+    def report_skipped(self, t: int, last: RunResult | None) -> RunResult | None:
+        """The progress line of a stage whose evaluation --eval-every skips. metrics.json is left as the last
+        evaluated stage wrote it: its matrix ends at a scored row, so its AP is a measured one, and its
+        `stages_done` says how far that is (the stage's files and manifest.json say how far training is)."""
+        progress = progress_note(time.time() - self.t0, self.stage_seconds, len(self.stages) - t - 1)
+        log(f"sapt: stage {t + 1}/{len(self.stages)} done ({progress}); not evaluated (--eval-every "
+            f"{self.cfg.eval_every}: the next row is scored after stage {self.next_evaluated(t) + 1})")
+        return last
+
+    def next_evaluated(self, t: int) -> int:
+        return next(s for s in range(t + 1, len(self.stages)) if self.evaluates(s))
 
 
 def progress_note(elapsed: float, stage_seconds: list[float], stages_left: int) -> str:

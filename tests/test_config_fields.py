@@ -18,7 +18,7 @@ def test_every_field_has_a_section_a_help_and_a_resume_policy():
 
 def test_the_resume_policy_gives_the_resumable_and_changeable_keys():
     assert config.RESUMABLE_KEYS == {"output", "eval_batch_size", "notes", "data_dir", "reference", "log_with",
-                                     "tracker_project"}
+                                     "tracker_project", "eval_every"}
     assert config.CHANGEABLE_KEYS == ("lr", "router_lr")
 
 

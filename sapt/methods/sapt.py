@@ -23,6 +23,9 @@ class SAPT(Method):
                 ("router: schedule", cfg.router_schedule if cfg.router_schedule == "joint" else
                  f"learn, then route ({cfg.router_fit_steps} router steps after each block, "
                  f"reflection KL weight {cfg.router_fit_kl:g})")]
+        if cfg.route_without_definition:
+            rows.append(("router: share of inputs also fitted without their definition",
+                         f"{cfg.route_without_definition:g} (routes inputs given without a definition)"))
         if cfg.router_ce and cfg.router_schedule == "joint":
             rows.append(("router: routing supervision (CE to the stage's block)", f"{cfg.router_ce:g}"))
         if not cfg.reflection:

@@ -20,6 +20,9 @@ TASKS = "tasks.json"
 # `sapt eval --routing oracle`: each task scored by its own block alone after the last stage; write_metrics
 # adds the routing loss to metrics.json while it matches the run's stages
 ORACLE_ROUTING = "oracle_routing.json"
+# `sapt eval --no-definitions`: the final model's scores and routing accuracy with every evaluation prompt
+# stripped of its task's definition, as `predict` is asked without one; beside metrics.json, never in it
+METRICS_NO_DEFINITIONS = "metrics_no_definitions.json"
 STAGES = "stages"  # the folder of the stage folders NN_<task>
 # --unseen: the scores (and unseen/<task>.jsonl predictions) of tasks never trained on, in each stage folder
 # (phase "evaluated") and, for the base model before stage 1, in RUN_DIR/unseen_base/ (recorded in

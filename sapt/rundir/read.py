@@ -94,31 +94,44 @@ def task_definitions(run_dir: str | Path) -> dict[str, str]:
     return found
 
 
-def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None = None) -> tuple[list[list], list[list]]:
-    """Score and routing-accuracy matrices from the stages evaluated so far (rows stop at the first gap).
-    Row i holds the tasks that stage i scored (0..i, or all of them for mtl's single stage), None elsewhere."""
-    matrix, routing = [], []
-    for i, stage in enumerate(stages or tasks):
+def collect_matrices(run_dir: Path, tasks: list[Task], stages: list[Task] | None = None,
+                     stages_done: int | None = None) -> tuple[list[list], list[list]]:
+    """Score and routing-accuracy matrices of the first `stages_done` stages (None: all of them), ending at
+    the last one evaluated. Row i holds the tasks that stage i scored (0..i, or all of them for mtl's single
+    stage), None elsewhere; a stage before that last one with no scores.json is a row of None: its
+    evaluation was skipped (--eval-every), and the stage loop evaluates every stage it does not skip before
+    it reports, so a row within `stages_done` is missing for no other reason."""
+    matrix, routing, rows = [], [], 0
+    for i, stage in enumerate((stages or tasks)[:stages_done]):
         path = stage_dir(run_dir, i, stage.name) / "scores.json"
         if not path.exists():
-            break
+            matrix.append([None] * len(tasks))
+            routing.append([None] * len(tasks))
+            continue
         data = io.read_json(path)
         matrix.append([data["scores"].get(t.name) for t in tasks])
         routing.append([data["routing_accuracy"].get(t.name) for t in tasks])
-    return matrix, routing
+        rows = i + 1  # up to here, the matrix ends at an evaluated row
+    return matrix[:rows], routing[:rows]
 
 
-def collect_unseen(run_dir: Path, stages: list[Task], names: list[str]) -> tuple[list | None, list[list]]:
+def collect_unseen(run_dir: Path, stages: list[Task], names: list[str],
+                   rows: int | None = None) -> tuple[list | None, list[list]]:
     """The scores of the unseen tasks `names` (--unseen): on the base model (None until scored) and one row
-    per stage evaluated so far (rows stop at the first gap; a task a method cannot score is None)."""
+    per stage evaluated so far (a task a method cannot score is None). `rows`: the stages of the score
+    matrix (`collect_matrices`), whose skipped ones (--eval-every) are rows of None here too; None: the
+    rows stop at the first gap."""
     base_path = run_dir / UNSEEN_BASE / "scores.json"
     base = None
     if base_path.exists():
         scores = io.read_json(base_path)["scores"]
         base = [scores.get(n) for n in names]
     matrix = []
-    for i, stage in enumerate(stages):
+    for i, stage in enumerate(stages if rows is None else stages[:rows]):
         path = stage_dir(run_dir, i, stage.name) / UNSEEN_SCORES
+        if not path.exists() and rows is not None:
+            matrix.append([None] * len(names))
+            continue
         if not path.exists():
             break
         scores = io.read_json(path)["scores"]
