@@ -397,9 +397,13 @@ class RunConfig:
             raise ConfigError("--benchmark needs --data-dir")
         if self.tasks is not None and not self.tasks:  # the API's tasks=[]: not "every task" by surprise
             raise ConfigError("tasks: an empty list names no task; leave tasks out (null) for every task")
-        dupes = sorted({t for t in self.unseen if self.unseen.count(t) > 1})
-        if dupes:
-            raise ConfigError(f"unseen: duplicate task(s) {', '.join(dupes)}")
+        # Scores, stages and blocks are keyed by task name: a task named twice would mix two stages' scores in
+        # one column of the matrix (and its second block would shadow the first at export).
+        for key, names in (("tasks", self.tasks or []), ("unseen", self.unseen)):
+            dupes = sorted({t for t in names if names.count(t) > 1})
+            if dupes:  # the data validator's wording (sapt.data.validate), which a --data-dir run met first
+                raise ConfigError(f"{key}: duplicate task names in the task list: "
+                                  + ", ".join(f"{t} ({names.count(t)} times)" for t in dupes))
         trained = sorted(set(self.unseen) & set(self.tasks or []))
         if trained:
             raise ConfigError(f"unseen: task(s) {', '.join(trained)} are also in --tasks; an unseen task is never trained on")

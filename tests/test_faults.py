@@ -86,6 +86,8 @@ BAD_OPTIONS = [
     (["--pseudo-top-k", "0"], "pseudo_top_k"), (["--replay-memory", "0"], "replay_memory"),
     (["--max-train-per-task", "0"], "max_train_per_task"), (["--epochs", "two"], "--epochs"),
     (["--method", "nope"], "nope"), (["--tasks", "topic,nope"], "nope"), (["--tasks", ","], "--tasks"),
+    (["--tasks", "topic,sentiment,topic"], "duplicate task names in the task list: topic (2 times)"), (["--router-ce", "1"], "router_ce"),
+    (["--eval-every", "0"], "eval_every"),
     (["--log-with", "nope"], "nope"), (["--router-key-init", "nope"], "--router-key-init"),
     (["--backbone-dtype", "int8"], "--backbone-dtype"), (["--mixed-precision", "fp8"], "--mixed-precision"),
     (["--reflection-source", "both"], "--reflection-source"), (["--no-such-option"], "--no-such-option"),

@@ -355,7 +355,7 @@ def test_sapt_run_refuses_bad_data_cleanly_and_leaves_the_run_dir_alone(case, tm
     data_dir = tmp_path / "data"
     run_case(case, data_dir)
     run_dir = tmp_path / "run"
-    before = existing_run(run_dir, data_dir, list(case.names))
+    before = existing_run(run_dir, data_dir, list(dict.fromkeys(case.names)))  # a run of each task once
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code = cli.main(["run", "--model", "tiny-llama", "--data-dir", str(data_dir), "--benchmark", BENCH,
