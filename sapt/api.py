@@ -167,6 +167,9 @@ class TrainedRun:
             raise ConfigError(PER_TASK_REFUSAL)
         if merge and self.model.sharded:
             raise ConfigError("merge (--merge) needs whole base weights; it cannot be used under FSDP")
+        if merge and getattr(self.config, "quantize", "none") != "none":  # W + update needs a float W
+            raise ConfigError(f"merge (--merge) adds the mixture to the base weights; this run's base was loaded in "
+                              f"{self.config.quantize} (packed, not float): predict without --merge")
         if merge and self.model.blocks.name != "lora":
             raise ConfigError(f"merge (--merge) folds LoRA blocks into the base weights; this run's blocks are "
                               f"{self.model.blocks.name} (pet: {self.model.blocks.name})")

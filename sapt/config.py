@@ -32,6 +32,7 @@ class ConfigError(ValueError):
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16")  # --backbone-dtype (sapt.models)
+QUANTIZE = ("none", "8bit", "4bit")  # --quantize: bitsandbytes through transformers (sapt.models.quantization_config)
 BLOCK_INITS = ("zero", "previous")  # --block-init (sapt.methods.base.Method.prepare_stage)
 ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.router_setup.init_key_from_task)
 ROUTER_SCHEDULES = ("joint", "learn-then-route")  # --router-schedule (sapt.router_fit)
@@ -110,6 +111,13 @@ class RunConfig:
     backbone_dtype: str = option("float32", section="run", choices=BACKBONE_DTYPES,
                                  help="dtype of the frozen backbone's weights: the LoRA blocks, router and "
                                       "optimiser stay float32")
+    # The frozen backbone loaded in 8 or 4 bits by bitsandbytes, through transformers' quantisation config
+    # (sapt.models.quantization_config): QLoRA's memory saving. The LoRA blocks and router stay float32, as PEFT's
+    # QLoRA keeps its adapters. Fixed on resume: the blocks were trained on the quantised weights' outputs.
+    quantize: str = option("none", section="run", choices=QUANTIZE,
+                           help="load the frozen backbone (a hub id or local path) in 8 or 4 bits with bitsandbytes "
+                                "(a CUDA GPU only; 4bit is NF4, computing in --backbone-dtype); the LoRA blocks and "
+                                "router stay float32")
     # autocast around forward passes (sapt.distributed); the LoRA weights stay float32
     mixed_precision: str = option("no", section="run", choices=PRECISIONS,
                                   help="autocast the forward passes; the LoRA weights and optimiser stay float32")
@@ -360,6 +368,7 @@ class RunConfig:
         if not self.max_grad_norm >= 0:
             raise ConfigError(f"max_grad_norm must be >= 0 (0 = off), got {self.max_grad_norm}")
         self._validate_schedule_targets_tracker()
+        self._validate_quantize()
         if self.template == "release":
             from sapt.data.prompts import RELEASE_BENCHMARKS
 
@@ -433,6 +442,24 @@ class RunConfig:
             raise ConfigError(f"route_without_definition {share:g} is taught by the router fit of --router-schedule "
                               f"learn-then-route, not by the {self.router_schedule} schedule: use --router-schedule "
                               "learn-then-route, or drop --route-without-definition")
+
+    def _validate_quantize(self) -> None:
+        """A reserved model name is refused with --quantize: none of them is loaded through a quantisation
+        config. smollm2 is a GGUF file de-quantised to float32 by transformers' GGUF reader, which takes no
+        bitsandbytes config, so its hub original is named instead; the tiny-* models are random ones built
+        from a config (no weights to load in 4/8 bits). Whether bitsandbytes and a CUDA device are here is
+        the machine's, not the config's: `sapt.models.quantize_backend_problem`, before the run directory."""
+        if self.quantize == "none":
+            return
+        from sapt.model_names import TINY
+
+        if self.model == "smollm2":
+            raise ConfigError(f"quantize {self.quantize}: model smollm2 is a GGUF file (Q4_1) de-quantised to float32 "
+                              "on load, not loaded through a quantisation config; use its hub id "
+                              "HuggingFaceTB/SmolLM2-135M-Instruct with --quantize")
+        if self.model in TINY:
+            raise ConfigError(f"quantize {self.quantize}: model {self.model} is a small random test model built from a "
+                              "config, with no weights to load in 8 or 4 bits; --quantize takes a hub id or local path")
 
     def _validate_schedule_targets_tracker(self) -> None:
         """lr_scheduler / warmup_ratio, target_modules and tracker_project (part of `validate`)."""
@@ -511,6 +538,7 @@ SAVED_ORDER = (
     "lr_scheduler", "warmup_ratio", "target_modules", "tracker_project",
     "eval_every",
     "route_without_definition",
+    "quantize",
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")

@@ -17,7 +17,7 @@ import yaml
 
 from sapt.config import ConfigError, RunConfig, to_dict
 
-__all__ = ["dry_run", "stage_plan"]
+__all__ = ["dry_run", "quantize_note", "stage_plan"]
 
 
 def stage_plan(cfg: RunConfig) -> list[dict]:
@@ -54,6 +54,17 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
     return rows
 
 
+def quantize_note(quantize: str) -> str:
+    """The dry run's line on --quantize. A machine without bitsandbytes or a CUDA GPU is said, not refused:
+    a dry run checks a config on a laptop before a GPU is booked, and the GPU is where `sapt run` will check
+    the backend again, before writing anything (sapt.models.quantize_backend_problem)."""
+    from sapt.models import quantize_backend_problem
+
+    problem = quantize_backend_problem(quantize)
+    return (f"# quantize {quantize}: the backbone's Linear modules load in {quantize[0]} bits (bitsandbytes, CUDA); "
+            + (f"on this machine `sapt run` would refuse it: {problem}" if problem else "this machine can load it"))
+
+
 def dry_run(cfg: RunConfig) -> str:
     """The text `sapt run --dry-run` prints: the config as YAML, then the stage plan."""
     rows = stage_plan(cfg)
@@ -61,6 +72,8 @@ def dry_run(cfg: RunConfig) -> str:
              yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(), ""]
     if cfg.kl_ratio is None:
         lines.append("# kl_ratio null: the model family's default (1 for causal LMs; T5: 0.5 SuperNI, 0.1 Long_Sequence)")
+    if cfg.quantize != "none":
+        lines.append(quantize_note(cfg.quantize))
     lines.append(f"# per stage: {cfg.epochs} epochs of micro-batches of {cfg.batch_size}, an optimiser step every "
                  f"{cfg.grad_accum} of them (and at the end of an epoch)")
     if cfg.lr_scheduler != "constant":

@@ -176,6 +176,8 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
              ("source / target / generated tokens", f"{cfg.max_source_length} / {cfg.max_target_length} / {cfg.max_new_tokens}"),
              ("backbone dtype / mixed precision", f"{cfg.backbone_dtype} / {cfg.mixed_precision}"),
              ("seed", str(cfg.seed))]
+    if getattr(cfg, "quantize", "none") != "none":  # only then: an unquantised run's card reads as it always has
+        rows.insert(-1, ("backbone loaded in", f"{cfg.quantize} (bitsandbytes)"))
     return rows
 
 
@@ -289,6 +291,14 @@ def _base_loading(cfg: Any, family: str) -> str:
     if cfg.model in RESERVED:
         return ("from sapt.models import load_model\n"
                 f"base = load_model({cfg.model!r}, seed={cfg.seed}).model  # a random test model, rebuilt from its seed")
+    quantize = getattr(cfg, "quantize", "none")
+    if quantize == "8bit":
+        return (f"from transformers import {auto}, BitsAndBytesConfig\nbase = {auto}.from_pretrained({cfg.model!r}, "
+                "quantization_config=BitsAndBytesConfig(load_in_8bit=True))  # as trained")
+    if quantize == "4bit":
+        return (f"import torch\nfrom transformers import {auto}, BitsAndBytesConfig\nbase = {auto}.from_pretrained("
+                f"{cfg.model!r}, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
+                f"bnb_4bit_compute_dtype=torch.{cfg.backbone_dtype}))  # as trained")
     return f"from transformers import {auto}\nbase = {auto}.from_pretrained({cfg.model!r})"
 
 
@@ -338,9 +348,21 @@ def _base_model_line(cfg: Any, base_id: str | None, family: str) -> str:
     if cfg.model in RESERVED:
         return (f"`{cfg.model}`: a small *random* model sapt builds from a config and seed {cfg.seed}, for "
                 "smoke tests only; these adapters know nothing useful.")
-    if base_id:
-        return f"[{cfg.model}](https://huggingface.co/{cfg.model}) ({family})."
-    return f"`{cfg.model}`, a local model folder ({family}); not on the Hub under this name."
+    line = (f"[{cfg.model}](https://huggingface.co/{cfg.model}) ({family})." if base_id else
+            f"`{cfg.model}`, a local model folder ({family}); not on the Hub under this name.")
+    return line + _quantized_note(cfg)
+
+
+def _quantized_note(cfg: Any) -> str:
+    """The card's sentence on a base loaded in 8/4 bits (`quantize`), empty otherwise. The adapters do not
+    depend on it (float32 LoRA tensors, as PEFT's QLoRA saves them); what does is that they were trained
+    on the quantised backbone's outputs, which is what the user should load them on to get the scores."""
+    quantize = getattr(cfg, "quantize", "none")
+    if quantize == "none":
+        return ""
+    kind = "4-bit NF4" if quantize == "4bit" else "8-bit LLM.int8"
+    return (f" It was loaded in {kind} by bitsandbytes (`quantize: {quantize}`) and the adapters were trained on it; "
+            "they are ordinary float32 PEFT adapters, and the scores below are those of the quantised base.")
 
 
 def _definitions(definitions: dict[str, str]) -> list[str]:

@@ -37,14 +37,19 @@ class LoadedModel:
     name: str
 
 
-def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(name: str, seed: int = 0, dtype: torch.dtype | None = None, quantize: str = "none") -> LoadedModel:
+    """The model `name` in `dtype` (float32 if None); `quantize` "8bit" / "4bit": a hub id or local path
+    loaded in that many bits by bitsandbytes (`quantization_config`), refused for the reserved names."""
+    if quantize != "none" and name in RESERVED:
+        raise ModelLoadError(f"quantize {quantize} loads a hub id or local path, not the reserved model {name!r} "
+                             "(smollm2's hub id: HuggingFaceTB/SmolLM2-135M-Instruct)")
     if name == "smollm2":
         return _load_smollm2(dtype)
     if name in TINY:
         loaded = _tiny_model(name, seed)
         loaded.model.to(dtype or torch.float32)
         return loaded
-    return _load_pretrained(name, dtype)
+    return _load_pretrained(name, dtype, quantize)
 
 
 def eager_attention_on_cpu(model: nn.Module, max_length: int) -> None:
@@ -90,9 +95,54 @@ def _load_smollm2(dtype: torch.dtype | None) -> LoadedModel:
     return LoadedModel(model, _ready_tokenizer(tokenizer), "causal", "smollm2")
 
 
-def _load_pretrained(name: str, dtype: torch.dtype | None) -> LoadedModel:
+def quantize_backend_problem(quantize: str, fsdp: bool = False) -> str | None:
+    """Why this machine cannot load a backbone with `quantize` (one line), or None.
+
+    bitsandbytes' 8-bit (LLM.int8) and 4-bit (NF4) layers are what transformers' quantisation config builds;
+    sapt runs them where they are built and tested, a CUDA GPU. Newer bitsandbytes releases have CPU paths
+    too, but none of sapt's runs checked them, so no CUDA device is refused rather than left to fail (or
+    crawl) inside a kernel. Checked by `sapt run` before the run directory is made, and by the loader.
+    FSDP (`fsdp`) is refused: its `fully_shard` would split bitsandbytes' packed weights and their
+    quantisation state, which it does not know; data parallel holds the whole quantised model per GPU."""
+    if quantize == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return (f"quantize {quantize} needs bitsandbytes, which is not installed: pip install bitsandbytes "
+                "(on a machine with a CUDA GPU), or run without --quantize")
+    if not torch.cuda.is_available():
+        return (f"quantize {quantize}: bitsandbytes' 8/4-bit kernels need a CUDA GPU and this machine has none "
+                "(torch.cuda.is_available() is false); run without --quantize")
+    if fsdp:
+        return (f"quantize {quantize}: FSDP cannot shard bitsandbytes' packed weights; run data parallel "
+                "(configs/accelerate/multi-gpu.yaml), which holds the whole quantised model on every GPU")
+    return None
+
+
+def quantization_config(quantize: str, dtype: torch.dtype | None):
+    """transformers' `BitsAndBytesConfig` for `quantize` ("8bit", "4bit"), None for "none".
+
+    4-bit is QLoRA's NF4, whose matrix products run in `dtype`, the run's --backbone-dtype (bfloat16 when
+    none is given): the dtype the user chose for the backbone's arithmetic stays the one it computes in.
+    8-bit is LLM.int8 with transformers' defaults. Only the backbone's Linear modules are quantised; the
+    embeddings (which the router reads), the norms and the LM head keep `dtype`."""
+    if quantize == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype or torch.bfloat16,
+                                  bnb_4bit_quant_type="nf4")
+    raise ValueError(f"quantize must be none, 8bit or 4bit, got {quantize!r}")
+
+
+def _load_pretrained(name: str, dtype: torch.dtype | None, quantize: str = "none") -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    problem = quantize_backend_problem(quantize)  # before any download: the machine cannot use it anyway
+    if problem is not None:
+        raise ModelLoadError(problem)
     try:
         config = AutoConfig.from_pretrained(name)
     except Exception as e:  # hub/network/path errors come in many types; one line is what users need
@@ -102,7 +152,8 @@ def _load_pretrained(name: str, dtype: torch.dtype | None) -> LoadedModel:
         raise ModelLoadError(f"model {name!r} is a {config.model_type} encoder-decoder; only the T5 family is supported")
     auto = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(name, dtype=dtype or torch.float32)
+        quantized = {} if quantize == "none" else {"quantization_config": quantization_config(quantize, dtype)}
+        model = auto.from_pretrained(name, dtype=dtype or torch.float32, **quantized)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
         raise ModelLoadError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None

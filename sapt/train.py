@@ -56,7 +56,7 @@ from sapt.distributed import get_dist
 from sapt.evaluate import encode_task_split, evaluate_task
 from sapt.manifest import Manifest
 from sapt.methods import Method, make_method
-from sapt.models import eager_attention_on_cpu, load_model
+from sapt.models import eager_attention_on_cpu, load_model, quantize_backend_problem
 from sapt.modules.sapt_model import SAPTModel
 from sapt.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
@@ -97,6 +97,9 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
     if cfg.reference:
         check_reference(cfg, tasks)
     dist = get_dist()
+    problem = quantize_backend_problem(cfg.quantize, fsdp=dist.fsdp)  # the machine's, refused before the directory
+    if problem is not None:
+        raise ConfigError(problem)
     # The main process takes the lock, then checks the directory's config under it, before the model
     # loads: a second `sapt run` into the same directory is refused at once, and no other run can write
     # a config.yaml between the check and ours. A refusal reaches every process, so none waits forever.
@@ -566,7 +569,7 @@ def split_settings(cfg: RunConfig) -> dict[str, Any]:
 
 
 def build_model(cfg: RunConfig) -> SAPTModel:
-    loaded = load_model(cfg.model, seed=cfg.seed, dtype=getattr(torch, cfg.backbone_dtype))
+    loaded = load_model(cfg.model, seed=cfg.seed, dtype=getattr(torch, cfg.backbone_dtype), quantize=cfg.quantize)
     if cfg.backbone_dtype != "float32" and get_dist().device.type == "cpu":
         eager_attention_on_cpu(loaded.model, cfg.max_source_length + cfg.max_target_length)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation

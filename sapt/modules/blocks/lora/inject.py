@@ -79,6 +79,12 @@ def inject_mixture_lora(
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child)
         if child in FUSED_QKV:
+            if not linear.weight.is_floating_point():
+                # FusedRows computes each part from a slice of the fused weight's rows, which a 4/8-bit
+                # packed weight (bitsandbytes) does not have as rows: refused rather than wrong.
+                raise ModelLoadError(f"{name} is a fused q/k/v projection with {linear.weight.dtype} (quantised) "
+                                     "weights: sapt adapts the q and v rows of a float weight only; load this "
+                                     "model without --quantize")
             fused = FusedQKVLoRA(linear, qkv_layouts(getattr(model, "config", None), child, linear.out_features), state, r, alpha, dropout)
             setattr(parent, child, fused)
             layers[f"{name}.q"], layers[f"{name}.v"] = fused.q, fused.v

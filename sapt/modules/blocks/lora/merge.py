@@ -52,6 +52,8 @@ def merged_lora(layers: Iterable[MixtureLoRALinear], state: RoutingState, n_bloc
                     layout.of_rows(fused[id(weight)][1]).add_(update.view(layout.groups, -1, update.shape[1]))
                     continue
                 weight = layer.base.weight
+                if not weight.is_floating_point():  # a 4/8-bit packed base (--quantize): W + update has no meaning
+                    raise RuntimeError(f"cannot merge into {weight.dtype} (quantised) base weights; generate unmerged")
                 original = weight.data
                 # A new tensor, not an in-place add: the original is kept untouched for the restore.
                 weight.data = (original.to(update.dtype) + update).to(original.dtype)
