@@ -302,9 +302,13 @@ class TrainedRun:
                       cfg.max_target_length, self.model.template)
 
     def _warn_no_definition(self) -> None:
-        """Once per loaded run: a MissingDefinitionWarning when its tasks trained with definitions. None for a
-        run trained with `route_without_definition` > 0: its router learned to route inputs without one."""
-        if self._warned_no_definition or self.config.route_without_definition > 0:
+        """Once per loaded run: a MissingDefinitionWarning when its tasks trained with definitions.
+
+        Also for a run trained with `route_without_definition` > 0, in other words: its router routes inputs
+        without a definition, but its blocks learned each task with the definition in the prompt, and the
+        definition may be what says what to do (on the built-in suite reverse_words was routed 100% to its
+        block without it and scored 6 of 100; BENCHMARKS.md, "Routing without the task definition")."""
+        if self._warned_no_definition:
             return
         self._warned_no_definition = True
         if any(self.definitions.get(name) for name in self.tasks):
@@ -312,10 +316,12 @@ class TrainedRun:
 
             where = (f"in {self.run_dir / 'README.md'} (Task definitions)" if self.from_export else
                      f"by `sapt report --run {self.run_dir}`")
+            risk = ("its router learned to route inputs without one (route_without_definition), but the blocks "
+                    "learned each task with it: answers may be wrong" if self.config.route_without_definition > 0
+                    else "routing and answers may be wrong")
             warnings.warn(f"the tasks of {self.run_dir} trained with a definition in every prompt and none was "
-                          "given: routing and answers may be wrong; give each input its task's definition "
-                          f"(--definition, or definition=), listed {where}",
-                          MissingDefinitionWarning, stacklevel=4)
+                          f"given: {risk}; give each input its task's definition (--definition, or definition=), "
+                          f"listed {where}", MissingDefinitionWarning, stacklevel=4)
 
     def _routing(self, weights) -> dict[str, float] | None:
         if not self.method.routed:  # fixed mixing weights: nothing to report per input
