@@ -23,6 +23,7 @@ Nothing here imports torch until `run` or `load` is called: `import sapt` stays 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -230,7 +231,10 @@ class TrainedRun:
         from sapt.batching import collate_prompts, length_sorted_batches
 
         items = self._encode(texts, definition)
-        k = int(generate_kwargs.get("num_return_sequences") or 1)
+        k = generate_kwargs.get("num_return_sequences", 1)
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:  # 0 returned one answer before
+            raise ConfigError(f"generate: num_return_sequences must be a whole number >= 1, got {k!r}")
+        k = int(k)
         out: list[list[Answer]] = [[] for _ in texts]
         tok = model.tokenizer
         kwargs = {"do_sample": False, "num_beams": 1, "pad_token_id": tok.pad_token_id,
@@ -337,22 +341,48 @@ class TrainedRun:
         if not self.method.weighs_blocks:  # refused rather than ignored: Answer.routing would claim the mix
             raise ConfigError(f"routing=: a {self.method.name} run puts every task's prompt before the input "
                               "whatever the weights, so it cannot answer with a chosen mixture")
-        unknown = sorted(set(routing) - set(self.tasks))
+        # A string or a list would be read by name lookups as something else entirely, and {} or weights that
+        # are all 0 or negative are no mixture: each refused in one line rather than answered from nothing.
+        if not isinstance(routing, Mapping):
+            raise ConfigError(f"routing=: expected a mapping of task name -> weight, e.g. {{{self.tasks[0]!r}: 1.0}}, "
+                              f"got {type(routing).__name__}")
+        if not routing:
+            raise ConfigError("routing=: an empty mapping weighs no block; leave routing out for the router's own")
+        unknown = sorted(map(str, set(routing) - set(self.tasks)))
         if unknown:
             raise ConfigError(f"routing=: unknown task(s) {', '.join(unknown)} (tasks: {', '.join(self.tasks)})")
+        bad = next((v for v in routing.values() if isinstance(v, bool) or not isinstance(v, numbers.Real)), None)
+        if bad is not None:
+            raise ConfigError(f"routing=: weights must be numbers, got {bad!r}")
         w = torch.tensor([[float(routing.get(name, 0.0)) for name in self.tasks]])
         if not torch.isfinite(w).all():
             raise ConfigError("routing=: weights must be finite numbers")
+        if (w < 0).any() or not (w > 0).any():
+            raise ConfigError("routing=: weights must be >= 0 with at least one above 0 (a block's share of the "
+                              "mixture)")
         return w
 
 
 def _texts(texts: str | Sequence[str]) -> list[str]:
+    """The input texts as a list, each a valid Unicode string: None, bytes (decode them first: sapt does not
+    guess an encoding), a non-iterable and a lone surrogate (which no tokenizer can encode) are refused in one
+    line instead of a TypeError or a tokenizer's UnicodeEncodeError."""
+    if isinstance(texts, (bytes, bytearray)):
+        raise ConfigError("expected input texts (strings), got bytes: decode them first, e.g. data.decode('utf-8')")
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
+    elif texts is None or not isinstance(texts, Iterable):
+        raise ConfigError(f"expected an input text or a list of them (strings), got {texts!r}")
     texts = list(texts)
     bad = next((t for t in texts if not isinstance(t, str)), None)
     if bad is not None:
         raise ConfigError(f"expected input texts (strings), got {bad!r}")
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ConfigError(f"input text {i} holds a lone surrogate (U+{ord(text[e.start]):04X} at position "
+                              f"{e.start}), which is not text a tokenizer can encode") from None
     return texts
 
 

@@ -83,7 +83,18 @@ def test_answering_refuses_bad_arguments_in_one_line(readme_run):
     for call, needle in [(lambda: trained.predict("x", max_new_tokens=0), "max_new_tokens"),
                          (lambda: trained.predict([1]), "strings"),
                          (lambda: trained.generate("x", routing={"nope": 1.0}), "unknown task(s) nope"),
-                         (lambda: trained.generate("x", input_ids=[1]), "input_ids")]:
+                         (lambda: trained.generate("x", input_ids=[1]), "input_ids"),
+                         # the API type cases (issue 27): each one line, not a TypeError or a silent answer
+                         (lambda: trained.predict(None), "got None"),
+                         (lambda: trained.predict(b"bytes"), "got bytes: decode them first"),
+                         (lambda: trained.predict(["ok", "\ud800"]), "input text 1 holds a lone surrogate (U+D800"),
+                         (lambda: trained.generate("x", routing="topic"), "expected a mapping of task name"),
+                         (lambda: trained.generate("x", routing={}), "an empty mapping"),
+                         (lambda: trained.generate("x", routing={"topic": -1.0}), "weights must be >= 0"),
+                         (lambda: trained.generate("x", routing={"topic": 0.0}), "at least one above 0"),
+                         (lambda: trained.generate("x", routing={"topic": "1"}), "weights must be numbers"),
+                         (lambda: trained.generate("x", num_return_sequences=0), "num_return_sequences"),
+                         (lambda: trained.generate("x", num_return_sequences=1.5), "num_return_sequences")]:
         with pytest.raises(ConfigError, match=re.escape(needle)):
             call()
 
