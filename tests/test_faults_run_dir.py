@@ -65,7 +65,9 @@ def two_tasks(tmp_path_factory) -> tuple[Path, Path, bytes]:
 
 # (where the learn is stopped, by which signal, the exit code the user sees). The new task is stage 2.
 LEARN_KILLS = [
+    ("stage2:epoch1:mid", "SIGKILL", -9),  # after its first step, before any checkpoint: the stage starts again
     ("stage2:epoch1", "SIGKILL", -9),  # after its epoch's checkpoint: training resumes from it
+    ("stage2:router-fit", "SIGKILL", -9),  # halfway through the router fit (learn-then-route, the default)
     ("stage2:between-files", "SIGKILL", -9),
     ("stage2:trained", "SIGKILL", -9),  # its files are written, the manifest does not record them yet
     ("stage2:replay", "SIGKILL", -9),
