@@ -238,11 +238,16 @@ def _matrix_table(tasks: list[str], matrix: list[list[Any]], stage_names: list[s
     return lines
 
 
-def _results(metrics: dict[str, Any] | None, note: str, info: dict[str, Any]) -> list[str]:
+def _one_joint_stage(cfg: Any) -> bool:
+    """Whether the run trained one stage over every task (mtl's stage "all"). Asked of the method: read from
+    the stage's name, a one-task run whose own task is named "all" was described as an mtl run."""
+    return cfg.method == "mtl"
+
+
+def _results(metrics: dict[str, Any] | None, note: str, info: dict[str, Any], joint: bool) -> list[str]:
     if metrics is None:
         return ["## Results", "", f"No scores: {note}.", ""]
     tasks, matrix = metrics["tasks"], metrics["matrix"]
-    joint = list(info["tasks"]) == ["all"]  # one stage over every task (mtl)
     lines = ["## Results", ""]
     lines.append(f"Scores (0-100) from the run's `metrics.json`, on the {metrics.get('eval_split', 'test')} split; "
                  "row i is the model after training through task i, column j the score on task j "
@@ -389,7 +394,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     from sapt.version import __version__
 
     method = _traits(cfg)
-    joint = list(info["tasks"]) == ["all"]  # one stage over every task (mtl)
+    joint = _one_joint_stage(cfg)
     front: dict[str, Any] = {"library_name": "peft"}
     base_id = base_model_id(cfg.model)
     if base_id:
@@ -408,7 +413,8 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     kind = "prompt-tuning" if getattr(cfg, "pet", "lora") == "prompt" else "LoRA"  # the block type (config `pet`)
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
              f"# Continual-learning {kind} adapters: {' → '.join(map(_text, order))}", "",
-             f"{len(order)} task{'s' if len(order) != 1 else ''} learned one after another on `{cfg.model}` with "
+             f"{len(order)} task{'s' if len(order) != 1 else ''} learned "
+             f"{'together, in one stage,' if joint else 'one after another'} on `{cfg.model}` with "
              f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{cfg.method}`"
              + (f": {method.summary}" if method.summary else "")
              + f". Written by `sapt export` from the run {_code(Path(info['source_run']).name)}.", "",
@@ -427,7 +433,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
               f"| method | `{cfg.method}` |", f"| base model | `{cfg.model}` |"]
     lines += [f"| {k} | {v} |" for k, v in _settings(cfg, info, method)]
     lines.append("")
-    lines += _results(metrics, metrics_note, info)
+    lines += _results(metrics, metrics_note, info, joint)
 
     first = exported[0]
     lines += ["## How to load it", "",

@@ -248,3 +248,16 @@ def test_the_model_index_of_a_benchmark_run_names_its_benchmark(tmp_path):
         ("text2text-generation", "CL_Benchmark", "SuperNI", "rouge", 35.5),
         ("text2text-generation", "CL_Benchmark", "SuperNI", "rouge", 61.25)]
     assert "model-index" not in front_matter(model_card(cfg, info, None, "no metrics"))
+
+
+def test_a_one_task_run_whose_task_is_named_all_is_not_described_as_mtl(tmp_path):
+    """The card read "one stage over every task" from a stage named "all", mtl's; a run's own task may have
+    that name (issue 27)."""
+    cfg = resolve({**TINY, "output": str(tmp_path / "run")})
+    info = {"tasks": ["all"], "model_family": "causal", "source_run": str(tmp_path / "run"),
+            "target_modules": ["q_proj", "v_proj"]}
+    metrics = {"tasks": ["all"], "matrix": [[50.0]], "routing_accuracy": [[100.0]], "ap": 50.0, "fra": None,
+               "bwt": None, "fwt": None, "stages_done": 1, "metric": {"all": "em"}}
+    card = model_card(cfg, info, metrics)
+    assert "one stage over all tasks" not in card and "all tasks" not in section(card, "Results")
+    assert table_rows(section(card, "Tasks, in training order"))[1][1] == "`all`"
