@@ -558,9 +558,15 @@ def format_comparison(c: Comparison) -> str:
 
     w = max([len("run")] + [len(n) for n in c.names])
     mw = max([len("method")] + [len(method_label(m)) for m in c.metrics])
-    lines = [f"{'run'.ljust(w)}  {'method'.ljust(mw)} {'model':16s} {'tasks':>5s} {'AP':>6s} {'BWT':>6s} {'F.Ra':>6s}"]
+    # "tasks" is the run's tasks; "stages" what it has done of its stages (an mtl run has one stage for all
+    # its tasks; a run in progress fewer than it will): the column showed stages under the name "tasks".
+    lines = [f"{'run'.ljust(w)}  {'method'.ljust(mw)} {'model':16s} {'tasks':>5s} {'stages':>7s} {'AP':>6s} "
+             f"{'BWT':>6s} {'F.Ra':>6s}"]
     for name, m, ap, bwt in zip(c.names, c.metrics, c.ap, c.bwt):
-        n = m.get("stages_done", len(m.get("matrix", [])))
+        tasks = len(m.get("tasks", []))
+        stages = 1 if m.get("method") == "mtl" else tasks
+        done = m.get("stages_done", len(m.get("matrix", [])))
         lines.append(f"{name.ljust(w)}  {method_label(m).ljust(mw)} {str(m.get('model', '?'))[:16]:16s} "
-                     f"{n:>5d} {fmt(float(ap)):>6s} {fmt(float(bwt)):>6s} {fmt(m.get('fra')):>6s}")
+                     f"{tasks:>5d} {f'{done}/{stages}':>7s} {fmt(float(ap)):>6s} {fmt(float(bwt)):>6s} "
+                     f"{fmt(m.get('fra')):>6s}")
     return "\n".join(lines)

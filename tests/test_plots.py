@@ -145,6 +145,10 @@ def test_compare_plots_ap_and_bwt_of_each_run(run_dir, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "with_arm" in table and "one_stage" in table and "42.5" in table and "n/a" in table
     assert_png(out)
+    # the tasks column counts tasks, the stages column what the run did of its stages (issue 27)
+    head, row_a = table.splitlines()[0].split(), next(line for line in table.splitlines() if "with_arm" in line).split()
+    n = len(ma["tasks"])
+    assert head[-5:-3] == ["tasks", "stages"] and row_a[-5:-3] == [str(n), f"{ma['stages_done']}/{n}"]
 
     c = plot_compare([a, b], tmp_path / "cmp2.png")
     assert c.names == ["with_arm", "one_stage"]
