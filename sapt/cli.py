@@ -320,13 +320,14 @@ def record_no_definitions(run_dir: Path, args: argparse.Namespace, scores: dict[
     from sapt.rundir.layout import METRICS_NO_DEFINITIONS
 
     routing = {n: s["routing_accuracy"] for n, s in scores.items() if "routing_accuracy" in s}
+    mean_routing = sum(routing.values()) / len(routing) if routing else None
     io.write_json(run_dir / METRICS_NO_DEFINITIONS, {
         "definitions": "none: every evaluation prompt without its task's definition, as predict without --definition",
         "after_stage": stages, "tasks": list(scores), "scores": {n: s["score"] for n, s in scores.items()}, "ap": ap,
         "routing_accuracy": routing,
-        "mean_routing_accuracy": sum(routing.values()) / len(routing) if routing else None,
+        "mean_routing_accuracy": mean_routing,
         "data_dir": args.data_dir, "max_eval_per_task": args.max_eval_per_task})
-    mean = f", mean routing accuracy {sum(routing.values()) / len(routing):.1f}" if routing else ""
+    mean = f", mean routing accuracy {mean_routing:.1f}" if routing else ""
     print(f"without definitions: AP {ap:.1f}{mean} ({run_dir / METRICS_NO_DEFINITIONS})")
 
 

@@ -37,7 +37,7 @@ from sapt.rundir.layout import log
 from sapt.tracking import Trackers
 
 __all__ = ["StageTrainer", "TrainingError", "distributed_loss", "lr_warmup_steps", "make_scheduler",
-           "optimiser_steps_per_epoch", "stage_seed", "train_stage", "val_sha256"]
+           "optimiser_steps_per_epoch", "stage_seed", "train_stage", "val_sha256", "validation_items"]
 
 
 class TrainingError(RuntimeError):
@@ -87,6 +87,14 @@ def train_stage(
     return trainer.run(log_path, checkpoint, trackers, step_offset)
 
 
+def validation_items(model: SAPTModel, task: Task, cfg: RunConfig, val_items: list | None = None) -> list:
+    """The encoded items a stage validates on (and hashes, `val_sha256`): the method's own (`val_items`, from
+    `Method.training_items`), or else the task's validation split."""
+    if val_items is not None:
+        return val_items
+    return encode_task_split(model, task, "val", cfg.max_source_length, cfg.max_target_length)
+
+
 def val_sha256(val_items: list) -> str:
     """The sha256 of a stage's encoded validation items (prompt and answer token ids), as stage.json and the
     checkpoint record it: a resumed run compares it with the data it loads (`sapt.train.changed_task_data`)."""
@@ -108,7 +116,7 @@ class StageTrainer:
         self.reflection = reflection
         lengths = (cfg.max_source_length, cfg.max_target_length)
         self.items = items if items is not None else encode_task_split(model, task, "train", *lengths)
-        self.val = val_items if val_items is not None else encode_task_split(model, task, "val", *lengths)
+        self.val = validation_items(model, task, cfg, val_items)
         self.dist = get_dist()
         self.router, self.lrs, self.optimizer = self._optimiser()
         self.scaler = self.dist.grad_scaler(cfg.mixed_precision)

@@ -69,7 +69,9 @@ from sapt.rundir import (
 )
 from sapt.rundir.layout import log, open_run_log
 from sapt.rundir.plan import drop_if_bare
-from sapt.stage_trainer import TrainingError, optimiser_steps_per_epoch, stage_seed, train_stage, val_sha256
+from sapt.stage_trainer import (
+    TrainingError, optimiser_steps_per_epoch, stage_seed, train_stage, val_sha256, validation_items,
+)
 from sapt.tracking import Trackers, check_trackers
 from sapt.unseen import UnseenScoring, load_unseen_tasks
 
@@ -224,9 +226,7 @@ def changed_task_data(cfg: RunConfig, tasks: list[Task], stages: list[Task], run
             usable = state.get("task") == stage.name and state.get("stage") == t
             recorded, record = (state.get("val_sha256") if usable else None), sdir / CHECKPOINT
         if recorded is not None:
-            _, val_items = method.training_items(model, stage, tasks, cfg)
-            if val_items is None:
-                val_items = encode_task_split(model, stage, "val", cfg.max_source_length, cfg.max_target_length)
+            val_items = validation_items(model, stage, cfg, method.training_items(model, stage, tasks, cfg)[1])
             if val_sha256(val_items) != recorded:
                 which = [stage.name] if stage.name in names else [task.name for task in tasks]  # mtl: every task
                 how = "trained on it" if trained else "was training on it when it stopped"
@@ -417,7 +417,6 @@ class StageLoop(UnseenScoring):
         log(f"sapt: stage {t + 1}/{len(self.stages)} done ({progress}); AP so far {result.metrics['ap']:.1f}"
             + timing_note(result.timing))
         return result
-
 
     def report_skipped(self, t: int, last: RunResult | None) -> RunResult | None:
         """The progress line of a stage whose evaluation --eval-every skips. metrics.json is left as the last

@@ -129,11 +129,11 @@ def collect_unseen(run_dir: Path, stages: list[Task], names: list[str],
     matrix = []
     for i, stage in enumerate(stages if rows is None else stages[:rows]):
         path = stage_dir(run_dir, i, stage.name) / UNSEEN_SCORES
-        if not path.exists() and rows is not None:
-            matrix.append([None] * len(names))
-            continue
         if not path.exists():
-            break
+            if rows is None:
+                break
+            matrix.append([None] * len(names))  # a skipped row of the score matrix
+            continue
         scores = io.read_json(path)["scores"]
         matrix.append([scores.get(n) for n in names])
     return base, matrix

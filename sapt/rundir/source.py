@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["is_export", "stage_tensors"]
 
+
 def is_export(path: str | Path) -> bool:
     """Whether `path` is a folder `sapt export` wrote (it holds EXPORT_MARKER)."""
     return (Path(path) / EXPORT_MARKER).is_file()
