@@ -431,7 +431,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sapt.plots import CHART_FORMATS, DPI, chart_format, format_comparison, plot_compare
+    from sapt.plots import CHART_FORMATS, DPI, chart_format, chart_paths, format_comparison, plot_compare
 
     fmt = chart_format(args.out)
     if fmt is None:
@@ -444,6 +444,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not parent.is_dir():  # a typo in --out should not scatter new folders around
         why = "is not a folder" if parent.exists() else "does not exist"
         raise ConfigError(f"--out {args.out}: folder {parent} {why}")
+    folders = [path for path, _ in chart_paths(args.out, args.formats) if path.is_dir()]
+    if folders:  # said here: the write would fail on its temporary file's name
+        raise ConfigError(f"--out {args.out}: {folders[0]} is a folder; give the chart's file name, such as "
+                          f"{Path(args.out) / 'compare.png'}")
     comparison = plot_compare(args.runs, args.out, args.formats, args.dpi or DPI)
     print(format_comparison(comparison))
     print(f"sapt: chart written to {', '.join(str(f) for f in comparison.files)}", file=sys.stderr)

@@ -699,6 +699,9 @@ def coerce(key: str, value: Any) -> Any:
     value = _plain(value)
     if isinstance(value, (list, tuple)):
         value = [_plain(v) for v in value]
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str):
+            _check_encodable(key, text)
     if value is None:
         if optional:
             return None
@@ -730,6 +733,17 @@ def coerce(key: str, value: Any) -> Any:
             return value
         raise ConfigError(f"{key}: expected a mapping, got {value!r}")
     return value
+
+
+def _check_encodable(key: str, text: str) -> None:
+    """A string the run can write: config.yaml, run.log and file names are UTF-8, and a lone surrogate (what
+    Python makes of bytes that are not UTF-8, or a half of a pair) is not, so it crashed a write after the
+    model had loaded, with a UnicodeEncodeError. Refused in one line that does not print it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{key}: holds a lone surrogate (U+{ord(text[e.start]):04X} at position {e.start}), "
+                          "which is not UTF-8 text (bytes of another encoding?)") from None
 
 
 def _plain(value: Any) -> Any:

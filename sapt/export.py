@@ -297,6 +297,22 @@ def _install(work: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+# The export's own files beside the task folders: a task named like one cannot have its folder there.
+EXPORT_FILES = ("README.md", "router.json", "router.safetensors", CONFIG, TASKS, METRICS, EXPORT_MARKER)
+
+
+def _check_task_folders(tasks: list[str], out: Path) -> None:
+    """Refuse, before anything is written, a task whose folder OUT/<task>/ would be one of the export's own
+    files (a task folder named README.md or router.json trains well; its export failed half-way with a
+    line naming a temporary file). Compared case-blind: macOS and Windows file systems are."""
+    own = {name.casefold(): name for name in EXPORT_FILES}
+    clash = [task for task in tasks if task.casefold() in own]
+    if clash:
+        raise ConfigError(f"{out}: task(s) {', '.join(map(repr, clash))} cannot be exported: the adapter folder "
+                          f"{out}/<task> would be the export's own file of that name ({', '.join(EXPORT_FILES)}); "
+                          "rename the task (its data folder) to export the run")
+
+
 def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dict[str, Any]:
     """Write the PEFT adapters and the router of a run; returns a summary (also router.json's content).
 
@@ -305,6 +321,7 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
     run_dir, out = Path(run_dir), Path(out).absolute()
     cfg = load_run_config(run_dir)
     stages = trained_stages(run_dir)
+    _check_task_folders([task for task, _ in stages], out)
     _check_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     holder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export."))

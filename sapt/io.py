@@ -130,7 +130,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         _make_parents(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise _disk_full(e, path, len(data)) from None
+        raise _write_error(e, path, len(data)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), file_mode())  # before the rename: the file appears whole, with its final mode
@@ -141,8 +141,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise _disk_full(e, path, len(data)) from None
+            raise _write_error(e, path, len(data)) from None
         raise
+
+
+def _write_error(e: OSError, path: Path, size: int) -> OSError:
+    """What a failed write of `path` raises: a DiskFullError (`_disk_full`), or the error naming `path`, the
+    file the caller asked for, not the temporary file it was being written to (`.NAME.xxxx.tmp`, which the
+    user never named and which is gone): "compare --out DIR" said ".DIR.xxxx.tmp: Is a directory"."""
+    e = _disk_full(e, path, size)
+    if not isinstance(e, WriteRefused) and e.filename is not None:
+        e.filename, e.filename2 = str(path), None
+    return e
 
 
 def _disk_full(e: OSError, path: Path, size: int) -> OSError:
@@ -150,14 +160,22 @@ def _disk_full(e: OSError, path: Path, size: int) -> OSError:
     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
         return e
     try:
-        free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
+        free_bytes = shutil.disk_usage(path.parent).free
+        free = f"{free_bytes:,} bytes free"
         # ENOSPC also means the file system ran out of inodes, with bytes to spare: say which it is
         out_of_inodes = e.errno == errno.ENOSPC and os.statvfs(path.parent).f_favail == 0
     except OSError:
-        free, out_of_inodes = "free space unknown", False
+        free_bytes, free, out_of_inodes = None, "free space unknown", False
     if out_of_inodes:
         return DiskFullError(e.errno, f"{path}: no free inodes left on the device ({free}, but no room for another "
                                       "file); delete some files and run the same command again to resume")
+    if e.errno == errno.ENOSPC and free_bytes is not None and free_bytes > size:
+        # neither bytes nor inodes look exhausted, yet the file system refused (space reserved for root,
+        # a file system's own metadata full, a quota): say what it said, not a cause sapt cannot see
+        return DiskFullError(e.errno, f"{path}: no space left on the device, the file system says (writing "
+                                      f"{size:,} bytes, although it counts {free} and inodes free: space reserved "
+                                      "for root, its metadata full, or a quota); free some space and run the same "
+                                      "command again to resume")
     return DiskFullError(e.errno, f"{path}: no space left on the device (writing {size:,} bytes, {free}); "
                                   "free some space and run the same command again to resume")
 

@@ -33,10 +33,14 @@ def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
     trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
     if trained:
         raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
+    from sapt.data import DataError
     from sapt.train import configured_tasks
 
-    # eval_only: an unseen task is never trained or validated on, so it needs only what its evaluation uses
-    return configured_tasks(cfg, list(cfg.unseen), what="unseen (--unseen): ", eval_only=True)
+    what = "unseen (--unseen): "
+    try:  # eval_only: an unseen task is never trained or validated on, so it needs only what its evaluation uses
+        return configured_tasks(cfg, list(cfg.unseen), what=what, eval_only=True)
+    except DataError as e:  # own data: "tasks not found" alone did not say that --unseen named them
+        raise DataError(f"{what}{e}") from None
 
 
 class UnseenScoring:

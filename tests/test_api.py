@@ -78,25 +78,33 @@ def test_predict_gives_what_the_cli_prints(readme_run, capsys):
     assert len(trained.generate(texts[0], do_sample=True, num_return_sequences=3)) == 3
 
 
-def test_answering_refuses_bad_arguments_in_one_line(readme_run):
-    trained = readme_run["trained"]
-    for call, needle in [(lambda: trained.predict("x", max_new_tokens=0), "max_new_tokens"),
-                         (lambda: trained.predict([1]), "strings"),
-                         (lambda: trained.generate("x", routing={"nope": 1.0}), "unknown task(s) nope"),
-                         (lambda: trained.generate("x", input_ids=[1]), "input_ids"),
-                         # the API type cases (issue 27): each one line, not a TypeError or a silent answer
-                         (lambda: trained.predict(None), "got None"),
-                         (lambda: trained.predict(b"bytes"), "got bytes: decode them first"),
-                         (lambda: trained.predict(["ok", "\ud800"]), "input text 1 holds a lone surrogate (U+D800"),
-                         (lambda: trained.generate("x", routing="topic"), "expected a mapping of task name"),
-                         (lambda: trained.generate("x", routing={}), "an empty mapping"),
-                         (lambda: trained.generate("x", routing={"topic": -1.0}), "weights must be >= 0"),
-                         (lambda: trained.generate("x", routing={"topic": 0.0}), "at least one above 0"),
-                         (lambda: trained.generate("x", routing={"topic": "1"}), "weights must be numbers"),
-                         (lambda: trained.generate("x", num_return_sequences=0), "num_return_sequences"),
-                         (lambda: trained.generate("x", num_return_sequences=1.5), "num_return_sequences")]:
-        with pytest.raises(ConfigError, match=re.escape(needle)):
-            call()
+# (a call on the README's trained run; what the one-line ConfigError says). The API type cases of issue 27 were
+# each a raw TypeError/AttributeError or a silent answer: None, bytes, a lone surrogate; a routing that is a
+# string, {}, negative or all-zero weights; num_return_sequences=0 returned one answer.
+ANSWERING = [
+    ("max_new_tokens=0", lambda t: t.predict("x", max_new_tokens=0), "max_new_tokens"),
+    ("a list of ints", lambda t: t.predict([1]), "strings"),
+    ("an unknown task in routing", lambda t: t.generate("x", routing={"nope": 1.0}), "unknown task(s) nope"),
+    ("input_ids", lambda t: t.generate("x", input_ids=[1]), "input_ids"),
+    ("None", lambda t: t.predict(None), "got None"),
+    ("bytes", lambda t: t.predict(b"bytes"), "got bytes: decode them first"),
+    ("a lone surrogate", lambda t: t.predict(["ok", "\ud800"]), "input text 1 holds a lone surrogate (U+D800"),
+    ("generate None", lambda t: t.generate(None), "got None"),
+    ("routing a string", lambda t: t.generate("x", routing="topic"), "expected a mapping of task name"),
+    ("routing {}", lambda t: t.generate("x", routing={}), "an empty mapping"),
+    ("a negative weight", lambda t: t.generate("x", routing={"topic": -1.0}), "weights must be >= 0"),
+    ("all weights 0", lambda t: t.generate("x", routing={"topic": 0.0}), "at least one above 0"),
+    ("a weight that is a string", lambda t: t.generate("x", routing={"topic": "1"}), "weights must be numbers"),
+    ("num_return_sequences=0", lambda t: t.generate("x", num_return_sequences=0), "num_return_sequences"),
+    ("num_return_sequences=1.5", lambda t: t.generate("x", num_return_sequences=1.5), "num_return_sequences"),
+]
+
+
+@pytest.mark.parametrize("case, call, needle", ANSWERING, ids=[c for c, _, _ in ANSWERING])
+def test_answering_refuses_bad_arguments_in_one_line(case, call, needle, readme_run):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as e:
+        call(readme_run["trained"])
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("kwargs, argv, needle", [
@@ -176,6 +184,14 @@ API_VALUES = [
      {"output": "runs/x", "data_dir": "/data"}),
     ("tasks=[]", lambda: {"tasks": []}, "tasks: an empty list names no task"),
     ("np.float64 nan", lambda: {"lr": __import__("numpy").float64("nan")}, "lr: must be a finite number"),
+    # None, bytes and lone surrogates: one line naming the key (a surrogate crashed config.yaml's writer)
+    ("None for the model", lambda: {"model": None}, "model: a value is required (got null)"),
+    ("bytes for the output", lambda: {"output": b"runs/x"}, "output: expected a string, got b'runs/x'"),
+    ("bytes in the task list", lambda: {"tasks": [b"topic"]}, "tasks: expected a list of strings"),
+    ("a lone surrogate in the output", lambda: {"output": "runs/\udce9"}, "output: holds a lone surrogate (U+DCE9"),
+    ("a lone surrogate in a task name", lambda: {"tasks": ["topic", "t\ud800"]},
+     "tasks: holds a lone surrogate (U+D800"),
+    ("True for a number", lambda: {"epochs": True}, "epochs: expected a number, got True"),
 ]
 
 
@@ -225,3 +241,13 @@ def test_progprompt_refuses_a_routing_it_cannot_honour(tmp_path):
         trained.generate("x", routing={"topic": 1.0})
     [answer] = trained.generate("x")  # without routing=, its own way of answering
     assert answer.routing is None
+
+
+# sapt.load given what is not a path: a raw TypeError today. The fix belongs in sapt/api.py (`_local_source`:
+# refuse anything but a str or an os.PathLike, as ConfigError "run_dir: expected a path, got ...", before
+# Path(source)), a file another change holds; strict, so the row fails once it is fixed and the mark must go.
+@pytest.mark.parametrize("value", [None, b"runs/x", 3], ids=["None", "bytes", "int"])
+@pytest.mark.xfail(raises=TypeError, strict=True, reason="sapt.api._local_source calls Path() on any value")
+def test_load_refuses_what_is_not_a_path_in_one_line(value):
+    with pytest.raises(ConfigError, match="expected a path"):
+        sapt.load(value)

@@ -49,22 +49,39 @@ def test_a_broken_link_for_the_whole_task_folder_is_named(tmp_path):
         resolve_task_names(tmp_path, "B", ["a"], None)
 
 
-def test_a_file_system_out_of_inodes_is_not_called_out_of_space(tmp_path, monkeypatch):
-    """ENOSPC is also what a write gets when the inodes are gone with bytes to spare (issue 27's probe: "no
-    space left" with 20 MB free); the line says which it is."""
+# (inodes free to users, bytes free, the bytes to write; what the line says). ENOSPC is also what a write gets
+# when the inodes are gone with bytes to spare (issue 27's probe: "no space left" with 20 MB free); and when
+# neither looks exhausted (space reserved for root, full metadata, a quota) the line says what the file
+# system said and that it counts space free, rather than a cause sapt cannot see.
+ENOSPC_CASES = [(0, 20_000_000, 10, "no free inodes left on the device (20,000,000 bytes free, but no room for "
+                                    "another file)"),
+                (1000, 5, 10, "no space left on the device (writing 10 bytes, 5 bytes free)"),
+                (1000, 20_000_000, 10, "no space left on the device, the file system says (writing 10 bytes, "
+                                       "although it counts 20,000,000 bytes free and inodes free")]
+
+
+@pytest.mark.parametrize("favail, free, size, says", ENOSPC_CASES, ids=["inodes", "bytes", "neither"])
+def test_a_full_file_system_says_what_ran_out(favail, free, size, says, tmp_path, monkeypatch):
     import errno
     from types import SimpleNamespace
 
     from sapt import io
 
-    real = io.os.statvfs
-    for favail, says in ((0, "no free inodes left"), (1000, "no space left on the device")):
-        monkeypatch.setattr(io.os, "statvfs", lambda p, favail=favail: SimpleNamespace(
-            **{k: getattr(real(p), k) for k in dir(real(p)) if k.startswith("f_") and k != "f_favail"}, f_favail=favail))
-        error = io._disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "metrics.json", 10)
-        assert isinstance(error, io.DiskFullError)
-        assert says in str(error) and str(tmp_path / "metrics.json") in str(error)
-        assert "run the same command again" in str(error)
+    real = io.os.statvfs(tmp_path)
+    monkeypatch.setattr(io.os, "statvfs", lambda p: SimpleNamespace(
+        **{k: getattr(real, k) for k in dir(real) if k.startswith("f_") and k != "f_favail"}, f_favail=favail))
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda p: SimpleNamespace(total=free * 2, used=free, free=free))
+    error = io._disk_full(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "metrics.json", size)
+    assert isinstance(error, io.DiskFullError)
+    assert says in str(error) and str(error).startswith(str(tmp_path / "metrics.json"))
+    assert "run the same command again" in str(error) and "\n" not in str(error)
+
+
+def test_another_write_error_is_left_as_it_is(tmp_path):
+    import errno
+
+    from sapt import io
+
     other = OSError(errno.EACCES, "Permission denied")
     assert io._disk_full(other, tmp_path / "x", 1) is other
 

@@ -149,7 +149,7 @@ def resolve_task_names(data_dir: str | Path, benchmark: str, tasks: list[str] | 
     """
     bench_dir = _benchmark_dir(data_dir, benchmark)
     if tasks is not None and order is not None:
-        raise DataError(f"{bench_dir}: give either a task list or a task order, not both")
+        raise DataError(f"{bench_dir}: give either a task list (--tasks) or a task order (--order), not both")
     if tasks is not None:
         if not tasks:
             raise DataError(f"{bench_dir}: the task list is empty")

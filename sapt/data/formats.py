@@ -288,6 +288,10 @@ def parse_datasets(path: Path, input_key: str = "input", output_key: str = "outp
                         f"datasets extra (not installed): pip install '{DISTRIBUTION}[datasets]' (or pip install "
                         "datasets)") from None
     what = "a Hugging Face datasets save_to_disk folder"
+    if not any(path.iterdir()):
+        return _fail(f"an empty folder (read as {what}, none was saved in it)", "an empty folder")
+    if _saved_without_rows(path):  # datasets' own reader fails on it with "IndexError: list index out of range"
+        return _fail("no examples (the dataset was saved with no rows)", "no examples")
     try:
         ds = load_from_disk(str(path))
     except Exception as e:  # datasets raises FileNotFoundError, ValueError, pyarrow errors, ...
@@ -338,6 +342,16 @@ def parse_datasets(path: Path, input_key: str = "input", output_key: str = "outp
     if c.split.n_instances == 0:
         return _fail("no examples (the dataset has no rows)", "no examples")
     return c.done("examples")
+
+
+def _saved_without_rows(path: Path) -> bool:
+    """Whether `path` holds a Dataset that save_to_disk wrote with no rows: its state.json lists no data
+    files (a dataset of columns without rows, or of no columns)."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("_data_files") == []
 
 
 _PARSERS = {"jsonl": parse_jsonl, "csv": parse_csv, "datasets": parse_datasets}
