@@ -50,7 +50,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from sapt.models import LoadedModel, eager_attention_on_cpu, load_model  # noqa: E402
-from sapt.modules.blocks.lora import TARGET_PATTERNS, find_targets  # noqa: E402
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig  # noqa: E402
+from sapt.modules.blocks.targets import TARGET_PATTERNS, find_targets  # noqa: E402
 from sapt.modules.merge import merged  # noqa: E402
 from sapt.modules.sapt_model import SAPTModel  # noqa: E402
 from sapt.modules.target_logits import causal_lm_loss  # noqa: E402
@@ -85,11 +86,11 @@ def build_sapt(loaded: LoadedModel, n_blocks: int, r: int, alpha: float, seed: i
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = SAPTModel(LoadedModel(shared_copy(loaded.model), loaded.tokenizer, loaded.family, loaded.name),
-                          r=r, alpha=alpha)
+                          LoRABlocks(LoRAConfig(r=r, alpha=alpha)))
         for t in range(n_blocks):
             model.add_task(f"task{t}")
         with torch.no_grad():  # trained-looking blocks (B is zero at init), small like real ones
-            for layer in model.lora_layers.values():
+            for layer in model.blocks.layers.values():
                 for p in layer.lora_B:
                     p.normal_(std=0.02)
     return model
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"loaded {args.model} in {time.perf_counter() - t0:.1f}s; building models")
     sapt = {T: build_sapt(loaded, T, args.r, args.alpha, seed=T) for T in BLOCK_COUNTS}
     lora = build_peft(loaded, args.r, args.alpha, seed=0)
-    n_adapted = len(sapt[1].lora_layers)
+    n_adapted = len(sapt[1].blocks.layers)
     s15 = sapt[15]
 
     mem: dict[str, int] = {}
@@ -369,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         half = bf16_copy(loaded, args.prompt_len + args.answer_len)
         s15_bf16 = build_sapt(half, 15, args.r, args.alpha, seed=15)
         with torch.no_grad():  # the same blocks and router as the float32 model
-            for name, layer in s15_bf16.lora_layers.items():
+            for name, layer in s15_bf16.blocks.layers.items():
                 for i in range(15):
-                    layer.lora_A[i].copy_(s15.lora_layers[name].lora_A[i])
-                    layer.lora_B[i].copy_(s15.lora_layers[name].lora_B[i])
+                    layer.lora_A[i].copy_(s15.blocks.layers[name].lora_A[i])
+                    layer.lora_B[i].copy_(s15.blocks.layers[name].lora_B[i])
             s15_bf16.router.load_state_dict(s15.router.state_dict())
         s15.eval()
         s15_bf16.eval()
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     out(f"# sapt speed: {args.model}, r={args.r}, {n_adapted} adapted projections; {datetime.date.today()}; "
         f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}")
     base_macs = sum(m.in_features * m.out_features for m in base.modules() if isinstance(m, torch.nn.Linear))
-    mix_macs = sum(15 * args.r * (l.base.in_features + l.base.out_features) for l in s15.lora_layers.values())
+    mix_macs = sum(15 * args.r * (l.base.in_features + l.base.out_features) for l in s15.blocks.layers.values())
     out(f"# arithmetic: the T=15 mixture (rank {15 * args.r} update of q and v) adds {100 * mix_macs / base_macs:.1f}% "
         f"to the {base_macs / 1e6:.1f}M multiply-adds per token of the model's linear layers")
     out(f"# train batch {args.batch}x{args.prompt_len + args.answer_len} tokens; forward the same; generate "

@@ -24,6 +24,7 @@ Nothing here imports torch until `run` or `load` is called: `import sapt` stays 
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -96,7 +97,7 @@ def run(config_file: str | Path | None = None, *, force_new: bool = False,
 
     if not isinstance(_plain(force_new), bool):  # "no" is truthy: it would have started a new directory
         raise ConfigError(f"force_new: expected True or False, got {force_new!r}")
-    cfg = resolve(config, None if config_file is None else str(config_file))
+    cfg = resolve(config, None if config_file is None else str(_a_path("config_file", config_file)))
     if isinstance(allow_config_change, str):
         allow_config_change = [k.strip() for k in allow_config_change.split(",") if k.strip()]
     from sapt.train import run as train_run  # torch, transformers: only now
@@ -171,9 +172,8 @@ class TrainedRun:
         if merge and getattr(self.config, "quantize", "none") != "none":  # W + update needs a float W
             raise ConfigError(f"merge (--merge) adds the mixture to the base weights; this run's base was loaded in "
                               f"{self.config.quantize} (packed, not float): predict without --merge")
-        if merge and self.model.blocks.name != "lora":
-            raise ConfigError(f"merge (--merge) folds LoRA blocks into the base weights; this run's blocks are "
-                              f"{self.model.blocks.name} (pet: {self.model.blocks.name})")
+        if merge and not self.model.blocks.mergeable:
+            raise ConfigError(self.model.blocks.merge_refusal())
         items = self._encode(texts, definition)
         model = self.model
 
@@ -407,6 +407,14 @@ def load(run_dir: str | Path) -> TrainedRun:
 _HUB_REPO = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"  # USER/REPO (a repo's own id; a local path has other forms too)
 
 
+def _a_path(name: str, value: Any) -> str | os.PathLike:
+    """`value` if it is a path (a str or an os.PathLike), else one ConfigError line: Path() would take an int
+    as a TypeError, and bytes or None as something that is not what the user meant."""
+    if isinstance(value, (str, os.PathLike)):
+        return value
+    raise ConfigError(f"{name}: expected a path (a str or a pathlib.Path), got {type(value).__name__} {value!r:.60}")
+
+
 def _local_source(source: str | Path) -> Path:
     """The local folder to load: `source` itself, or, when it names no local path and reads as USER/REPO,
     the snapshot of that Hub repo (which must hold a sapt export)."""
@@ -414,7 +422,7 @@ def _local_source(source: str | Path) -> Path:
 
     from sapt.rundir import EXPORT_MARKER, is_export
 
-    path = Path(source)
+    path = Path(_a_path("run_dir", source))
     if not isinstance(source, str) or path.exists() or not re.match(_HUB_REPO, source):
         return path
     try:

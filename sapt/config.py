@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from sapt.methods import method_names
+from sapt.modules.blocks.registry import block_type_names
 
 
 class ConfigError(ValueError):
@@ -38,7 +39,8 @@ ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.router_setup.in
 ROUTER_SCHEDULES = ("joint", "learn-then-route")  # --router-schedule (sapt.router_fit)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
-PETS = ("lora", "prompt")  # --pet: the block type (sapt.train.build_model, sapt.modules.blocks)
+# --pet: the block types, one folder each under sapt/modules/blocks/ (read without importing them: no torch)
+PETS = block_type_names()
 TEMPLATES = ("family", "release")  # --template: the prompt template (sapt.data.prompts.template_key)
 # --lr-scheduler: transformers' schedules that need nothing but the step counts (sapt.stage_trainer.make_scheduler).
 # Left out: reduce_lr_on_plateau and greedy (driven by a metric, not the step), cosine_with_min_lr,
@@ -189,10 +191,12 @@ class RunConfig:
     # A new task's block: "zero" (the paper: LoRA's B = 0, so the block starts as no change) or "previous"
     # (a copy of the block before it, so that a task starts from what the last one learned, as a single
     # sequentially trained LoRA does; the old blocks stay frozen). Methods with one shared block ignore it.
-    # The kind of per-task block: LoRA on q/v (the paper) or a soft prompt of prompt_len virtual tokens
-    # prepended to the input (sapt.modules.blocks.prompt); methods whose math is LoRA's refuse "prompt".
+    # The kind of per-task block (sapt.modules.blocks.registry): LoRA on q/v (the paper), a soft prompt of
+    # prompt_len virtual tokens prepended to the input (sapt.modules.blocks.prompt), or any other folder there
+    # (ia3); methods whose math is LoRA's refuse the others.
     pet: str = option("lora", section="block", choices=PETS,
-                      help="the per-task block: lora (LoRA on q/v) or prompt (a soft prompt per task)")
+                      help="the per-task block type, a folder of sapt/modules/blocks: lora (LoRA on q/v, the paper), "
+                           "prompt (a soft prompt per task), ...")
     prompt_len: int = option(20, section="block", help="virtual tokens of each task's soft prompt (--pet prompt)")
     # The release's SAPT-Prompt trains each prompt through a residual MLP, P + MLP(P), MLP = Linear(d, hidden)
     # -> ReLU -> Linear(hidden, d), hidden 800 (sapt.modules.blocks.prompt). 0: the prompt is trained directly.
@@ -470,7 +474,8 @@ class RunConfig:
                               "constant_with_warmup (or linear, cosine, ...) or warmup_ratio 0")
         if self.target_modules is not None:
             if self.pet != "lora":
-                raise ConfigError(f"target_modules: pet {self.pet} (soft prompts) adapts no module; target_modules "
+                what = "soft prompts" if self.pet == "prompt" else "its own modules"
+                raise ConfigError(f"target_modules: pet {self.pet} ({what}) adapts no module; target_modules "
                                   "is for LoRA blocks: leave it out")
             from sapt.modules.blocks.lora.config import target_pattern
 

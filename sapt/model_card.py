@@ -26,16 +26,19 @@ from sapt import io
 from sapt.models import RESERVED
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF (Q4_1) was quantised from
-CARD_TAGS = ["continual-learning", "sapt", "lora"]
+CARD_TAGS = ["continual-learning", "sapt"]  # and the block type's own (`BlockType.card_tag`: "lora", ...)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def _traits(cfg: Any) -> SimpleNamespace:
-    """What the card says about the run's method, asked of its plugin (sapt.methods): its one-line summary,
-    whether a router mixes the blocks, whether one block is shared by every stage, its own settings."""
+    """What the card says about the run's method, asked of its plugin (sapt.methods): its one-line summary
+    (in the words of the run's block type), whether a router mixes the blocks, whether one block is shared
+    by every stage, its own settings."""
     from sapt.methods import make_method
+    from sapt.modules.blocks.registry import block_type_of
 
     method = make_method(cfg.method, cfg)
-    return SimpleNamespace(name=method.name, summary=method.summary, routed=method.routed,
+    summary = method.summary.replace("{block}", block_type_of(cfg).block_noun)
+    return SimpleNamespace(name=method.name, summary=summary, routed=method.routed,
                            shared_block=method.block_index(1) == 0, settings=method.settings(cfg))
 
 
@@ -150,17 +153,14 @@ def _score(x: Any) -> str:
 
 
 def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, str]]:
-    """The settings worth knowing to read or reproduce the adapters, from config.yaml."""
-    rows = [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {_v(float(cfg.lora_alpha))} / {_v(float(cfg.lora_dropout))}"),
-            ("adapted projections", _v(info["target_modules"]))]
-    if getattr(cfg, "pet", "lora") == "prompt":
-        rows = [("blocks", f"soft prompts of {cfg.prompt_len} virtual tokens (prompt tuning), mixed per input")]
-        if getattr(cfg, "prompt_mlp_hidden", 0):
-            rows.append(("prompt reparameterisation", f"trained as P + MLP(P), MLP hidden width {cfg.prompt_mlp_hidden} "
-                                                      "(ReLU); exported as the resulting prompt"))
+    """The settings worth knowing to read or reproduce the adapters, from config.yaml; the blocks' own rows
+    come from their type (`BlockType.card_settings`)."""
+    from sapt.modules.blocks.registry import block_type_of
+
+    kind = block_type_of(cfg)
+    rows = kind.card_settings(cfg, info)
     if not method.shared_block:
-        rows.append(("a new task's block starts as", ("embeddings of sampled vocabulary tokens" if getattr(cfg, "pet", "lora") == "prompt" else "zeros (B = 0)")
-                     if cfg.block_init == "zero" else
+        rows.append(("a new task's block starts as", kind.new_block if cfg.block_init == "zero" else
                      "a copy of the previous task's block"))
     rows += method.settings
     data = "the built-in generated suite" if cfg.data_dir is None else f"{cfg.benchmark} (CL_Benchmark layout)"
@@ -391,6 +391,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     `metrics`: the run's metrics.json, or None with `metrics_note` saying why there is none."""
     import yaml
 
+    from sapt.modules.blocks.registry import block_type_of
     from sapt.version import __version__
 
     method = _traits(cfg)
@@ -402,7 +403,8 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     lic = base_license(cfg.model)
     if lic:
         front["license"] = lic
-    front["tags"] = list(CARD_TAGS)
+    kind = block_type_of(cfg)  # the block type (config `pet`)
+    front["tags"] = [*CARD_TAGS, kind.card_tag]
     index = model_index(cfg, info, metrics, Path(info["source_run"]).name)
     if index:
         front["model-index"] = index
@@ -410,9 +412,8 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     order = list(metrics["tasks"]) if metrics else (exported if not joint else list(cfg.tasks or exported))
     family = info["model_family"]
 
-    kind = "prompt-tuning" if getattr(cfg, "pet", "lora") == "prompt" else "LoRA"  # the block type (config `pet`)
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-             f"# Continual-learning {kind} adapters: {' → '.join(map(_text, order))}", "",
+             f"# Continual-learning {kind.card_kind} adapters: {' → '.join(map(_text, order))}", "",
              f"{len(order)} task{'s' if len(order) != 1 else ''} learned "
              f"{'together, in one stage,' if joint else 'one after another'} on `{cfg.model}` with "
              f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{cfg.method}`"
@@ -437,7 +438,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
 
     first = exported[0]
     lines += ["## How to load it", "",
-              f"**One task with PEFT.** {_code(first + '/')} (and each task folder) is a standard PEFT {kind} adapter: the base "
+              f"**One task with PEFT.** {_code(first + '/')} (and each task folder) is a standard PEFT {kind.card_kind} adapter: the base "
               "model with that task's block alone, exactly what sapt computes with all routing weight on that "
               "task.", "", "```python", "from peft import PeftModel", "", _base_loading(cfg, family),
               "ADAPTERS = \"path/to/this/folder\"  # or huggingface_hub.snapshot_download(\"USER/REPO\")",

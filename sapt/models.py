@@ -5,7 +5,7 @@
 - `tiny-t5`, `tiny-llama`, `tiny-qwen2`, `tiny-gemma`, `tiny-phi3`, `tiny-gpt-neox`: small random float32
   models (about 0.1M parameters) built from a config, with an offline byte-level tokenizer. For smoke
   tests only: they learn, but know nothing. One per convention of attention projections
-  (`sapt.modules.blocks.lora.config.TARGET_PATTERNS`): T5's q/v; q_proj/v_proj (LLaMA, Qwen2 with biases,
+  (`sapt.modules.blocks.targets.TARGET_PATTERNS`): T5's q/v; q_proj/v_proj (LLaMA, Qwen2 with biases,
   Gemma with a head size of its own); Phi-3's fused qkv_proj; GPT-NeoX's per-head fused query_key_value.
 
 The family ("seq2seq" for T5-like encoder-decoders, "causal" for decoder-only LMs) decides the prompt

@@ -190,10 +190,15 @@ REFERENCE_KEYS = ("model", "data_dir", "benchmark", "val_size", "max_train_per_t
                   "max_target_length", "max_new_tokens", "backbone_dtype", "stop_at_newline",
                   "pet", "prompt_len", "prompt_mlp_hidden", "lora_dropout", "mixed_precision", "max_grad_norm",
                   "template", "input_field", "output_field", "lr_scheduler", "warmup_ratio", "target_modules")
-# Keys that shape one kind of block only: compared when the run uses that kind (`pet` itself always is), so
-# that a LoRA run's prompt_len, say, cannot refuse a reference that computed exactly the same.
-BLOCK_KIND_KEYS = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "target_modules"),
-                   "prompt": ("prompt_len", "prompt_mlp_hidden")}
+
+
+def block_kind_keys() -> dict[str, tuple[str, ...]]:
+    """Keys that shape one kind of block only (`BlockType.config_keys`): compared when the run uses that kind
+    (`pet` itself always is), so that a LoRA run's prompt_len, say, cannot refuse a reference that computed
+    exactly the same."""
+    from sapt.modules.blocks.registry import BLOCK_TYPES
+
+    return {name: kind.config_keys for name, kind in BLOCK_TYPES.items()}
 
 
 def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
@@ -215,7 +220,8 @@ def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
             return Path(old[key]).resolve() == Path(now[key]).resolve()
         return old[key] == now[key]
 
-    other_kinds = {k for kind, keys in BLOCK_KIND_KEYS.items() if kind != now["pet"] for k in keys}
+    kinds = block_kind_keys()
+    other_kinds = {k for kind, keys in kinds.items() if kind != now["pet"] for k in keys} - set(kinds[now["pet"]])
     differ = [k for k in REFERENCE_KEYS if k not in other_kinds and not same(k)]
     if differ:
         shown = ", ".join(f"{k} {old[k]!r} there, {now[k]!r} here" for k in differ)

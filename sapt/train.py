@@ -57,6 +57,8 @@ from sapt.evaluate import encode_task_split, evaluate_task
 from sapt.manifest import Manifest
 from sapt.methods import Method, make_method
 from sapt.models import eager_attention_on_cpu, load_model, quantize_backend_problem
+from sapt.modules.blocks.registry import build_block_type
+from sapt.modules.router import SharedAttentionRouter
 from sapt.modules.sapt_model import SAPTModel
 from sapt.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
@@ -125,8 +127,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         model = build_model(cfg)
         place(model)
         log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; "
-            + (f"{len(model.lora_layers)} projections adapted" if model.blocks.name == "lora" else
-               f"{model.blocks.name} blocks")
+            + model.blocks.describe()
             + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
         if dist.is_main and not (run_dir / CONFIG).exists():
             io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -572,17 +573,8 @@ def build_model(cfg: RunConfig) -> SAPTModel:
     if cfg.backbone_dtype != "float32" and get_dist().device.type == "cpu":
         eager_attention_on_cpu(loaded.model, cfg.max_source_length + cfg.max_target_length)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation
-    block_type = None  # pet: lora, SAPTModel's default LoRA blocks from r, alpha, dropout
-    if cfg.pet == "prompt":
-        from sapt.modules.blocks.prompt import PromptBlocks, PromptConfig
-
-        block_type = PromptBlocks(PromptConfig(n_virtual=cfg.prompt_len, seed=cfg.seed, mlp_hidden=cfg.prompt_mlp_hidden))
-    elif cfg.target_modules is not None:  # --target-modules: the user's Linears instead of the family's q and v
-        from sapt.modules.blocks import LoRABlocks, LoRAConfig
-
-        block_type = LoRABlocks(LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, target_modules=cfg.target_modules))
-    return SAPTModel(loaded, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, query_hidden=cfg.query_hidden,
-                     block_type=block_type, template=run_template(cfg, loaded.family))
+    router = SharedAttentionRouter(loaded.model.get_input_embeddings().embedding_dim, cfg.query_hidden)
+    return SAPTModel(loaded, block_type=build_block_type(cfg), router=router, template=run_template(cfg, loaded.family))
 
 
 def run_template(cfg: RunConfig, family: str) -> str | None:

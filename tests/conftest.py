@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,21 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "Long_Sequence").is_dir():
         pytest.skip("../shared/data/CL_Benchmark is absent")
     return SHARED_DATA
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Runs whose bytes a test compares with another run's, made with one torch thread, as those other runs
+    are: with two, a reduction's split can follow the machine's load, and a module fixture is built before
+    a function's own one-thread fixture takes hold (the bytes then matched only on an idle machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # The settings every small tiny-llama run of the tests starts from; each test file adds its own on top.

@@ -243,11 +243,11 @@ def test_progprompt_refuses_a_routing_it_cannot_honour(tmp_path):
     assert answer.routing is None
 
 
-# sapt.load given what is not a path: a raw TypeError today. The fix belongs in sapt/api.py (`_local_source`:
-# refuse anything but a str or an os.PathLike, as ConfigError "run_dir: expected a path, got ...", before
-# Path(source)), a file another change holds; strict, so the row fails once it is fixed and the mark must go.
+# sapt.load and sapt.run given what is not a path: one line, not a TypeError from Path() or b'...' read as a name.
 @pytest.mark.parametrize("value", [None, b"runs/x", 3], ids=["None", "bytes", "int"])
-@pytest.mark.xfail(raises=TypeError, strict=True, reason="sapt.api._local_source calls Path() on any value")
 def test_load_refuses_what_is_not_a_path_in_one_line(value):
-    with pytest.raises(ConfigError, match="expected a path"):
+    with pytest.raises(ConfigError, match="run_dir: expected a path"):
         sapt.load(value)
+    if value is not None:  # config_file=None is no config file
+        with pytest.raises(ConfigError, match="config_file: expected a path"):
+            sapt.run(value, model="tiny-llama")

@@ -18,9 +18,11 @@ from torch import nn
 from sapt.cli import main
 from sapt.models import LoadedModel, ModelLoadError, byte_tokenizer, load_model
 from sapt.modules.blocks import RoutingState
-from sapt.modules.blocks.lora import TARGET_PATTERNS, MixtureLoRALinear, find_targets, inject_mixture_lora
+from sapt.modules.blocks.lora import MixtureLoRALinear, inject_mixture_lora
+from sapt.modules.blocks.targets import TARGET_PATTERNS, find_targets
 from sapt.modules.blocks.lora.fused import FusedQKVLoRA, qkv_layouts
 from sapt.modules.merge import merged
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 
 NEW_TINY = ["tiny-qwen2", "tiny-gemma", "tiny-phi3", "tiny-gpt-neox"]
@@ -238,12 +240,12 @@ def test_fused_qkv_gradients_reach_only_the_q_and_v_blocks_and_equal_the_split_m
 @pytest.mark.parametrize("name", ["tiny-phi3", "tiny-gpt-neox"])
 def test_merging_a_fused_qkv_mixture_equals_the_unmerged_model_and_restores_the_weights(name):
     torch.manual_seed(0)
-    model = SAPTModel(load_model(name), r=2)
+    model = SAPTModel(load_model(name), LoRABlocks(LoRAConfig(r=2)))
     model.add_task("a")
     model.add_task("b")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for layer in model.lora_layers.values():
+        for layer in model.blocks.layers.values():
             for p in [*layer.lora_A, *layer.lora_B]:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     ids = INPUTS[:1]
@@ -278,9 +280,9 @@ def test_tiny_backbones_load_offline_as_causal_and_adapt_q_and_v(name):
     a, b = load_model(name, seed=0), load_model(name, seed=1)
     assert torch.equal(next(a.model.parameters()), next(loaded.model.parameters()))  # seeded, reproducible
     assert not torch.equal(next(a.model.parameters()), next(b.model.parameters()))
-    model = SAPTModel(loaded, r=2)
+    model = SAPTModel(loaded, LoRABlocks(LoRAConfig(r=2)))
     expected = {EXPECTED_TARGETS[name].format(i=i, p=p) for i in range(2) for p in "qv"}
-    assert set(model.lora_layers) == expected
+    assert set(model.blocks.layers) == expected
 
 
 @pytest.mark.parametrize("name", NEW_TINY)
@@ -311,7 +313,7 @@ def test_a_model_without_recognised_attention_projections_is_a_clear_error():
     with pytest.raises(ModelLoadError, match=r"model type 'gpt2' has no recognised attention projections"):
         SAPTModel(LoadedModel(_gpt2(), byte_tokenizer(), "causal", "gpt2-like"))
     with pytest.raises(ModelLoadError, match=r"model type 'gpt2'.* matches the LoRA target pattern"):
-        SAPTModel(LoadedModel(_gpt2(), byte_tokenizer(), "causal", "gpt2-like"), target_pattern=r"\.nothing$")
+        SAPTModel(LoadedModel(_gpt2(), byte_tokenizer(), "causal", "gpt2-like"), LoRABlocks(LoRAConfig(target_pattern=r"\.nothing$")))
 
 
 def test_a_fused_query_key_value_of_an_unknown_layout_is_a_clear_error():

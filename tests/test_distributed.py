@@ -18,6 +18,7 @@ from sapt.config import resolve
 from sapt.data import builtin_suite
 from sapt.distributed import get_dist
 from sapt.models import load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 from sapt.train import train_stage
 
@@ -212,7 +213,7 @@ def test_bf16_autocasts_the_forward_and_keeps_the_lora_weights_in_float32(tmp_pa
         cfg = resolve({"model": "tiny-llama", "output": str(tmp_path), "epochs": 1, "lr": 1e-2,
                        "mixed_precision": precision})
         torch.manual_seed(0)
-        model = SAPTModel(load_model("tiny-llama"), r=2)
+        model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
         model.add_task(tasks[0].name)
         seen = []
         proj = model.base.model.layers[0].self_attn.q_proj

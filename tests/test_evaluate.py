@@ -7,12 +7,13 @@ import torch
 from sapt.data import builtin_suite
 from sapt.evaluate import one_line_answers
 from sapt.models import load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 
 
 def model_and_prompts():
     torch.manual_seed(0)
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     model.add_task("t0")
     prompts = {"input_ids": torch.tensor([[0, 0, 9, 8, 7], [3, 4, 5, 6, 7]]),
                "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])}

@@ -50,16 +50,16 @@ def test_export_writes_peft_adapters_and_the_router(exported):
     assert info["tasks"] == names and info["model"] == cfg.model
     assert info["lora_r"] == cfg.lora_r and info["lora_alpha"] == cfg.lora_alpha
     assert info["d_model"] == model.router.d_model and info["hidden"] == cfg.query_hidden
-    expected_targets = sorted({n.rsplit(".", 1)[1] for n in model.lora_layers})
+    expected_targets = sorted({n.rsplit(".", 1)[1] for n in model.blocks.layers})
     assert info["target_modules"] == expected_targets
     for t, task in enumerate(names):
         conf = json.loads((out / task / "adapter_config.json").read_text())
         assert conf["peft_type"] == "LORA" and conf["r"] == cfg.lora_r and conf["lora_alpha"] == cfg.lora_alpha
         assert conf["base_model_name_or_path"] == cfg.model and sorted(conf["target_modules"]) == expected_targets
         tensors = io.load_tensors(out / task / "adapter_model.safetensors")
-        assert set(tensors) == {f"base_model.model.{n}.lora_{x}.weight" for n in model.lora_layers for x in "AB"}
-        for name in model.lora_layers:
-            assert torch.equal(tensors[f"base_model.model.{name}.lora_B.weight"], model.lora_layers[name].lora_B[t])
+        assert set(tensors) == {f"base_model.model.{n}.lora_{x}.weight" for n in model.blocks.layers for x in "AB"}
+        for name in model.blocks.layers:
+            assert torch.equal(tensors[f"base_model.model.{name}.lora_B.weight"], model.blocks.layers[name].lora_B[t])
 
 
 def test_peft_adapter_logits_equal_sapt_routed_one_hot(exported):

@@ -14,6 +14,7 @@ import sapt.export
 from sapt.api import MissingDefinitionWarning
 from sapt.cli import main
 from sapt.config import ConfigError
+from sapt.modules.blocks.prompt import SAPT_PROMPT
 from sapt.rundir import EXPORT_MARKER, stage_tensors
 
 TINY = {"model": "tiny-llama", "tasks": ["topic", "sentiment"], "epochs": 1, "max_train_per_task": 8,
@@ -298,7 +299,7 @@ def test_other_block_layouts_load_from_the_export_as_from_the_run(settings, tmp_
     if "model" in settings:
         assert json.loads((tmp_path / "export" / "router.json").read_text())["fused_qkv_modules"]
     else:
-        assert (tmp_path / "export" / "topic" / sapt.export.SAPT_PROMPT).is_file()
+        assert (tmp_path / "export" / "topic" / SAPT_PROMPT).is_file()
     run, exp = sapt.load(tmp_path / "run"), sapt.load(tmp_path / "export")
     assert answers(exp) == answers(run)
     same_model(run, exp)  # fused: the rank-2r LoRA splits back into the q and v blocks; prompts: P and its MLP

@@ -13,7 +13,7 @@ from conftest import peft_matches_sapt_one_hot, tiny_config
 from sapt import io
 from sapt.cli import main
 from sapt.config import FIELDS
-from sapt.export import adapter_config, fused_modules, peft_state
+from sapt.modules.blocks.lora.export import adapter_config, fused_modules, peft_state
 from sapt.models import load_model
 from sapt.modules.blocks import RoutingState
 from sapt.modules.blocks.lora import inject_mixture_lora
@@ -46,8 +46,8 @@ def test_fused_export_is_a_rank_2r_adapter_on_the_fused_module(exported):
 
     run_dir, out = exported
     cfg, model, names = load_trained(run_dir)
-    fused = sorted({n.rpartition(".")[0] for n in model.lora_layers})
-    assert all(n.rpartition(".")[2] in "qv" for n in model.lora_layers)
+    fused = sorted({n.rpartition(".")[0] for n in model.blocks.layers})
+    assert all(n.rpartition(".")[2] in "qv" for n in model.blocks.layers)
     name = FUSED_NAME[cfg.model]
     info = json.loads((out / "router.json").read_text())
     assert info["target_modules"] == [name] and info["adapted_modules"] == info["fused_qkv_modules"] == fused
@@ -59,7 +59,7 @@ def test_fused_export_is_a_rank_2r_adapter_on_the_fused_module(exported):
         tensors = io.load_tensors(out / task / "adapter_model.safetensors")
         assert set(tensors) == {f"base_model.model.{m}.lora_{x}.weight" for m in fused for x in "AB"}
         for m in fused:
-            q, v = model.lora_layers[f"{m}.q"], model.lora_layers[f"{m}.v"]
+            q, v = model.blocks.layers[f"{m}.q"], model.blocks.layers[f"{m}.v"]
             a, b = tensors[f"base_model.model.{m}.lora_A.weight"], tensors[f"base_model.model.{m}.lora_B.weight"]
             assert torch.equal(a, torch.cat([q.lora_A[t], v.lora_A[t]]))
             rows_q, rows_v = q.base.layout.rows(), v.base.layout.rows()

@@ -11,6 +11,7 @@ from sapt import io
 from sapt.config import ConfigError
 from sapt.methods import METHODS, make_method, orthogonality_loss
 from sapt.models import load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 from sapt.train import run
 
@@ -72,22 +73,22 @@ def test_replay_stores_real_examples_of_old_tasks(runs):
 
 def test_orthogonality_loss_is_zero_for_orthogonal_a_and_positive_otherwise():
     torch.manual_seed(0)
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     model.add_task("a")
     model.add_task("b")
     eye = torch.eye(64)
     with torch.no_grad():
-        for layer in model.lora_layers.values():
+        for layer in model.blocks.layers.values():
             layer.lora_A[0].copy_(eye[:2])
             layer.lora_A[1].copy_(eye[2:4])
     assert orthogonality_loss(model, 1).item() == 0.0
     with torch.no_grad():
-        for layer in model.lora_layers.values():
+        for layer in model.blocks.layers.values():
             layer.lora_A[1].copy_(eye[1:3])  # shares direction 1 with block 0
     # each layer: |A_0 A_1^T| has exactly one entry equal to 1
-    assert orthogonality_loss(model, 1).item() == pytest.approx(len(model.lora_layers))
+    assert orthogonality_loss(model, 1).item() == pytest.approx(len(model.blocks.layers))
     method = make_method("o-lora", lambda_1=2.0, lambda_2=0.0)
-    assert method.extra_loss(model, 1).item() == pytest.approx(2.0 * len(model.lora_layers))
+    assert method.extra_loss(model, 1).item() == pytest.approx(2.0 * len(model.blocks.layers))
 
 
 def test_fwt_is_filled_from_a_per_task_reference_run(runs, tmp_path):

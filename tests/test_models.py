@@ -6,6 +6,7 @@ import torch
 
 from sapt.cli import main
 from sapt.models import ModelLoadError, byte_tokenizer, load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 
 
@@ -45,8 +46,8 @@ def test_the_embedded_default_model_loads_offline_and_gets_a_block_on_every_q_an
     loaded = load_model("smollm2")
     assert loaded.family == "causal"
     n_layers = loaded.model.config.num_hidden_layers
-    model = SAPTModel(loaded, r=4)
-    assert len(model.lora_layers) == 2 * n_layers == 60
+    model = SAPTModel(loaded, LoRABlocks(LoRAConfig(r=4)))
+    assert len(model.blocks.layers) == 2 * n_layers == 60
     model.add_task("a")
     tok = loaded.tokenizer
     batch = tok(["The capital of France is"], return_tensors="pt")

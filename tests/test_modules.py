@@ -9,8 +9,10 @@ from sapt.batching import collate_prompts, collate_train, encode
 from sapt.data import Example
 from sapt.models import load_model
 from sapt.modules.blocks import RoutingState
-from sapt.modules.blocks.lora import TARGET_PATTERNS, MixtureLoRALinear, find_targets
+from sapt.modules.blocks.lora import MixtureLoRALinear
+from sapt.modules.blocks.targets import TARGET_PATTERNS, find_targets
 from sapt.modules.router import masked_max_pool
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 
 EXAMPLES = [Example("the cat sat on the mat", ("yes",)), Example("a dog", ("no answer here",)),
@@ -25,7 +27,7 @@ def batch_for(model: SAPTModel, examples=EXAMPLES):
 def randomize_blocks(model: SAPTModel, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for layer in model.lora_layers.values():
+        for layer in model.blocks.layers.values():
             for p in list(layer.lora_A) + list(layer.lora_B):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
@@ -39,13 +41,13 @@ def test_injection_finds_exactly_q_and_v_of_every_attention_in_tiny_t5():
         expected |= {f"decoder.block.{i}.layer.0.SelfAttention.{p}" for p in "qv"}
         expected |= {f"decoder.block.{i}.layer.1.EncDecAttention.{p}" for p in "qv"}
     assert names == expected
-    model = SAPTModel(loaded, r=2)
+    model = SAPTModel(loaded, LoRABlocks(LoRAConfig(r=2)))
     wrapped = {n for n, m in model.base.named_modules() if isinstance(m, MixtureLoRALinear)}
     assert wrapped == expected  # k and o untouched
 
 
 def test_injection_finds_exactly_q_proj_and_v_proj_in_tiny_llama():
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     wrapped = {n for n, m in model.base.named_modules() if isinstance(m, MixtureLoRALinear)}
     assert wrapped == {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")}
 
@@ -55,7 +57,7 @@ def test_one_task_sapt_equals_plain_peft_lora(name):
     torch.manual_seed(0)
     loaded = load_model(name)
     base_copy = copy.deepcopy(loaded.model)
-    model = SAPTModel(loaded, r=4, alpha=32)
+    model = SAPTModel(loaded, LoRABlocks(LoRAConfig(r=4, alpha=32)))
     model.add_task("only")
     randomize_blocks(model)
     model.eval()
@@ -64,7 +66,7 @@ def test_one_task_sapt_equals_plain_peft_lora(name):
     targets = ["q_proj", "v_proj"] if name == "tiny-llama" else ["q", "v"]
     peft_model = get_peft_model(base_copy, LoraConfig(r=4, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
     with torch.no_grad():
-        for mod_name, layer in model.lora_layers.items():
+        for mod_name, layer in model.blocks.layers.items():
             peft_layer = peft_model.base_model.model.get_submodule(mod_name)
             peft_layer.lora_A["default"].weight.copy_(layer.lora_A[0])
             peft_layer.lora_B["default"].weight.copy_(layer.lora_B[0])
@@ -103,7 +105,7 @@ def test_mixture_equals_explicit_weighted_sum_of_blocks():
 
 def test_routing_weights_are_a_distribution_per_example_and_depend_on_the_input():
     torch.manual_seed(0)
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     for name in "abc":
         model.add_task(name)
     batch = batch_for(model)
@@ -124,7 +126,7 @@ def test_pooling_ignores_padding_and_answer_tokens():
     assert torch.equal(masked_max_pool(emb2, mask), pooled)
     # the training batch of a causal LM pools the prompt only, as generation does
     torch.manual_seed(0)
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     model.add_task("a")
     model.add_task("b")
     items = encode(model.tokenizer, model.family, "Answer.", EXAMPLES, 128, 16)
@@ -139,7 +141,7 @@ def test_pooling_ignores_padding_and_answer_tokens():
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-t5"])
 def test_generation_with_cache_matches_step_by_step_decoding_under_fixed_weights(name):
     torch.manual_seed(0)
-    model = SAPTModel(load_model(name), r=4)
+    model = SAPTModel(load_model(name), LoRABlocks(LoRAConfig(r=4)))
     for t in "ab":
         model.add_task(t)
     randomize_blocks(model, seed=3)

@@ -168,7 +168,7 @@ def test_lora_only_methods_refuse_prompt_blocks(tmp_path, capsys):
     with pytest.raises(ConfigError, match="prompt_len"):
         cfg_of(tmp_path / "c", prompt_len=0)
     with pytest.raises(ConfigError, match="pet"):
-        tiny_config(tmp_path / "d", pet="ia3")
+        tiny_config(tmp_path / "d", pet="no-such-block")
 
 
 @pytest.mark.parametrize("method", ["seq-lora", "inc-lora", "replay", "sapt-hard", "per-task", "mtl"])

@@ -12,6 +12,7 @@ import sapt.pseudo as pseudo
 from sapt.batching import collate_train, encode
 from sapt.data import builtin_suite
 from sapt.models import load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 from sapt.pseudo import PseudoConfig, generate_pseudo_inputs, parse_sample, wanted_count
 
@@ -26,7 +27,7 @@ def tasks():
 
 
 def sapt_model(name: str, n_tasks: int = 2) -> SAPTModel:
-    model = SAPTModel(load_model(name), r=2)
+    model = SAPTModel(load_model(name), LoRABlocks(LoRAConfig(r=2)))
     for i in range(n_tasks):
         model.add_task(f"t{i}")
     return model
@@ -95,7 +96,7 @@ def test_generator_leaves_no_trace(name, tasks, monkeypatch):
     task = tasks[0]
     torch.manual_seed(1)
     with torch.no_grad():  # non-trivial task blocks: they must come back untouched
-        for layer in model.lora_layers.values():
+        for layer in model.blocks.layers.values():
             for p in [*layer.lora_A, *layer.lora_B]:
                 p.add_(torch.randn_like(p) * 0.1)
     model.set_trainable(0)  # something other than what the caller gets back, to see it restored
@@ -120,7 +121,7 @@ def test_generator_leaves_no_trace(name, tasks, monkeypatch):
     inputs, stats = generate_pseudo_inputs(model, task, PseudoConfig(**FAST), max_target=MAX_TARGET)
 
     # only PEFT's generator weights trained: two per adapted projection, none of the mixture's lora_A.N
-    assert len(trainable_during) == 2 * len(model.lora_layers)
+    assert len(trainable_during) == 2 * len(model.blocks.layers)
     assert all(f".lora_A.{pseudo.ADAPTER}." in n or f".lora_B.{pseudo.ADAPTER}." in n for n in trainable_during)
     # nothing left behind
     assert [(n, type(m)) for n, m in model.named_modules()] == modules
@@ -154,7 +155,7 @@ def test_same_seed_same_samples_and_task_blocks_are_off(tasks):
     # same backbone, but task blocks that would change every output if they were on
     live_blocks = sapt_model("tiny-t5")
     with torch.no_grad():
-        for layer in live_blocks.lora_layers.values():
+        for layer in live_blocks.blocks.layers.values():
             for p in layer.lora_B:
                 p.normal_(0, 1.0)
     inputs_b, b = generate_pseudo_inputs(live_blocks, task, cfg, max_target=MAX_TARGET)

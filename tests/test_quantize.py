@@ -170,19 +170,21 @@ def _packed(linear: nn.Linear) -> None:
 
 
 def test_a_fused_qkv_projection_with_packed_weights_is_refused():
+    from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
     from sapt.modules.sapt_model import SAPTModel
 
     loaded = load_model("tiny-phi3")
     _packed(loaded.model.model.layers[0].self_attn.qkv_proj)
     with pytest.raises(ModelLoadError, match="fused q/k/v projection .*quantised"):
-        SAPTModel(loaded, r=2, alpha=4)
+        SAPTModel(loaded, LoRABlocks(LoRAConfig(r=2, alpha=4)))
 
 
 def test_merging_into_packed_weights_is_refused_and_leaves_them_as_they_were():
     from sapt.modules.merge import merged
+    from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
     from sapt.modules.sapt_model import SAPTModel
 
-    model = SAPTModel(load_model("tiny-llama"), r=2, alpha=4)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2, alpha=4)))
     model.add_task("a")
     q = model.base.model.layers[1].self_attn.q_proj.base
     _packed(q)

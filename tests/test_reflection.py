@@ -9,6 +9,7 @@ from conftest import tiny_config
 from sapt import train as train_mod
 from sapt.data import builtin_suite
 from sapt.models import load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 from sapt.reflection import Reflection, ReplaySet, encode_replay, kl_to_target, replay_count
 from sapt.train import run
@@ -34,7 +35,7 @@ def test_replay_count_is_a_ratio_of_the_training_size_at_least_one_at_most_max()
 
 def test_reflection_gradient_reaches_only_the_query_mlp_and_the_current_key():
     torch.manual_seed(0)
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     tasks = builtin_suite(seed=0, n_train=8, n_val=2, n_eval=2)
     for t in tasks[:3]:
         model.add_task(t.name)  # training task 3 now: block 2, key 2 and the query MLP are trainable

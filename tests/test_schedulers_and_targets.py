@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 import yaml
-from conftest import peft_matches_sapt_one_hot, tiny_config
+from conftest import one_torch_thread, peft_matches_sapt_one_hot, tiny_config
 from test_resume import assert_same_run, sapt_run
 
 from sapt import io
@@ -78,7 +78,8 @@ def spy_rates(monkeypatch):
 @pytest.fixture(scope="module")
 def constant(tmp_path_factory):
     out = tmp_path_factory.mktemp("sched") / "constant"
-    run(cfg_of(out))
+    with one_torch_thread():
+        run(cfg_of(out))
     return out
 
 
@@ -184,7 +185,7 @@ def test_the_dry_run_shows_each_stages_warm_up(capsys):
 # ---- --target-modules --------------------------------------------------------------------------------------------
 def adapted(model_name, target_modules=None):
     cfg = resolve({"model": model_name, **({"target_modules": target_modules} if target_modules else {})})
-    return sorted(build_model(cfg).lora_layers)
+    return sorted(build_model(cfg).blocks.layers)
 
 
 def test_target_modules_choose_the_linears_that_get_blocks():

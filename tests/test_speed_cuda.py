@@ -103,7 +103,7 @@ def test_the_backbone_is_seeded_bfloat16_tied_as_its_config_says_and_its_arithme
     assert linear == sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
     sapt = speed.build_sapt(loaded, speed_cuda.N_BLOCKS, r=8, alpha=32.0, seed=15)
     assert mixture == sum(speed_cuda.N_BLOCKS * 8 * (layer.base.in_features + layer.base.out_features)
-                          for layer in sapt.lora_layers.values())
+                          for layer in sapt.blocks.layers.values())
 
 
 @pytest.mark.parametrize("name", ["smollm2", "1b", "7b"])

@@ -14,6 +14,7 @@ from sapt.models import load_model
 from sapt.modules.merge import merged
 from sapt.modules.blocks import RoutingState
 from sapt.modules.blocks.lora import MixtureLoRALinear
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 
 EXAMPLES = [Example("the cat sat on the mat", ("yes",)), Example("a dog", ("no answer here",)),
@@ -165,12 +166,12 @@ def test_frozen_blocks_are_not_saved_for_backward():
 
 def tiny_sapt(name, n_tasks=3, seed=0, scale=0.1):
     torch.manual_seed(seed)
-    model = SAPTModel(load_model(name), r=4, alpha=32)
+    model = SAPTModel(load_model(name), LoRABlocks(LoRAConfig(r=4, alpha=32)))
     for t in range(n_tasks):
         model.add_task(f"t{t}")
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
-        for layer in model.lora_layers.values():
+        for layer in model.blocks.layers.values():
             for p in list(layer.lora_A) + list(layer.lora_B):
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
         for k in model.router.keys:

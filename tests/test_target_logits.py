@@ -4,17 +4,18 @@ import pytest
 import torch
 
 from sapt.models import load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 from sapt.modules.target_logits import causal_lm_loss, head_positions
 
 
 def mixture(n_tasks: int = 2, dtype: torch.dtype = torch.float32, seed: int = 0) -> SAPTModel:
     torch.manual_seed(seed)
-    model = SAPTModel(load_model("tiny-llama", dtype=dtype), r=4)
+    model = SAPTModel(load_model("tiny-llama", dtype=dtype), LoRABlocks(LoRAConfig(r=4)))
     for i in range(n_tasks):
         model.add_task(f"t{i}")
     with torch.no_grad():  # trained-looking blocks: B is zero at initialisation
-        for layer in model.lora_layers.values():
+        for layer in model.blocks.layers.values():
             for b in layer.lora_B:
                 b.normal_(std=0.1)
     return model

@@ -11,6 +11,7 @@ from sapt import io
 from sapt.config import ConfigError, resolve
 from sapt.data import builtin_suite
 from sapt.models import load_model
+from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
 from sapt.train import load_run_tasks, load_trained, run, train_stage
 
@@ -23,7 +24,7 @@ def test_later_stage_trains_only_its_block_its_key_and_the_query_mlp(tmp_path):
     cfg = resolve({"model": "tiny-llama", "output": str(tmp_path), "epochs": 1, "lr": 1e-2})
     tasks = builtin_suite(seed=0, n_train=16, n_val=4, n_eval=4)
     torch.manual_seed(0)
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     model.add_task(tasks[0].name)
     train_stage(model, tasks[0], 0, cfg, tmp_path / "log.jsonl")
     before = snapshot(model)
@@ -133,16 +134,16 @@ def test_router_warmup_freezes_the_router_while_the_new_block_starts(tmp_path):
         cfg = resolve({"model": "tiny-llama", "output": str(tmp_path), "epochs": 1, "lr": 1e-2,
                        "router_warmup": warmup, "batch_size": 8, "router_schedule": "joint"})  # 2 steps; 0.9 of them = both
         torch.manual_seed(0)
-        model = SAPTModel(load_model("tiny-llama"), r=2)
+        model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
         model.add_task(tasks[0].name)
         train_stage(model, tasks[0], 0, cfg, tmp_path / "log.jsonl")
         model.add_task(tasks[1].name)
         before = snapshot(model.router)
-        block_before = model.lora_layers["model.layers.0.self_attn.q_proj"].lora_B[1].detach().clone()
+        block_before = model.blocks.layers["model.layers.0.self_attn.q_proj"].lora_B[1].detach().clone()
         train_stage(model, tasks[1], 1, cfg, tmp_path / "log.jsonl")
         after = snapshot(model.router)
         routers[warmup] = all(torch.equal(before[k], after[k]) for k in before)
-        assert not torch.equal(block_before, model.lora_layers["model.layers.0.self_attn.q_proj"].lora_B[1])
+        assert not torch.equal(block_before, model.blocks.layers["model.layers.0.self_attn.q_proj"].lora_B[1])
     assert routers == {0.0: False, 0.9: True}
 
 
@@ -155,10 +156,10 @@ def test_during_the_warmup_the_new_block_learns_alone(tmp_path):
     trained = []
     for scale in (0.0, 5.0):
         torch.manual_seed(0)
-        model = SAPTModel(load_model("tiny-llama"), r=2)
+        model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
         model.add_task(tasks[0].name)
         with torch.no_grad():
-            for layer in model.lora_layers.values():
+            for layer in model.blocks.layers.values():
                 layer.lora_B[0].normal_(std=scale)  # an old block that changes every output, or none
         model.add_task(tasks[1].name)
         model.set_trainable(1)
@@ -214,7 +215,7 @@ def test_a_bfloat16_backbone_run_trains_and_loads_back_in_bfloat16(tmp_path):
     cfg, model, names = load_trained(out)
     assert cfg.backbone_dtype == "bfloat16" and names == ["topic", "sentiment"]
     assert model.base.get_input_embeddings().weight.dtype == torch.bfloat16
-    assert all(p.dtype == torch.float32 for layer in model.lora_layers.values() for p in layer.lora_A)
+    assert all(p.dtype == torch.float32 for layer in model.blocks.layers.values() for p in layer.lora_A)
     assert model.base.config._attn_implementation == "eager"  # on the CPU (sapt.models.eager_attention_on_cpu)
 
 
@@ -235,7 +236,7 @@ def test_a_task_initialised_key_routes_the_new_task_to_its_block_and_old_tasks_a
     cfg = tiny_cfg("unused", tasks=["topic", "sentiment", "addition"])
     tasks = load_run_tasks(cfg)
     torch.manual_seed(0)
-    model = SAPTModel(load_model("tiny-llama"), r=2)
+    model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     for task in tasks:
         model.add_task(task.name)
     t = 2

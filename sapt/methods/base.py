@@ -75,7 +75,7 @@ class Method:
     # change the answer; False for progprompt, which puts every prompt before the input whatever the weights
     weighs_blocks: bool = True
     trained_as: str | None = None  # a method whose training this one's is, bit for bit (bench/quality.py)
-    summary: str = ""  # one line for the model card of an export (sapt.model_card)
+    summary: str = ""  # one line for the model card of an export (sapt.model_card); "{block}" is the block type's noun
     pet: str | None = None  # the block kind (config `pet`) the method is made for, taken when the config names none
 
     def settings(self, cfg: RunConfig) -> list[tuple[str, str]]:

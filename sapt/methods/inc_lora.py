@@ -7,4 +7,4 @@ from sapt.methods.base import Method, register
 @register
 class IncLoRA(Method):
     name = "inc-lora"
-    summary = "one LoRA block per task; at test time every block with weight 1, the sum of the adapters"
+    summary = "one {block} per task; at test time every block with weight 1, the sum of the adapters"

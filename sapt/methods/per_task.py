@@ -8,7 +8,7 @@ from sapt.methods.base import Method, one_hot_weights, register
 @register
 class PerTask(Method):
     name = "per-task"
-    summary = "one LoRA block per task, used with the true task id: an oracle, and the single-task references"
+    summary = "one {block} per task, used with the true task id: an oracle, and the single-task references"
     needs_task_id = True
 
     def weights(self, model, batch, task_index, training):

@@ -20,5 +20,5 @@ class ProgPrompt(Method):
         return None if pet == "prompt" else f"progprompt concatenates soft prompts: run it with --pet prompt (got pet: {pet})"
 
     def add_stage(self, model, t, task_name):
-        model.blocks.concat = True  # the prefix is every prompt, concatenated, not a mixture
+        model.blocks.set_prefix_mode("concat")  # the prefix is every prompt, concatenated, not a mixture
         super().add_stage(model, t, task_name)

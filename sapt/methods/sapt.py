@@ -12,7 +12,7 @@ from sapt.methods.base import Method, register
 @register
 class SAPT(Method):
     name = "sapt"
-    summary = "one LoRA block per task, mixed per input by the shared attention router, with no task id at test time"
+    summary = "one {block} per task, mixed per input by the shared attention router, with no task id at test time"
 
     def settings(self, cfg):
         rows = [("router: query MLP hidden width", str(cfg.query_hidden)),

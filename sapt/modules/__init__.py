@@ -1,2 +1,2 @@
-"""SALS building blocks: the per-task PET blocks (`blocks/`: the interface, LoRA's mixture layer, injector,
-merge and losses), the router, the SAPT model."""
+"""SALS building blocks: the per-task PET blocks (`blocks/`: the interface, the registry, one folder per block
+type: LoRA, prompt tuning, IA3), the router, the SAPT model."""

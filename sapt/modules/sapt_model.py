@@ -1,5 +1,5 @@
-"""A frozen base model with one PET block per task (LoRA on q/v by default), mixed per input by the
-shared attention router.
+"""A frozen base model with one PET block per task (LoRA on q/v by default, or any type of
+`sapt.modules.blocks.registry`), mixed per input by the shared attention router.
 
 Training task t updates only block t, key t and the shared query MLP. The routing weights are computed
 once per input from the prompt's token embeddings and reused by every layer and every decoding step.
@@ -16,7 +16,9 @@ from torch import nn
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from sapt.models import LoadedModel
-from sapt.modules.blocks import BlockType, LoRABlocks, LoRAConfig, RoutingState
+from sapt.modules.blocks.base import BlockType
+from sapt.modules.blocks.lora import LoRABlocks
+from sapt.modules.blocks.routing import RoutingState
 from sapt.modules.router import SharedAttentionRouter, masked_max_pool
 from sapt.modules.target_logits import causal_lm_loss, contiguous_head_input
 
@@ -38,17 +40,15 @@ class SAPTModel(nn.Module):
     def __init__(
         self,
         loaded: LoadedModel,
-        r: int = 4,
-        alpha: float = 32.0,
-        dropout: float = 0.0,
-        query_hidden: int = 100,
-        target_pattern: str | None = None,
         block_type: BlockType | None = None,
+        router: SharedAttentionRouter | None = None,
         template: str | None = None,
     ):
-        """`r`, `alpha`, `dropout` and `target_pattern` configure the default LoRA blocks; a `block_type`
-        given instead brings its own settings. `template`: the prompt template every encoding of this model
-        uses (a key of sapt.data.PROMPT_TEMPLATES, `sapt.data.prompts.template_key`); None: the family's."""
+        """`block_type`: the per-task blocks with their settings (`sapt.modules.blocks.registry.build_block_type`
+        from a run config); None: LoRA with its defaults (r 4, alpha 32, q and v). `router`: the shared
+        attention router over the backbone's embedding size; None: one with a query MLP of hidden width 100.
+        `template`: the prompt template every encoding of this model uses (a key of sapt.data.PROMPT_TEMPLATES,
+        `sapt.data.prompts.template_key`); None: the family's."""
         super().__init__()
         self.base = loaded.model
         self.family = loaded.family
@@ -57,19 +57,14 @@ class SAPTModel(nn.Module):
         self.base.requires_grad_(False)
         contiguous_head_input(self.base)
         self.state = RoutingState()
-        self.blocks = block_type or LoRABlocks(LoRAConfig(r, alpha, dropout, target_pattern))
+        self.blocks = block_type if block_type is not None else LoRABlocks()
         pet = self.blocks.attach(self.base, self.family, self.state)
         if pet is not None:
             self.pet = pet  # parameters outside the backbone (a prompt type's embeddings)
-        self.router = SharedAttentionRouter(self.base.get_input_embeddings().embedding_dim, query_hidden)
+        self.router = router if router is not None else SharedAttentionRouter(self.base.get_input_embeddings().embedding_dim)
         self.task_names: list[str] = []
         self._newline_tokens: torch.Tensor | None = None
         self.sharded = False  # backbone blocks under FSDP: every generate() must run in step (synced_gpus)
-
-    @property
-    def lora_layers(self) -> dict[str, nn.Module]:
-        """The adapted layers by module path (for LoRA: the `MixtureLoRALinear`s); `self.blocks.layers`."""
-        return self.blocks.layers
 
     # ---- tasks and what trains -------------------------------------------------------------------
     @property

@@ -9,6 +9,20 @@ from __future__ import annotations
 import torch
 
 
+def one_input_weights(weights: torch.Tensor, n_blocks: int, state: "RoutingState") -> torch.Tensor:
+    """The (T,) weights of one input for a block type's `merged`, from (1, T) or (T,); refused when the
+    shape is not one input's or the model is merged already."""
+    w = weights.detach()
+    if w.dim() == 2 and w.shape[0] == 1:
+        w = w[0]
+    if w.dim() != 1 or w.shape[0] != n_blocks:
+        raise ValueError(f"merged() takes the mixing weights of one input, shape (1, {n_blocks}); "
+                         f"got {tuple(weights.shape)}")
+    if state.merged:
+        raise RuntimeError("the model is already merged")
+    return w
+
+
 class RoutingState:
     """The per-example block weights of the current batch, shared by every adapted layer.
 

@@ -3,13 +3,14 @@
     y = W x + b + sum_i w_i(x) * (alpha / r) * B_i A_i x        (the layer: `layer.MixtureLoRALinear`)
 
 Block t is the pair (A_t, B_t) of every adapted projection. Its saved names are PEFT's, by module path
-in the backbone: `<module>.lora_A.weight` (r, in) and `<module>.lora_B.weight` (out, r), which is what
-`sapt.export` maps to a standard PEFT adapter. A fused q/k/v projection (Phi-3, GPT-NeoX, Falcon) is
+in the backbone: `<module>.lora_A.weight` (r, in) and `<module>.lora_B.weight` (out, r), which `export.py`
+maps to a standard PEFT LoRA adapter (`sapt export`). A fused q/k/v projection (Phi-3, GPT-NeoX, Falcon) is
 adapted on its q and v parts, named `<module>.q.lora_A.weight` etc. (`fused`).
 """
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,11 +18,12 @@ from torch import nn
 from sapt.modules.blocks.base import BlockType
 from sapt.modules.blocks.lora.config import LoRAConfig
 from sapt.modules.blocks.lora.fused import MixtureLoRASlice
-from sapt.modules.blocks.lora.inject import check_user_targets, inject_mixture_lora
+from sapt.modules.blocks.lora.inject import inject_mixture_lora
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
 from sapt.modules.blocks.lora.losses import l2_loss, orthogonality_loss
 from sapt.modules.blocks.lora.merge import merged_lora
 from sapt.modules.blocks.routing import RoutingState
+from sapt.modules.blocks.targets import check_user_targets
 
 
 class LoRABlocks(BlockType):
@@ -30,11 +32,22 @@ class LoRABlocks(BlockType):
 
     name = "lora"
     extra_losses = ("orthogonality", "l2")
+    mergeable = True
+    card_kind, card_tag, block_noun, new_block = "LoRA", "lora", "LoRA block", "zeros (B = 0)"
+    config_keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
 
     def __init__(self, config: LoRAConfig | None = None):
         super().__init__()
         self.config = config or LoRAConfig()
         self.layers: dict[str, MixtureLoRALinear] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> LoRABlocks:
+        """r, alpha, dropout (`lora_r`, `lora_alpha`, `lora_dropout`) and --target-modules (None: q and v)."""
+        return cls(LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, target_modules=cfg.target_modules))
+
+    def describe(self) -> str:
+        return f"{len(self.layers)} projections adapted"
 
     def attach(self, model: nn.Module, family: str, state: RoutingState) -> None:
         c = self.config
@@ -42,14 +55,6 @@ class LoRABlocks(BlockType):
         if c.target_modules is not None and c.target_pattern is None:  # a user's --target-modules
             check_user_targets(model, c.target_modules, c.pattern(family))
         self.layers = inject_mixture_lora(model, c.pattern(family), state, c.r, c.alpha, c.dropout)
-
-    @property
-    def n_blocks(self) -> int:
-        return next(iter(self.layers.values())).n_blocks
-
-    def add_block(self) -> None:
-        for layer in self.layers.values():
-            layer.add_block()
 
     def block_parameters(self, t: int) -> list[nn.Parameter]:
         return [p for layer in self.layers.values() for p in (layer.lora_A[t], layer.lora_B[t])]
@@ -93,3 +98,12 @@ class LoRABlocks(BlockType):
 
     def merged(self, weights: torch.Tensor) -> AbstractContextManager[None]:
         return merged_lora(self.layers.values(), self.state, self.n_blocks, weights)
+
+    # ---- the export and the model card -----------------------------------------------------------
+
+    @classmethod
+    def card_settings(cls, cfg: Any, info: dict[str, Any]) -> list[tuple[str, str]]:
+        from sapt.model_card import _v
+
+        return [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {_v(float(cfg.lora_alpha))} / {_v(float(cfg.lora_dropout))}"),
+                ("adapted projections", _v(info["target_modules"]))]

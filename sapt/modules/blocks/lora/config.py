@@ -4,18 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# q and v of every attention module. T5: encoder self-attention, decoder self-attention and decoder
-# cross-attention. Causal LMs, every self-attention, by the module names of their convention:
-#   self_attn.q_proj / self_attn.v_proj      LLaMA, Mistral, Qwen2, Gemma, SmolLM (separate projections)
-#   self_attn.qkv_proj                       Phi-3 (fused [q; k; v])
-#   attention.query_key_value                GPT-NeoX / Pythia (fused, per head [q; k; v])
-#   self_attention.query_key_value           Falcon (fused; its layout follows the config's flags)
-# A fused projection gets blocks on its q and v parts only (`fused.py`). k and o get no block (docs/method.md).
-TARGET_PATTERNS = {
-    "seq2seq": r"(^|\.)(SelfAttention|EncDecAttention)\.(q|v)$",
-    "causal": r"(^|\.)(self_attn\.(q_proj|v_proj|qkv_proj)|(attention|self_attention)\.query_key_value)$",
-}
-
+from sapt.modules.blocks.targets import TARGET_PATTERNS
 
 # A --target-modules text (sapt.config.RunConfig.target_modules), read as PEFT reads its target_modules: names
 # (PEFT's list) match a module whose full name is one of them or ends in "." + one; anything else is one regular
@@ -24,7 +13,7 @@ MODULE_NAMES = re.compile(r"[\w.]+(\s*,\s*[\w.]+)*")
 
 
 def target_pattern(target_modules: str) -> str:
-    r"""The pattern `inject.find_targets` searches for, from a --target-modules text: `q_proj,v_proj` gives
+    r"""The pattern `targets.find_targets` searches for, from a --target-modules text: `q_proj,v_proj` gives
     `(^|\.)(q_proj|v_proj)$`, a regular expression R gives `\A(?:R)\Z` (a whole-name match, as PEFT's
     re.fullmatch). A ValueError for a text that names nothing or a regular expression that does not compile."""
     text = target_modules.strip()

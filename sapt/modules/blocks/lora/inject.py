@@ -1,60 +1,21 @@
 """Find the attention projections to adapt by module-name pattern and wrap them, as PEFT's injector does.
 
-No model file is forked: any checkpoint whose module names follow one of the conventions of
-`config.TARGET_PATTERNS` works (T5, mT5, Flan-T5; LLaMA, Mistral, Qwen2, Gemma, SmolLM; Phi-3; GPT-NeoX /
-Pythia, Falcon), whatever its sizes (T5 with n_heads*d_kv != d_model too). A matched separate
-projection becomes a `MixtureLoRALinear`; a matched fused q/k/v projection (`fused.FUSED_QKV`) becomes a
+The targets are found by `sapt.modules.blocks.targets`, shared by every block type: any checkpoint whose
+module names follow one of the conventions of `targets.TARGET_PATTERNS` works (T5, mT5, Flan-T5; LLaMA,
+Mistral, Qwen2, Gemma, SmolLM; Phi-3; GPT-NeoX / Pythia, Falcon), whatever its sizes (T5 with
+n_heads*d_kv != d_model too). A matched separate projection becomes a `MixtureLoRALinear`; a matched fused q/k/v projection (`fused.FUSED_QKV`) becomes a
 `FusedQKVLoRA` whose q and v parts are adapted layers of their own, `<module>.q` and `<module>.v`.
 """
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
-from sapt.modules.blocks.lora.config import TARGET_PATTERNS
 from sapt.modules.blocks.lora.fused import FUSED_QKV, FusedQKVLoRA, qkv_layouts
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
 from sapt.modules.blocks.routing import RoutingState
+from sapt.modules.blocks.targets import TARGET_PATTERNS, find_targets, model_type
 
-__all__ = ["TARGET_PATTERNS", "check_user_targets", "find_targets", "inject_mixture_lora", "linear_names"]
-
-
-def find_targets(model: nn.Module, pattern: str) -> list[str]:
-    """Names of the `nn.Linear` modules whose full name matches `pattern`."""
-    regex = re.compile(pattern)
-    return [n for n, m in model.named_modules() if regex.search(n) and isinstance(m, nn.Linear)]
-
-
-def linear_names(model: nn.Module) -> list[str]:
-    """The distinct last parts of the names of the model's `nn.Linear` modules, in the model's order
-    (q_proj, k_proj, ..., lm_head): what --target-modules can name."""
-    return list(dict.fromkeys(n.rpartition(".")[2] for n, m in model.named_modules() if isinstance(m, nn.Linear) and n))
-
-
-def check_user_targets(model: nn.Module, target_modules: str, pattern: str) -> None:
-    """Refuse a --target-modules text (`pattern`, from `config.target_pattern`) that matches no Linear of the
-    model, naming the Linears there are, or that matches the output layer (the LM head): its input holds only
-    the answer positions of a batch (sapt.modules.target_logits), which a per-example mixture cannot weigh,
-    and PEFT's "all-linear" leaves it out too."""
-    from sapt.models import ModelLoadError
-
-    names = find_targets(model, pattern)
-    if not names:
-        first = next((n for n, m in model.named_modules() if isinstance(m, nn.Linear)), None)
-        raise ModelLoadError(f"--target-modules {target_modules!r} matches no Linear module of the model (model type "
-                             f"{model_type(model)!r}); its Linear modules: {', '.join(linear_names(model))}"
-                             + (f" (full names such as {first})" if first else ""))
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    hit = next((n for n in names if head is not None and model.get_submodule(n) is head), None)
-    if hit is not None:
-        raise ModelLoadError(f"--target-modules {target_modules!r} matches {hit}, the model's output layer (LM head), "
-                             "which sapt does not adapt; name the modules without it")
-
-
-def model_type(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    return getattr(config, "model_type", None) or type(model).__name__
+__all__ = ["inject_mixture_lora"]
 
 
 def inject_mixture_lora(

@@ -19,21 +19,14 @@ import torch
 
 from sapt.modules.blocks.lora.fused import FusedRows
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
-from sapt.modules.blocks.routing import RoutingState
+from sapt.modules.blocks.routing import RoutingState, one_input_weights
 
 
 @contextmanager
 def merged_lora(layers: Iterable[MixtureLoRALinear], state: RoutingState, n_blocks: int,
                 weights: torch.Tensor) -> Iterator[None]:
     """W' = W + sum_i w_i * scaling * B_i A_i in every layer while inside; W itself back on exit."""
-    w = weights.detach()
-    if w.dim() == 2 and w.shape[0] == 1:
-        w = w[0]
-    if w.dim() != 1 or w.shape[0] != n_blocks:
-        raise ValueError(f"merged() takes the mixing weights of one input, shape (1, {n_blocks}); "
-                         f"got {tuple(weights.shape)}")
-    if state.merged:
-        raise RuntimeError("the model is already merged")
+    w = one_input_weights(weights, n_blocks, state)
     originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     fused: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}  # fused weight -> its merged copy
     try:
