@@ -316,15 +316,28 @@ class RunConfig:
     pseudo_ratio: float = option(0.02, section="reflection",
                                  help="replay inputs per task as a fraction of its training size, at least 1")
     pseudo_max: int = option(50, section="reflection", help="at most this many replay inputs per task")
-    pseudo_epochs: int = option(1, section="reflection", help="epochs of the pseudo-sample generator LoRA")
+    # The generator's cost scales with the task's by default (issue 28): a quarter of the task's own training
+    # batches, and samples as long as most of the task's inputs. `pseudo_steps` or `pseudo_epochs` set a budget
+    # of their own; a run saved before the budget wrote `pseudo_epochs: 1` and `pseudo_max_new_tokens: 128`.
+    pseudo_epochs: int | None = option(None, section="reflection",
+                                       default_help="--pseudo-step-fraction of the task's training batches",
+                                       help="passes of the pseudo-sample generator LoRA over the task's inputs")
     pseudo_steps: int | None = option(None, section="reflection",
-                                      default_help="--pseudo-epochs passes over the task's inputs",
+                                      default_help="--pseudo-step-fraction of the task's training batches",
                                       help="optimiser steps of the generator LoRA, a budget of its own")
+    pseudo_step_fraction: float = option(0.25, section="reflection",
+                                         help="the generator's steps as a fraction of the task's own training "
+                                              "batches (epochs x batches per epoch), at least 1; used when neither "
+                                              "--pseudo-steps nor --pseudo-epochs is given")
     pseudo_lr: float = option(1e-3, section="reflection", help="learning rate of the generator LoRA")
     pseudo_r: int = option(8, section="reflection", help="rank of the generator LoRA")
     pseudo_top_k: int = option(20, section="reflection", help="top-k sampling of pseudo inputs")
     pseudo_repetition_penalty: float = option(2.5, section="reflection", help="repetition penalty of pseudo sampling")
-    pseudo_max_new_tokens: int = option(128, section="reflection", help="length limit of a pseudo sample")
+    pseudo_max_new_tokens: int | None = option(None, section="reflection",
+                                               default_help="the 75th percentile of the task's input lengths in "
+                                                            "tokens, rounded up to 8, within 8..min(128, "
+                                                            "--max-source-length)",
+                                               help="length limit of a pseudo sample")
 
     def validate(self) -> None:
         positive = ["lora_r", "epochs", "batch_size", "grad_accum", "max_source_length",
@@ -394,8 +407,10 @@ class RunConfig:
         if self.kl_ratio is not None and self.kl_ratio < 0:
             raise ConfigError(f"kl_ratio must be >= 0, got {self.kl_ratio}")
         for name in ("replay_every", "pseudo_max", "pseudo_epochs", "pseudo_r", "pseudo_top_k", "pseudo_max_new_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.pseudo_step_fraction <= 10:
+            raise ConfigError(f"pseudo_step_fraction must be in (0, 10], got {self.pseudo_step_fraction}")
         if not 0 < self.pseudo_ratio <= 1:
             raise ConfigError(f"pseudo_ratio must be in (0, 1], got {self.pseudo_ratio}")
         if not 0 <= self.lora_dropout < 1:
@@ -544,6 +559,7 @@ SAVED_ORDER = (
     "eval_every",
     "route_without_definition",
     "quantize",
+    "pseudo_step_fraction",
 )
 if len(set(SAVED_ORDER)) != len(SAVED_ORDER) or not set(SAVED_ORDER) <= set(FIELDS):
     raise RuntimeError("SAVED_ORDER must list config keys, each once")
@@ -569,8 +585,9 @@ def default_text(name: str) -> str | None:
     None (nothing to say)."""
     f = FIELDS[name]
     value = default_value(name)
+    preset = f"; {_show(BUILTIN_PRESET[name])} on the built-in suite" if name in BUILTIN_PRESET else ""
     if value is None or value in ([], {}):
-        return f"(default: {f.metadata['default_help']})" if f.metadata["default_help"] else None
+        return f"(default: {f.metadata['default_help']}{preset})" if f.metadata["default_help"] else None
     text = f"(default {_show(value)}"
     if name in BUILTIN_PRESET and BUILTIN_PRESET[name] != value:
         text += f"; {_show(BUILTIN_PRESET[name])} on the built-in suite"

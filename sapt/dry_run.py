@@ -22,13 +22,14 @@ __all__ = ["dry_run", "quantize_note", "stage_plan"]
 
 def stage_plan(cfg: RunConfig) -> list[dict]:
     """One row per stage: its task, training / validation / evaluation sizes, optimiser steps per epoch and
-    in all, the steps with the router frozen (the warm-up) and the task's reflection inputs (None when the
-    method does not reflect). Reads the task data; a missing data folder is one ConfigError line."""
+    in all, the steps with the router frozen (the warm-up), the task's reflection inputs (None when the
+    method does not reflect) and its generator's training batches (None unless they are generated). Reads the task data; a missing data folder is one ConfigError line."""
     if cfg.data_dir is not None and not (Path(cfg.data_dir) / str(cfg.benchmark)).is_dir():
         where = cfg.data_dir if not Path(cfg.data_dir).is_dir() else Path(cfg.data_dir) / str(cfg.benchmark)
         raise ConfigError(f"--dry-run: the data folder {where} is absent; the step counts need the task data "
                           "(give --data-dir DIR)")
     from sapt.methods import make_method
+    from sapt.pseudo import PseudoConfig, generator_steps
     from sapt.reflection import replay_count
     from sapt.stage_trainer import lr_warmup_steps, optimiser_steps_per_epoch
     from sapt.train import load_run_tasks, load_unseen_tasks
@@ -37,6 +38,8 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
     load_unseen_tasks(cfg, tasks)  # refused here as the run would refuse it
     method = make_method(cfg.method, cfg)
     reflects = method.reflects(cfg)
+    generates = reflects and cfg.reflection_source == "generated"
+    pseudo = PseudoConfig.from_run(cfg, seed=cfg.seed)
     rows = []
     for t, stage in enumerate(method.stages(tasks)):
         n_train = method.training_size(t, stage, tasks, cfg)
@@ -50,6 +53,7 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
             "router_frozen": min(method.warmup_steps(cfg, t, per_epoch), per_epoch * cfg.epochs) if method.routed else None,
             "replay_inputs": replay_count(len(stage.train), cfg.pseudo_ratio, cfg.pseudo_max) if reflects else None,
             "lr_warmup": lr_warmup_steps(cfg.warmup_ratio, per_epoch * cfg.epochs),
+            "generator_steps": generator_steps(len(stage.train), pseudo) if generates else None,
         })
     return rows
 
@@ -83,12 +87,19 @@ def dry_run(cfg: RunConfig) -> str:
     if cfg.router_schedule == "learn-then-route" and any(r["router_frozen"] is not None for r in rows):
         lines.append(f"# router: learn, then route: frozen for each stage's steps (the block learns alone), then, from "
                      f"stage 2, fitted alone for {cfg.router_fit_steps} steps with every block frozen")
+    generates = any(r["generator_steps"] is not None for r in rows)
+    if generates:
+        lines.append("# reflection: after each stage a generator LoRA trains for `generator steps` batches of "
+                     f"{cfg.batch_size} on the task's inputs, then samples its replay inputs"
+                     + (f" of up to {cfg.pseudo_max_new_tokens} tokens" if cfg.pseudo_max_new_tokens is not None else
+                        " as long as three of the task's inputs in four (at most 128 tokens)"))
     warm = cfg.warmup_ratio > 0  # the column only then: the default plan reads as it always has
     head = ["stage", "task", "train", "val", "eval", "steps/epoch", "optimiser steps", "router frozen", "replay inputs",
-            *(["lr warm-up"] if warm else [])]
+            *(["generator steps"] if generates else []), *(["lr warm-up"] if warm else [])]
     table = [[str(r["stage"]), r["task"], str(r["train"]), str(r["val"]), str(r["eval"]), str(r["steps_per_epoch"]),
               str(r["steps"]), "-" if r["router_frozen"] is None else str(r["router_frozen"]),
               "-" if r["replay_inputs"] is None else str(r["replay_inputs"]),
+              *([str(r["generator_steps"])] if generates else []),
               *([str(r["lr_warmup"])] if warm else [])] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     for row in [head, *table]:

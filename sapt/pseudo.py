@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
@@ -56,27 +56,36 @@ class PseudoConfig:
     r: int = 8
     alpha: float = 32.0
     lr: float = 1e-3
-    epochs: int = 1
-    steps: int | None = None  # optimiser steps of the generator; None: `epochs` passes over the inputs
+    # The generator's steps: `steps` if set, else `epochs` passes over the inputs if set, else the budget,
+    # `step_fraction` of the task's own training batches (`task_epochs` passes of `batch_size`), at least 1.
+    epochs: int | None = None
+    steps: int | None = None
+    step_fraction: float = 0.25
+    task_epochs: int = 1  # the run's epochs per task: what the task itself trained
     batch_size: int = 8  # generator training batch
     top_k: int = 20
     repetition_penalty: float = 2.5
     temperature: float = 1.0
-    max_new_tokens: int = 128  # must cover definition + separator + input, or samples come out cut
+    # The length limit of a sample; None: from the task's inputs (`sample_length`). An input longer than the
+    # limit is learned cut, and its samples come out cut.
+    max_new_tokens: int | None = None
     oversample: int = 4  # at most oversample * wanted samples are drawn
     seed: int = 0
     sample_batch_size: int = 16  # sequences drawn per generate() call
 
     def __post_init__(self) -> None:
-        if self.ratio <= 0 or self.max_samples < 1 or self.oversample < 1 or self.epochs < 0 or \
-                (self.steps is not None and self.steps < 1):
+        if self.ratio <= 0 or self.max_samples < 1 or self.oversample < 1 or self.step_fraction <= 0 or \
+                self.task_epochs < 1 or (self.epochs is not None and self.epochs < 0) or \
+                (self.steps is not None and self.steps < 1) or \
+                (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise ValueError(f"bad pseudo-sample settings: {self}")
 
     # Each setting that a run config sets, and its key there (the generator trains with the run's batch size);
     # the others (alpha, temperature, oversample, sample_batch_size) keep their defaults here.
     RUN_KEYS: ClassVar[dict[str, str]] = {
         "ratio": "pseudo_ratio", "max_samples": "pseudo_max", "r": "pseudo_r", "lr": "pseudo_lr",
-        "epochs": "pseudo_epochs", "steps": "pseudo_steps", "batch_size": "batch_size", "top_k": "pseudo_top_k",
+        "epochs": "pseudo_epochs", "steps": "pseudo_steps", "step_fraction": "pseudo_step_fraction",
+        "task_epochs": "epochs", "batch_size": "batch_size", "top_k": "pseudo_top_k",
         "repetition_penalty": "pseudo_repetition_penalty", "max_new_tokens": "pseudo_max_new_tokens",
     }
 
@@ -107,16 +116,21 @@ def parse_sample(text: str) -> str | None:
 
 
 # ---- pieces ------------------------------------------------------------------------------------------
-def _encode(model: SAPTModel, task: Task, max_source: int, max_target: int) -> tuple[list[Encoded], list[int]]:
-    """Prompt = definition + trigger, target = the input + EOS (loss on the target only)."""
+def _encode(model: SAPTModel, task: Task, max_source: int, max_target: int,
+            max_new_tokens: int | None) -> tuple[list[Encoded], list[int], int]:
+    """Prompt = definition + trigger, target = the input + EOS (loss on the target only), and the samples'
+    length limit (`max_new_tokens`, or `sample_length` of the inputs when None). The generator is trained on
+    inputs no longer than it may write, so that its samples end with EOS instead of being cut."""
     tok = model.tokenizer
     prompt = list(tok([generator_prompt(task.definition)], add_special_tokens=True)["input_ids"][0])
     if model.family == "causal" and prompt and prompt[-1] == tok.eos_token_id:
         prompt = prompt[:-1]  # the sample must follow the trigger, as in sapt.batching.encode
     prompt = truncate_middle(prompt, max_source)
-    targets = tok([ex.input for ex in task.train], add_special_tokens=False)
-    items = [Encoded(prompt, list(t)[: max_target - 1] + [tok.eos_token_id]) for t in targets["input_ids"]]
-    return items, prompt
+    targets = [list(t) for t in tok([ex.input for ex in task.train], add_special_tokens=False)["input_ids"]]
+    length = max_new_tokens if max_new_tokens is not None else sample_length([len(t) for t in targets], max_source)
+    cut = min(max_target, length)
+    items = [Encoded(prompt, t[: cut - 1] + [tok.eos_token_id]) for t in targets]
+    return items, prompt, length
 
 
 def _attach_generator(model: SAPTModel, cfg: PseudoConfig):
@@ -144,10 +158,47 @@ def batches_per_pass(n_items: int, cfg: PseudoConfig) -> int:
     return -(-n_items // cfg.batch_size)
 
 
+def generator_steps(n_items: int, cfg: PseudoConfig) -> int:
+    """How many batches the generator trains on: `cfg.steps`, else `cfg.epochs` passes over the items, else
+    the budget: `cfg.step_fraction` of the batches the task itself trained on, rounded up.
+
+    Why a fraction by default: with one pass, a 1-epoch task paid as much again for its generator, and a
+    user who did not know the keys paid 80% more than seq-lora for a run (issue 28). Reflection needs
+    replay inputs that route like the task's, not a generator that writes them well: long-mini's tuned
+    8 steps for a 32-step task kept all of reflection's effect (BENCHMARKS.md, "Reflection on a budget"),
+    and the default budget is that quarter."""
+    if cfg.steps is not None:
+        return cfg.steps
+    per_pass = batches_per_pass(n_items, cfg)
+    if cfg.epochs is not None:
+        return cfg.epochs * per_pass
+    return max(1, math.ceil(cfg.step_fraction * cfg.task_epochs * per_pass))
+
+
+# The budgeted sample length stays within these: 8 tokens say something about a task's inputs, and past 128
+# (the old default limit) a sample costs more than a replay prompt cut to a CPU protocol's sources keeps.
+SAMPLE_LENGTH_MIN, SAMPLE_LENGTH_MAX = 8, 128
+
+
+def sample_length(input_lengths: list[int], max_source: int) -> int:
+    """The default length limit of a sample: the 75th percentile of the task's input lengths in tokens,
+    rounded up to a multiple of 8, within 8..min(128, max_source).
+
+    A replay prompt is cut to `max_source` tokens anyway, and the router reads a pooled prompt, so a sample
+    needs the look of the task's inputs, not their full length: three inputs in four fit whole, the longest
+    quarter are learned and written cut. sst2's sentences get 24 tokens, amazon's reviews 128."""
+    if not input_lengths:
+        return min(SAMPLE_LENGTH_MAX, max_source)
+    ordered = sorted(input_lengths)
+    p75 = ordered[min(len(ordered) - 1, math.ceil(0.75 * len(ordered)) - 1)]
+    rounded = -(-p75 // 8) * 8
+    return max(SAMPLE_LENGTH_MIN, min(rounded, SAMPLE_LENGTH_MAX, max_source))
+
+
 def generator_batches(n_items: int, cfg: PseudoConfig) -> list[list[int]]:
-    """The generator's training batches: `cfg.steps` batches when set (reshuffled passes over the items,
-    the last pass cut short), else `cfg.epochs` passes."""
-    steps = cfg.steps if cfg.steps is not None else cfg.epochs * batches_per_pass(n_items, cfg)
+    """The generator's training batches (`generator_steps` of them): reshuffled passes over the items, the
+    last pass cut short."""
+    steps = generator_steps(n_items, cfg)
     batches: list[list[int]] = []
     while len(batches) < steps:
         perm = torch.randperm(n_items).tolist()
@@ -246,15 +297,16 @@ def generate_pseudo_inputs(
 
     Returns the inputs (the task's input part only, to be formatted with the task definition by the
     caller) and stats: wanted, count, attempts, well_formed_fraction, distinct_fraction (distinct among
-    the well-formed), novel_fraction (returned inputs equal to no training input), steps, loss (mean per pass over the inputs),
-    preview, seconds, settings. The list may be shorter than `wanted`, or empty.
+    the well-formed), novel_fraction (returned inputs equal to no training input), steps, loss (mean per pass
+    over the inputs), preview, seconds, settings (with the sample length in force as max_new_tokens).
+    The list may be shorter than `wanted`, or empty.
     """
     if not task.train:
         raise ValueError(f"task {task.name!r} has no training examples to learn pseudo inputs from")
     t0 = time.time()
     n = wanted_count(len(task.train), cfg)
-    # Trained on inputs no longer than it may write: its samples end with EOS instead of being cut.
-    items, prompt = _encode(model, task, max_source, min(max_target, cfg.max_new_tokens))
+    items, prompt, length = _encode(model, task, max_source, max_target, cfg.max_new_tokens)
+    cfg = replace(cfg, max_new_tokens=length)
     was_training = model.training
     peft_model = None
     try:

@@ -56,6 +56,22 @@ def test_the_step_counts_are_those_training_makes(tmp_path, capsys, method):
         assert rows[0]["router frozen"] == "-" and rows[0]["replay inputs"] == "-"
 
 
+def test_the_generator_steps_are_those_reflection_takes(tmp_path, capsys):
+    """With generated replay inputs the plan has a `generator steps` column: by default a quarter of the
+    stage's training batches, as replay_stats.json then records; --pseudo-steps overrides it."""
+    out = tmp_path / "gen"
+    argv = [*TINY[:-2], "--tasks", "topic,sentiment", "--max-train-per-task", "24", "--output", str(out)]
+    _, rows = dry(capsys, argv)
+    assert main(["run", *argv]) == 0
+    stats = io.read_json(sorted((out / "stages").iterdir())[0] / "replay_stats.json")
+    n_train = io.read_json(sorted((out / "stages").iterdir())[0] / "stage.json")["n_train"]
+    assert int(rows[0]["generator steps"]) == stats["steps"] == math.ceil(0.25 * 2 * math.ceil(n_train / 3))
+    _, fixed = dry(capsys, [*argv, "--pseudo-steps", "5"])
+    assert fixed[0]["generator steps"] == "5"
+    _, real = dry(capsys, [*argv, "--reflection-source", "real"])
+    assert "generator steps" not in real[0]
+
+
 def test_a_task_folder_of_ones_own(tmp_path, capsys):
     """A benchmark folder in two formats: the counts follow the run's split (validation carved from train) and
     subsets, and the data folder is left as it was."""

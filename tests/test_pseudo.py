@@ -46,7 +46,8 @@ def test_parse_sample_keeps_only_well_formed_inputs():
 def test_the_generator_is_conditioned_on_the_definition_and_learns_only_the_input():
     model = sapt_model("tiny-llama", n_tasks=1)
     task = builtin_suite(seed=0, n_train=4, n_val=1, n_eval=1)[0]
-    items, prompt = pseudo._encode(model, task, 512, 256)
+    items, prompt, length = pseudo._encode(model, task, 512, 256, None)
+    assert length == pseudo.sample_length([len(i.target) - 1 for i in items], 512)
     tok = model.tokenizer
     assert tok.decode(prompt) == pseudo.generator_prompt(task.definition)
     assert task.definition in tok.decode(prompt)
@@ -198,6 +199,41 @@ def test_the_generator_budget_is_steps_when_set_else_epochs():
     assert pseudo.pass_means([1.0, 3.0, 5.0, 2.0], 3) == [3.0, 2.0]
     with pytest.raises(ValueError):
         PseudoConfig(steps=0)
+
+
+def test_by_default_the_generator_trains_a_quarter_of_the_tasks_batches():
+    cfg = PseudoConfig(batch_size=4, task_epochs=1)  # no steps, no epochs: the budget
+    assert pseudo.generator_steps(32, cfg) == 2  # the task trained 8 batches of 4
+    assert pseudo.generator_steps(128, cfg) == 8  # long-mini: 32 batches -> its tuned 8 steps
+    assert pseudo.generator_steps(128, dataclasses.replace(cfg, task_epochs=3)) == 24
+    assert pseudo.generator_steps(3, cfg) == 1  # at least one
+    assert pseudo.generator_steps(32, dataclasses.replace(cfg, step_fraction=1.0)) == 8
+    assert pseudo.generator_steps(32, dataclasses.replace(cfg, epochs=2)) == 16  # epochs win over the budget
+    assert pseudo.generator_steps(32, dataclasses.replace(cfg, epochs=2, steps=5)) == 5  # steps win over both
+    assert len(pseudo.generator_batches(32, cfg)) == 2
+    with pytest.raises(ValueError):
+        PseudoConfig(step_fraction=0)
+
+
+def test_by_default_a_sample_is_as_long_as_three_inputs_in_four():
+    assert pseudo.sample_length([10, 11, 12, 30], 512) == 16  # p75 = 12, rounded up to 8
+    assert pseudo.sample_length([3, 4, 5], 512) == 8  # never under 8
+    assert pseudo.sample_length([400] * 10, 512) == 128  # never over 128 ...
+    assert pseudo.sample_length([400] * 10, 100) == 100  # ... nor over the source limit
+    assert pseudo.sample_length([], 512) == 128
+    assert pseudo.sample_length(list(range(1, 101)), 512) == 80  # p75 of 1..100 is 75
+
+
+def test_a_budgeted_generator_writes_at_most_the_derived_length(tasks):
+    task = dataclasses.replace(tasks[2], definition="Rev.")
+    model = sapt_model("tiny-llama", n_tasks=1)
+    cfg = PseudoConfig(**{**FAST, "max_new_tokens": None, "epochs": None, "batch_size": 4, "task_epochs": 2})
+    items, _, length = pseudo._encode(model, task, 512, MAX_TARGET, None)
+    _, stats = generate_pseudo_inputs(model, task, cfg, max_target=MAX_TARGET)
+    assert stats["settings"]["max_new_tokens"] == length == pseudo.sample_length(
+        [len(model.tokenizer(ex.input, add_special_tokens=False)["input_ids"]) for ex in task.train], 512)
+    assert max(len(i.target) for i in items) <= min(length, MAX_TARGET)  # trained on what it may write
+    assert stats["steps"] == pseudo.generator_steps(len(task.train), cfg) == -(-2 * -(-len(task.train) // 4) // 4)
 
 
 def test_a_step_budget_trains_that_many_steps(tasks):
