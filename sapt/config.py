@@ -335,7 +335,7 @@ class RunConfig:
     pseudo_repetition_penalty: float = option(2.5, section="reflection", help="repetition penalty of pseudo sampling")
     pseudo_max_new_tokens: int | None = option(None, section="reflection",
                                                default_help="the 75th percentile of the task's input lengths in "
-                                                            "tokens, rounded up to 8, within 8..min(128, "
+                                                            "tokens, rounded up to 8, within 8..min(64, "
                                                             "--max-source-length)",
                                                help="length limit of a pseudo sample")
 

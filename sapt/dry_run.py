@@ -92,7 +92,7 @@ def dry_run(cfg: RunConfig) -> str:
         lines.append("# reflection: after each stage a generator LoRA trains for `generator steps` batches of "
                      f"{cfg.batch_size} on the task's inputs, then samples its replay inputs"
                      + (f" of up to {cfg.pseudo_max_new_tokens} tokens" if cfg.pseudo_max_new_tokens is not None else
-                        " as long as three of the task's inputs in four (at most 128 tokens)"))
+                        " as long as three of the task's inputs in four (at most 64 tokens)"))
     warm = cfg.warmup_ratio > 0  # the column only then: the default plan reads as it always has
     head = ["stage", "task", "train", "val", "eval", "steps/epoch", "optimiser steps", "router frozen", "replay inputs",
             *(["generator steps"] if generates else []), *(["lr warm-up"] if warm else [])]

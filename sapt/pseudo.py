@@ -175,18 +175,20 @@ def generator_steps(n_items: int, cfg: PseudoConfig) -> int:
     return max(1, math.ceil(cfg.step_fraction * cfg.task_epochs * per_pass))
 
 
-# The budgeted sample length stays within these: 8 tokens say something about a task's inputs, and past 128
-# (the old default limit) a sample costs more than a replay prompt cut to a CPU protocol's sources keeps.
-SAMPLE_LENGTH_MIN, SAMPLE_LENGTH_MAX = 8, 128
+# The budgeted sample length stays within these: 8 tokens say something about a task's inputs, and 64 is the
+# length long-mini's tuned budget kept all of reflection's effect with (BENCHMARKS.md, "Reflection on a budget":
+# old tasks routed 99.4% against 91.8% with 128-token samples); a 128 cap cost long-mini 1.28x seq-lora's
+# wall time against 1.17-1.2x ("The default generator budget").
+SAMPLE_LENGTH_MIN, SAMPLE_LENGTH_MAX = 8, 64
 
 
 def sample_length(input_lengths: list[int], max_source: int) -> int:
     """The default length limit of a sample: the 75th percentile of the task's input lengths in tokens,
-    rounded up to a multiple of 8, within 8..min(128, max_source).
+    rounded up to a multiple of 8, within 8..min(64, max_source).
 
     A replay prompt is cut to `max_source` tokens anyway, and the router reads a pooled prompt, so a sample
-    needs the look of the task's inputs, not their full length: three inputs in four fit whole, the longest
-    quarter are learned and written cut. sst2's sentences get 24 tokens, amazon's reviews 128."""
+    needs the look of the task's inputs, not their full length: most inputs fit whole, the longest are
+    learned and written cut. sst2's sentences get 24 tokens, mnli's pairs 56, amazon's reviews 64."""
     if not input_lengths:
         return min(SAMPLE_LENGTH_MAX, max_source)
     ordered = sorted(input_lengths)

@@ -218,10 +218,10 @@ def test_by_default_the_generator_trains_a_quarter_of_the_tasks_batches():
 def test_by_default_a_sample_is_as_long_as_three_inputs_in_four():
     assert pseudo.sample_length([10, 11, 12, 30], 512) == 16  # p75 = 12, rounded up to 8
     assert pseudo.sample_length([3, 4, 5], 512) == 8  # never under 8
-    assert pseudo.sample_length([400] * 10, 512) == 128  # never over 128 ...
-    assert pseudo.sample_length([400] * 10, 100) == 100  # ... nor over the source limit
-    assert pseudo.sample_length([], 512) == 128
-    assert pseudo.sample_length(list(range(1, 101)), 512) == 80  # p75 of 1..100 is 75
+    assert pseudo.sample_length([400] * 10, 512) == 64  # never over 64 ...
+    assert pseudo.sample_length([400] * 10, 40) == 40  # ... nor over the source limit
+    assert pseudo.sample_length([], 512) == 64
+    assert pseudo.sample_length(list(range(1, 61)), 512) == 48  # p75 of 1..60 is 45
 
 
 def test_a_budgeted_generator_writes_at_most_the_derived_length(tasks):
