@@ -177,8 +177,8 @@ def generator_steps(n_items: int, cfg: PseudoConfig) -> int:
 
 # The budgeted sample length stays within these: 8 tokens say something about a task's inputs, and 64 is the
 # length long-mini's tuned budget kept all of reflection's effect with (BENCHMARKS.md, "Reflection on a budget":
-# old tasks routed 99.4% against 91.8% with 128-token samples); a 128 cap cost long-mini 1.28x seq-lora's
-# wall time against 1.17-1.2x ("The default generator budget").
+# old tasks routed 99.4% against 91.8% with 128-token samples); with a 128 cap long-mini's default run took
+# 1.28x seq-lora's wall time, with 64 1.23x, at the same AP and BWT ("The default generator budget").
 SAMPLE_LENGTH_MIN, SAMPLE_LENGTH_MAX = 8, 64
 
 
