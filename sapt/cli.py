@@ -336,7 +336,7 @@ def record_oracle_routing(run_dir: Path, cfg, scores: dict[str, float], ap: floa
     from sapt import io
     from sapt.report import write_metrics
     from sapt.rundir import ORACLE_ROUTING
-    from sapt.train import load_run_tasks
+    from sapt.run_tasks import load_run_tasks
 
     io.write_json(run_dir / ORACLE_ROUTING, {"after_stage": stages, "scores": scores, "ap": ap})
     result = write_metrics(run_dir, cfg, load_run_tasks(cfg))

@@ -24,7 +24,7 @@
 
 **An export is a model.** `sapt.load(OUT)` and `sapt predict --run OUT` answer from it exactly as from the
 run (the same tensors, the same config): `read_export` turns the adapters and the router back into the
-run's stage tensors (the inverse of what `_write_export` does; sapt.rundir.source), and
+run's stage tensors (the inverse of what `_write_export` does; `stage_tensors` reads either), and
 `sapt.train.load_trained` builds the model from them as it does from a run's stage files. Nothing in the
 export points back to the run directory, so a copy of it anywhere, or a Hub repo of it
 (`push_to_hub`, `sapt export --push-to-hub REPO`; `sapt.load("USER/REPO")` downloads it with
@@ -64,7 +64,10 @@ from sapt.model_card import model_card, run_metrics
 from sapt.modules.blocks.peft_export import load as _load
 from sapt.modules.blocks.peft_export import peft_base_model
 from sapt.modules.blocks.registry import BLOCK_TYPES, block_type_of
-from sapt.rundir import CONFIG, EXPORT_MARKER, METRICS, TASKS, load_run_config, task_definitions, trained_stages
+from sapt.rundir import (
+    CONFIG, EXPORT_MARKER, METRICS, TASKS, is_export, load_run_config, run_stage_tensors, task_definitions,
+    trained_stages,
+)
 
 EXPORT_FORMAT = "sapt-export/1"
 
@@ -237,9 +240,17 @@ def _version() -> str:
 
 
 # ---- an export as a model: read back (sapt.load, sapt predict) and pushed to the Hub ----------------------
+def stage_tensors(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(task, block tensors, router tensors) of every trained stage, in training order, under the names of
+    a run's stage files, from a run directory (`sapt.rundir.run_stage_tensors`, each stage verified against
+    the manifest) or from an export (`read_export`): what `sapt.train.load_trained` builds a model from.
+    Raises ConfigError for a damaged stage or export, or a folder that is neither."""
+    return read_export(path) if is_export(path) else run_stage_tensors(path)
+
+
 def read_export(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """(task, block, router) of every stage of an export, in training order, as the run's stage files
-    hold them (sapt.rundir.stage_tensors): the inverse of `_write_export`. Every file it reads is first
+    hold them (`stage_tensors`): the inverse of `_write_export`. Every file it reads is first
     checked against its sha256 in EXPORT_MARKER (a damaged or edited export is refused, never loaded).
 
     The blocks: each PEFT adapter read back by the run's block type (`BlockType.read_adapters`: LoRA's under

@@ -20,6 +20,7 @@ from sapt.evaluate import encode_task_split, evaluate_task
 from sapt.methods import Method
 from sapt.rundir import UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES
 from sapt.rundir.layout import log
+from sapt.run_tasks import configured_tasks
 
 __all__ = ["UnseenScoring", "load_unseen_tasks"]
 
@@ -34,7 +35,6 @@ def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
     if trained:
         raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
     from sapt.data import DataError
-    from sapt.train import configured_tasks
 
     what = "unseen (--unseen): "
     try:  # eval_only: an unseen task is never trained or validated on, so it needs only what its evaluation uses

@@ -15,7 +15,8 @@ from sapt.api import MissingDefinitionWarning
 from sapt.cli import main
 from sapt.config import ConfigError
 from sapt.modules.blocks.prompt import SAPT_PROMPT
-from sapt.rundir import EXPORT_MARKER, stage_tensors
+from sapt.export import stage_tensors
+from sapt.rundir import EXPORT_MARKER
 
 TINY = {"model": "tiny-llama", "tasks": ["topic", "sentiment"], "epochs": 1, "max_train_per_task": 8,
         "max_eval_per_task": 4, "max_new_tokens": 3, "reflection_source": "real"}

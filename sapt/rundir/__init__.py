@@ -32,7 +32,7 @@ sorts by the number: from stage 100 on the names are longer, and sorted as strin
     plan     choosing and locking the directory of a run (plan_run_dir, lock_run_dir)
     verify   making the stages on disk agree with the manifest (verify_stages); trained_stages
     read     a run's config and what its stage files hold (scores, timing, replay statistics)
-    source   what a model is loaded from: a run's stage files or an export's adapters (stage_tensors)
+    source   what a model is loaded from: a run's stage files (run_stage_tensors), or an export (is_export)
 
 An export (`sapt export`, sapt.export) is the other folder a trained model is loaded from: config.yaml and
 tasks.json as here, the blocks as PEFT adapters and the router, marked by EXPORT_MARKER (sapt_export.json).
@@ -48,12 +48,12 @@ from sapt.rundir.plan import CHANGEABLE_KEYS, check_run_dir, lock_run_dir, plan_
 from sapt.rundir.read import (
     absolute_data_dir, collect_matrices, collect_unseen, load_run_config, replay_stats, run_timing, task_definitions, write_task_definitions,
 )
-from sapt.rundir.source import is_export, stage_tensors
+from sapt.rundir.source import is_export, run_stage_tensors
 from sapt.rundir.verify import trained_stages, verify_stages
 
 __all__ = [
     "absolute_data_dir", "CHANGEABLE_KEYS", "CONFIG", "EXPORT_MARKER", "METRICS", "PHASE_FILES", "STAGES", "TASKS", "TIMING", "TRAIN_LOG",
     "UNSEEN_BASE", "UNSEEN_PREDICTIONS", "UNSEEN_SCORES", "check_run_dir", "collect_matrices", "collect_unseen", "is_export", "load_run_config", "lock_run_dir", "plan_run_dir", "replay_stats",
-    "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task", "stage_tensors", "task_definitions",
+    "run_timing", "stage_dir", "stage_folders", "stage_name", "stage_order", "stage_task", "run_stage_tensors", "task_definitions",
     "trained_stages", "verify_stages", "write_task_definitions",
 ]

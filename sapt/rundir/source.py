@@ -5,8 +5,10 @@ against manifest.json (`trained_stages`). An export (`sapt export`, marked by EX
 tensors in another form: each task's block as a PEFT adapter, the router's keys stacked in
 router.safetensors beside the query MLP and centre of the last stage (sapt.export, `read_export`). Both
 have the run's config.yaml and tasks.json (the task definitions) at their root, so `load_run_config` and
-`task_definitions` read either; `stage_tensors` gives the one thing that differs, each stage's tensors,
-as a run's stage files hold them, so that `sapt.train.load_trained` builds the same model from both.
+`task_definitions` read either. The one thing that differs, each stage's tensors, is read here for a run
+directory (`run_stage_tensors`) and by sapt.export for an export; `sapt.export.stage_tensors` takes either,
+so that `sapt.train.load_trained` builds the same model from both. (The export's reader lives with its
+writer, above this package: reading it from here made sapt.export -> sapt.rundir -> sapt.export a cycle.)
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from sapt.rundir.verify import trained_stages
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["is_export", "stage_tensors"]
+__all__ = ["is_export", "run_stage_tensors"]
 
 
 def is_export(path: str | Path) -> bool:
@@ -28,15 +30,10 @@ def is_export(path: str | Path) -> bool:
     return (Path(path) / EXPORT_MARKER).is_file()
 
 
-def stage_tensors(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-    """(task, block tensors, router tensors) of every trained stage, in training order, under the names of
-    a run's stage files (adapter.safetensors, router.safetensors: "key", "centre", "query_mlp.*"), from a
-    run directory (each stage verified against the manifest first) or from an export. Raises ConfigError
-    for a damaged stage or export, or a folder that is neither."""
-    path = Path(path)
-    if is_export(path):
-        from sapt.export import read_export  # the inverse of what it writes, kept beside it
-
-        return read_export(path)
+def run_stage_tensors(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(task, block tensors, router tensors) of every trained stage of a run directory, in training order, as
+    its stage files hold them (adapter.safetensors, router.safetensors: "key", "centre", "query_mlp.*"), each
+    stage verified against the manifest first. Raises ConfigError for a damaged stage or a folder that is no
+    run directory."""
     return [(name, io.load_tensors(sdir / "adapter.safetensors"), io.load_tensors(sdir / "router.safetensors"))
-            for name, sdir in trained_stages(path)]
+            for name, sdir in trained_stages(Path(path))]

@@ -53,7 +53,7 @@ def _inputs(model):
 
 
 def test_the_state_round_trips(exported):
-    from sapt.rundir import stage_tensors
+    from sapt.export import stage_tensors
     from sapt.train import build_model, load_trained
 
     name, run, _ = exported
@@ -111,7 +111,7 @@ def test_merge_works_or_is_refused_clearly(exported):
 def test_the_export_round_trips(exported):
     from sapt.api import load
     from sapt.export import read_export
-    from sapt.rundir import stage_tensors
+    from sapt.export import stage_tensors
 
     _, run, out = exported
     for (task, block, _), (etask, eblock, _) in zip(stage_tensors(run), read_export(out)):
