@@ -113,7 +113,8 @@ def _front_matter(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _v(value: Any) -> str:
+def card_value(value: Any) -> str:
+    """A setting as the card shows it: "-" for none, lists joined, floats as %g (3e-4, not 0.0003)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -169,9 +170,9 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
     rows += [("data", data),
              ("training examples per task", "all" if cfg.max_train_per_task is None else f"at most {cfg.max_train_per_task}"),
              ("evaluation examples per task", "all" if cfg.max_eval_per_task is None else f"at most {cfg.max_eval_per_task}"),
-             ("learning rate / epochs per task", f"{_v(cfg.lr)} / {cfg.epochs}"),
+             ("learning rate / epochs per task", f"{card_value(cfg.lr)} / {cfg.epochs}"),
              ("batch size x gradient accumulation", f"{cfg.batch_size} x {cfg.grad_accum}"),
-             ("gradient clipping (max total norm)", _v(float(getattr(cfg, "max_grad_norm", 0.0))) + (
+             ("gradient clipping (max total norm)", card_value(float(getattr(cfg, "max_grad_norm", 0.0))) + (
                  "" if getattr(cfg, "max_grad_norm", 0.0) else " (off)")),
              ("source / target / generated tokens", f"{cfg.max_source_length} / {cfg.max_target_length} / {cfg.max_new_tokens}"),
              ("backbone dtype / mixed precision", f"{cfg.backbone_dtype} / {cfg.mixed_precision}"),

@@ -83,8 +83,9 @@ class IA3Blocks(BlockType):
 
     @classmethod
     def card_settings(cls, cfg: Any, info: dict[str, Any]) -> list[tuple[str, str]]:
-        from sapt.model_card import _v
+        from sapt.model_card import card_value
 
         return [("blocks", "IA3 scaling vectors, one per task, mixed per input: the outputs of k and v, the input "
                            "of the feed-forward down projection"),
-                ("adapted modules", _v(info["target_modules"]) + f" (input scaled: {_v(info['feedforward_modules'])})")]
+                ("adapted modules", card_value(info["target_modules"])
+                 + f" (input scaled: {card_value(info['feedforward_modules'])})")]

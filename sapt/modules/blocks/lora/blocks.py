@@ -103,7 +103,8 @@ class LoRABlocks(BlockType):
 
     @classmethod
     def card_settings(cls, cfg: Any, info: dict[str, Any]) -> list[tuple[str, str]]:
-        from sapt.model_card import _v
+        from sapt.model_card import card_value
 
-        return [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {_v(float(cfg.lora_alpha))} / {_v(float(cfg.lora_dropout))}"),
-                ("adapted projections", _v(info["target_modules"]))]
+        alpha, dropout = card_value(float(cfg.lora_alpha)), card_value(float(cfg.lora_dropout))
+        return [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {alpha} / {dropout}"),
+                ("adapted projections", card_value(info["target_modules"]))]
