@@ -399,20 +399,10 @@ class RunConfig:
             refused = make_method(self.method, self).refuses_pet(self.pet)
             if refused:
                 raise ConfigError(refused)
-        if self.pseudo_steps is not None and self.pseudo_steps < 1:
-            raise ConfigError(f"pseudo_steps must be >= 1, got {self.pseudo_steps}")
         unknown = sorted(set(self.log_with) - set(TRACKERS))
         if unknown:
             raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)} (available: {', '.join(TRACKERS)})")
-        if self.kl_ratio is not None and self.kl_ratio < 0:
-            raise ConfigError(f"kl_ratio must be >= 0, got {self.kl_ratio}")
-        for name in ("replay_every", "pseudo_max", "pseudo_epochs", "pseudo_r", "pseudo_top_k", "pseudo_max_new_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.pseudo_step_fraction <= 10:
-            raise ConfigError(f"pseudo_step_fraction must be in (0, 10], got {self.pseudo_step_fraction}")
-        if not 0 < self.pseudo_ratio <= 1:
-            raise ConfigError(f"pseudo_ratio must be in (0, 1], got {self.pseudo_ratio}")
+        self._validate_reflection()
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.method not in method_names():
@@ -423,6 +413,10 @@ class RunConfig:
             raise ConfigError("--benchmark is required with --data-dir (e.g. Long_Sequence or SuperNI)")
         if self.data_dir is None and self.benchmark is not None:
             raise ConfigError("--benchmark needs --data-dir")
+        self._validate_task_lists()
+
+    def _validate_task_lists(self) -> None:
+        """tasks and unseen: no empty list, no name twice, no task in both."""
         if self.tasks is not None and not self.tasks:  # the API's tasks=[]: not "every task" by surprise
             raise ConfigError("tasks: an empty list names no task; leave tasks out (null) for every task")
         # Scores, stages and blocks are keyed by task name: a task named twice would mix two stages' scores in
@@ -436,6 +430,18 @@ class RunConfig:
         if trained:
             raise ConfigError(f"unseen: task(s) {', '.join(trained)} are also in --tasks; an unseen task is never trained on")
 
+    def _validate_reflection(self) -> None:
+        """The reflection section's ranges (None, where a key takes it, is its default: see the fields)."""
+        if self.kl_ratio is not None and self.kl_ratio < 0:
+            raise ConfigError(f"kl_ratio must be >= 0, got {self.kl_ratio}")
+        for name in ("replay_every", "pseudo_max", "pseudo_epochs", "pseudo_steps", "pseudo_r", "pseudo_top_k",
+                     "pseudo_max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.pseudo_step_fraction <= 10:
+            raise ConfigError(f"pseudo_step_fraction must be in (0, 10], got {self.pseudo_step_fraction}")
+        if not 0 < self.pseudo_ratio <= 1:
+            raise ConfigError(f"pseudo_ratio must be in (0, 1], got {self.pseudo_ratio}")
 
     def _validate_route_without_definition(self) -> None:
         """route_without_definition is a share in [0, 1], taught by the learn-then-route router fit only.

@@ -437,8 +437,15 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     lines.append("")
     lines += _results(metrics, metrics_note, info, joint)
 
+    lines += _loading(cfg, info, method, kind, order, exported, family)
+    return "\n".join(lines)
+
+
+def _loading(cfg: Any, info: dict[str, Any], method: Any, kind: Any, order: list[str], exported: list[str],
+             family: str) -> list[str]:
+    """The card's "How to load it": one task with PEFT, the router, the whole model with sapt."""
     first = exported[0]
-    lines += ["## How to load it", "",
+    lines = ["## How to load it", "",
               f"**One task with PEFT.** {_code(first + '/')} (and each task folder) is a standard PEFT {kind.card_kind} adapter: the base "
               "model with that task's block alone, exactly what sapt computes with all routing weight on that "
               "task.", "", "```python", "from peft import PeftModel", "", _base_loading(cfg, family),
@@ -470,4 +477,4 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
         lines += [f"`adapter_config.json` names {SMOLLM2_HUB_ID} as the base, so PEFT's `AutoPeftModelForCausalLM` "
                   "finds one; that is the unquantised original of the Q4_1 weights the adapters were trained on, "
                   "close to them but not the same, while `sapt.load` uses the trained-on weights.", ""]
-    return "\n".join(lines)
+    return lines
