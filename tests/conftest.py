@@ -32,6 +32,16 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
+def bench_script(name: str):
+    """bench/<name>.py loaded as a module (bench/ is scripts, not a package), for tests of its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # The settings every small tiny-llama run of the tests starts from; each test file adds its own on top.
 TINY_RUN = {"model": "tiny-llama", "epochs": 1, "max_train_per_task": 8, "max_eval_per_task": 4, "max_new_tokens": 3}
 

@@ -1,19 +1,16 @@
 """bench/quality.py: sapt-hard evaluated on a copy of sapt's training equals sapt-hard trained itself."""
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
+from conftest import bench_script
 from sapt import io
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def quality():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("quality")
 
 
 SMALL = ["--protocol", "builtin", "--model", "tiny-llama", "--epochs", "1", "--max-train-per-task", "8",

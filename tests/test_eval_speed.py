@@ -1,20 +1,14 @@
 """bench/eval_speed.py: a run's final-row evaluation, timed on a copy, against the answers the run stored."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import bench_script, tiny_config
 
 
 def eval_speed():
-    spec = importlib.util.spec_from_file_location("eval_speed", ROOT / "bench" / "eval_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("eval_speed")
 
 
 @pytest.fixture(scope="module")

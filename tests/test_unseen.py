@@ -5,7 +5,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import bench_script, tiny_config
 
 from sapt import io
 from sapt.cli import main
@@ -133,11 +133,7 @@ def test_per_task_scores_unseen_on_the_base_model_only(tmp_path):
 
 
 def test_bench_quality_unseen_column():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quality", Path(__file__).parents[1] / "bench" / "quality.py")
-    q = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(q)
+    q = bench_script("quality")
     metrics = {"matrix": [[1.0, None], [2.0, 3.0]], "stages_done": 2,
                "unseen": {"tasks": ["a", "b"], "base": [0.0, 0.0], "matrix": [[5.0, 7.0], [10.0, 20.0]]}}
     assert q.unseen_mean(metrics) == 15.0
