@@ -6,6 +6,9 @@ backbone runs.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
 
 
@@ -21,6 +24,34 @@ def one_input_weights(weights: torch.Tensor, n_blocks: int, state: "RoutingState
     if state.merged:
         raise RuntimeError("the model is already merged")
     return w
+
+
+def float_weight(weight: torch.nn.Parameter) -> torch.nn.Parameter:
+    """`weight`, if a merge can change it: a 4/8-bit packed base (--quantize) has no meaningful W'."""
+    if not weight.is_floating_point():
+        raise RuntimeError(f"cannot merge into {weight.dtype} (quantised) base weights; generate unmerged")
+    return weight
+
+
+@contextmanager
+def swapped_parameters(state: "RoutingState") -> Iterator[Callable[[torch.nn.Parameter, torch.Tensor], None]]:
+    """What every block type's `merged` shares: `swap(param, data)` gives a parameter new data and keeps the
+    original tensor; inside, `state.merged` is True (the adapted layers add nothing); on exit, an error
+    included, every original tensor is put back (bit-identical: nothing is undone by arithmetic) and
+    `state.merged` is False."""
+    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+
+    def swap(param: torch.nn.Parameter, data: torch.Tensor) -> None:
+        originals.append((param, param.data))
+        param.data = data
+
+    try:
+        state.merged = True
+        yield swap
+    finally:
+        state.merged = False
+        for param, original in originals:
+            param.data = original
 
 
 class RoutingState:

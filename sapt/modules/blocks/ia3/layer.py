@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
-from sapt.modules.blocks.routing import RoutingState, one_input_weights
+from sapt.modules.blocks.routing import RoutingState, float_weight, one_input_weights, swapped_parameters
 
 
 class MixtureIA3Linear(nn.Module):
@@ -65,23 +65,13 @@ def merged_ia3(layers: Iterable[MixtureIA3Linear], state: RoutingState, n_blocks
     """W' = W scaled by one input's l (rows and bias for k and v, columns for the feed-forward module) in every
     layer while inside; W and b themselves back on exit (bit-identical: nothing is divided)."""
     w = one_input_weights(weights, n_blocks, state)
-    originals: list[tuple[nn.Parameter, torch.Tensor]] = []
-    try:
+    with swapped_parameters(state) as swap:
         with torch.no_grad():
             for layer in layers if n_blocks else ():
                 s = layer.scaling(w[None])[0]
-                weight, bias = layer.base.weight, layer.base.bias
-                if not weight.is_floating_point():
-                    raise RuntimeError(f"cannot merge into {weight.dtype} (quantised) base weights; generate unmerged")
+                weight, bias = float_weight(layer.base.weight), layer.base.bias
                 scale = s[None, :] if layer.feedforward else s[:, None]
-                originals.append((weight, weight.data))
-                weight.data = (weight.data.to(s.dtype) * scale).to(weight.dtype)
+                swap(weight, (weight.data.to(s.dtype) * scale).to(weight.dtype))
                 if bias is not None and not layer.feedforward:
-                    originals.append((bias, bias.data))
-                    bias.data = (bias.data.to(s.dtype) * s).to(bias.dtype)
-        state.merged = True
+                    swap(bias, (bias.data.to(s.dtype) * s).to(bias.dtype))
         yield
-    finally:
-        state.merged = False
-        for param, original in originals:
-            param.data = original

@@ -19,7 +19,7 @@ import torch
 
 from sapt.modules.blocks.lora.fused import FusedRows
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
-from sapt.modules.blocks.routing import RoutingState, one_input_weights
+from sapt.modules.blocks.routing import RoutingState, float_weight, one_input_weights, swapped_parameters
 
 
 @contextmanager
@@ -27,9 +27,8 @@ def merged_lora(layers: Iterable[MixtureLoRALinear], state: RoutingState, n_bloc
                 weights: torch.Tensor) -> Iterator[None]:
     """W' = W + sum_i w_i * scaling * B_i A_i in every layer while inside; W itself back on exit."""
     w = one_input_weights(weights, n_blocks, state)
-    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     fused: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}  # fused weight -> its merged copy
-    try:
+    with swapped_parameters(state) as swap:
         with torch.no_grad():
             for layer in layers if n_blocks else ():
                 A, Bt = layer.stacks()  # (T*r, in), (T*r, out)
@@ -44,20 +43,9 @@ def merged_lora(layers: Iterable[MixtureLoRALinear], state: RoutingState, n_bloc
                     layout = layer.base.layout
                     layout.of_rows(fused[id(weight)][1]).add_(update.view(layout.groups, -1, update.shape[1]))
                     continue
-                weight = layer.base.weight
-                if not weight.is_floating_point():  # a 4/8-bit packed base (--quantize): W + update has no meaning
-                    raise RuntimeError(f"cannot merge into {weight.dtype} (quantised) base weights; generate unmerged")
-                original = weight.data
+                weight = float_weight(layer.base.weight)
                 # A new tensor, not an in-place add: the original is kept untouched for the restore.
-                weight.data = (original.to(update.dtype) + update).to(original.dtype)
-                originals.append((weight, original))
+                swap(weight, (weight.data.to(update.dtype) + update).to(weight.dtype))
             for weight, merged_weight in fused.values():
-                original = weight.data
-                weight.data = merged_weight.to(original.dtype)
-                originals.append((weight, original))
-        state.merged = True
+                swap(weight, merged_weight.to(weight.dtype))
         yield
-    finally:
-        state.merged = False
-        for weight, original in originals:
-            weight.data = original
