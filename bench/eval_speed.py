@@ -42,7 +42,9 @@ class BadRun(ValueError):
 
 def final_row_dir(run: Path) -> Path:
     """The last stage directory that holds predictions: the final row of the score matrix."""
-    stages = sorted(d for d in (run / "stages").iterdir() if (d / "predictions").is_dir())
+    from sapt.rundir import stage_folders  # in stage order: from stage 100 on, name order is not
+
+    stages = [d for d in stage_folders(run) if (d / "predictions").is_dir()]
     if not stages:
         raise BadRun(f"{run}: no stage with predictions under stages/")
     return stages[-1]
@@ -61,10 +63,11 @@ def measure(run_dir: str | Path, max_eval_per_task: int | None = None, data_dir:
     from sapt.api import method_of
     from sapt.distributed import get_dist
     from sapt.evaluate import encode_task_split, evaluate_task
+    from sapt.rundir import CONFIG
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     src = Path(run_dir)
-    if not (src / "config.yaml").is_file():
+    if not (src / CONFIG).is_file():
         raise BadRun(f"{src}: not a run directory (no config.yaml)")
     with tempfile.TemporaryDirectory(prefix="eval_speed_") as tmp:
         run = Path(tmp) / "run"

@@ -61,3 +61,9 @@ def test_the_table_and_a_smaller_subset_count_a_changed_answer(tiny_run, tmp_pat
     capsys.readouterr()
     assert bench.main([str(tmp_path / "no-run")]) == 2  # not a run directory: one line, exit 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_the_final_row_is_the_last_stage_by_number_not_by_name(tmp_path):
+    for name in ("99_a", "100_b"):  # as strings, "100_b" sorts before "99_a"
+        (tmp_path / "stages" / name / "predictions").mkdir(parents=True)
+    assert eval_speed().final_row_dir(tmp_path).name == "100_b"
