@@ -79,9 +79,46 @@ def _num(value: str) -> float:
     return int(x) if math.isfinite(x) and x >= 1 and x == int(x) else x  # the config refuses inf and nan
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric field takes, declared on the field (`option(..., bounds=...)`) so that `validate`
+    checks every field's range in one loop and keeps only the rules that relate fields to each other. A
+    field whose default is None takes None as well (its default's meaning), whatever its bounds.
+
+    `note` is added to the message ("0 = off"); `text` replaces the written range where its numbers would
+    not say it (a seed's 2**32)."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+    text: str = ""
+
+    def holds(self, value: float) -> bool:
+        """Whether `value` is within the bounds; NaN never is."""
+        if not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.text:
+            return self.text
+        if self.high is None:
+            written = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            written = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"{written} ({self.note})" if self.note else written
+
+
+AT_LEAST_1 = Bounds(1)  # counts and sizes
+POSITIVE = Bounds(0, low_open=True)  # rates and scales
+NON_NEGATIVE = Bounds(0)  # loss weights, where 0 turns the term off
+
+
 def option(default: Any, *, help: str, section: str, flag: str | bool | None = None, resume: str = "fixed",
            choices: Sequence[str] | None = None, type: Callable[[str], Any] | None = None,
-           default_help: str | None = None) -> Any:
+           default_help: str | None = None, bounds: Bounds | None = None) -> Any:
     """A config field with its documentation.
 
     `help`: the help of its command-line flag (for a boolean that defaults to true: of its --no-X flag).
@@ -89,13 +126,15 @@ def option(default: Any, *, help: str, section: str, flag: str | bool | None = N
     boolean that defaults to true), a string for another, False for none (a key of YAML files only).
     `resume`: see RESUME_POLICIES. `choices`: the values the flag accepts. `type`: what turns the flag's
     text into a value when the field's annotation does not say (int, float, a comma-separated list).
-    `default_help`: what a default of None means, for the help (e.g. "--lr")."""
+    `default_help`: what a default of None means, for the help (e.g. "--lr"). `bounds`: the values a
+    number takes (`RunConfig.validate` checks them)."""
     if section not in SECTIONS:
         raise ValueError(f"unknown config section {section!r}")
     if resume not in RESUME_POLICIES:
         raise ValueError(f"unknown resume policy {resume!r}")
     meta = {"help": help, "section": section, "flag": flag, "resume": resume,
-            "choices": tuple(choices) if choices is not None else None, "type": type, "default_help": default_help}
+            "choices": tuple(choices) if choices is not None else None, "type": type, "default_help": default_help,
+            "bounds": bounds}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -138,7 +177,7 @@ class RunConfig:
     # Free on resume: it decides which rows are computed, never what a computed row holds (a row is scored right
     # after its stage, with the blocks of that stage, whatever K is), so a run resumed with another K is the same
     # run with other rows filled in.
-    eval_every: int = option(1, section="run", resume="free",
+    eval_every: int = option(1, bounds=AT_LEAST_1, section="run", resume="free",
                              help="score the tasks seen so far only after every K-th stage and after the last; the "
                                   "other rows of the score matrix stay null, and BWT / F.Ra cover the tasks whose "
                                   "row right after learning them was scored (1 = after every stage)")
@@ -149,9 +188,11 @@ class RunConfig:
     # a per-task run of the same tasks: its diagonal gives FWT's s_j
     reference: str | None = option(None, section="method", resume="free",
                                    help="run directory of a per-task run of the same tasks: fills in FWT")
-    olora_lambda1: float = option(0.5, section="method", help="o-lora: weight of the orthogonality loss")
-    olora_lambda2: float = option(0.0, section="method", help="o-lora: weight of the L2 term")
-    replay_memory: int = option(10, section="method", help="replay: real examples stored per old task")
+    olora_lambda1: float = option(0.5, bounds=NON_NEGATIVE,
+                                  section="method", help="o-lora: weight of the orthogonality loss")
+    olora_lambda2: float = option(0.0, bounds=NON_NEGATIVE, section="method", help="o-lora: weight of the L2 term")
+    replay_memory: int = option(10, bounds=AT_LEAST_1,
+                                section="method", help="replay: real examples stored per old task")
 
     # ---- data: with no data_dir, the built-in generated suite (sapt.data.builtin) is used --------------
     data_dir: str | None = option(None, section="data", resume="free",
@@ -168,9 +209,9 @@ class RunConfig:
                                     "scored on the base model and after every stage")
     val_size: float = option(0.1, section="data", type=_num,
                              help="validation carved from train: a fraction, or a count if >= 1")
-    max_train_per_task: int | None = option(None, section="data",
+    max_train_per_task: int | None = option(None, bounds=AT_LEAST_1, section="data",
                                             help="seeded subset of each task's training examples")
-    max_eval_per_task: int | None = option(None, section="data",
+    max_eval_per_task: int | None = option(None, bounds=AT_LEAST_1, section="data",
                                            help="seeded subset of each task's evaluation examples")
     input_field: str = option("input", section="data",
                               help="name of the input key / column in train and test .jsonl, .csv and datasets "
@@ -185,9 +226,9 @@ class RunConfig:
                                 "template of the benchmark: SuperNI or Long_Sequence)")
 
     # ---- LoRA blocks (SALS) ---------------------------------------------------------------------------
-    lora_r: int = option(4, section="block", help="LoRA rank")
-    lora_alpha: float = option(32.0, section="block", help="LoRA alpha")
-    lora_dropout: float = option(0.0, section="block", help="LoRA dropout")
+    lora_r: int = option(4, bounds=AT_LEAST_1, section="block", help="LoRA rank")
+    lora_alpha: float = option(32.0, bounds=POSITIVE, section="block", help="LoRA alpha")
+    lora_dropout: float = option(0.0, bounds=Bounds(0, 1, high_open=True), section="block", help="LoRA dropout")
     # A new task's block: "zero" (the paper: LoRA's B = 0, so the block starts as no change) or "previous"
     # (a copy of the block before it, so that a task starts from what the last one learned, as a single
     # sequentially trained LoRA does; the old blocks stay frozen). Methods with one shared block ignore it.
@@ -197,10 +238,11 @@ class RunConfig:
     pet: str = option("lora", section="block", choices=PETS,
                       help="the per-task block type, a folder of sapt/modules/blocks: lora (LoRA on q/v, the paper), "
                            "prompt (a soft prompt per task), ...")
-    prompt_len: int = option(20, section="block", help="virtual tokens of each task's soft prompt (--pet prompt)")
+    prompt_len: int = option(20, bounds=AT_LEAST_1,
+                             section="block", help="virtual tokens of each task's soft prompt (--pet prompt)")
     # The release's SAPT-Prompt trains each prompt through a residual MLP, P + MLP(P), MLP = Linear(d, hidden)
     # -> ReLU -> Linear(hidden, d), hidden 800 (sapt.modules.blocks.prompt). 0: the prompt is trained directly.
-    prompt_mlp_hidden: int = option(0, section="block",
+    prompt_mlp_hidden: int = option(0, bounds=Bounds(0, note="0 = off"), section="block",
                                     help="--pet prompt: train each task's prompt reparameterised as P + MLP(P), an MLP "
                                          "of this hidden width (the release: 800); 0 = off")
     block_init: str = option("zero", section="block", choices=BLOCK_INITS,
@@ -217,10 +259,10 @@ class RunConfig:
                                              "module name; a fused q/k/v projection still gets blocks on q and v only")
 
     # ---- router ---------------------------------------------------------------------------------------
-    query_hidden: int = option(100, section="router", help="hidden width of the router's query MLP")
+    query_hidden: int = option(100, bounds=AT_LEAST_1, section="router", help="hidden width of the router's query MLP")
     # Share of a stage's optimiser steps (stages 2..T) during which the router stays frozen while the new,
     # zero-initialised block learns; see sapt.stage_trainer.train_stage. 0 = the paper's schedule.
-    router_warmup: float = option(0.25, section="router",
+    router_warmup: float = option(0.25, bounds=Bounds(0, 1, high_open=True), section="router",
                                   help="share of each later stage's steps with the router frozen while the new "
                                        "block starts; 0 = off")
     # Subtract the mean pooled prompt of the tasks seen so far before the query MLP (sapt.router_setup.update_centre);
@@ -244,22 +286,22 @@ class RunConfig:
                                        "tasks; joint: the router trains with the new block (the paper)")
     # A cross-entropy on the router's logits of each training batch towards the stage's own block, during joint
     # training after the warm-up (the task is known at training time; sapt.stage_trainer.StageTrainer.router_ce).
-    router_ce: float = option(0.0, section="router",
+    router_ce: float = option(0.0, bounds=NON_NEGATIVE, section="router",
                               help="joint schedule: weight of a cross-entropy that routes each training batch to "
                                    "the stage's own block (routing supervision); 0 = off (the paper)")
     # 1000 steps and a KL weight of 10: bench/router_refit.py on long-learn (BENCHMARKS.md): 300 steps and weight
     # 1 let old tasks' real inputs drift to the new block (yelp 84% own-block routing, mean 93.4%); 1000 and 10
     # keep them (96.5%, mean 98.9%). A fit step costs a small MLP, so 1000 steps take a few seconds.
-    router_fit_steps: int = option(1000, section="router",
+    router_fit_steps: int = option(1000, bounds=AT_LEAST_1, section="router",
                                    help="learn-then-route: optimiser steps of the router fit after each stage's "
                                         "block (cheap: the router reads only pooled token embeddings)")
-    router_fit_kl: float = option(10.0, section="router",
+    router_fit_kl: float = option(10.0, bounds=NON_NEGATIVE, section="router",
                                   help="learn-then-route: weight of each old task's reflection KL in the router fit "
                                        "(against the cross-entropy that routes the new task, weight 1)")
     # A share of the router fit's prompts also without the task's definition, so that an input given without
     # one (predict with no --definition) is routed as trained (sapt.router_fit: why added, not replacing). 0:
     # the router of before, byte for byte. Learn-then-route only (validate says why).
-    route_without_definition: float = option(0.0, section="router",
+    route_without_definition: float = option(0.0, bounds=Bounds(0, 1, text="a share in [0, 1]"), section="router",
                                              help="learn-then-route: share of each task's training inputs (and of "
                                                   "the old tasks' replay inputs) also given to the router fit "
                                                   "without the task's definition, so that inputs are routed without "
@@ -268,17 +310,18 @@ class RunConfig:
     # ---- optimisation (docs/method.md: lr 3e-4 constant, no warmup, AdamW) -----------------------------
     # lr and router_lr may be lowered on resume (--allow-config-change), e.g. to get past a non-finite loss;
     # each epoch's rates are in its stage.json history.
-    lr: float = option(3e-4, section="optimisation", resume="changeable",
+    lr: float = option(3e-4, bounds=POSITIVE, section="optimisation", resume="changeable",
                        help="learning rate of the LoRA blocks")
-    router_lr: float | None = option(None, section="optimisation", resume="changeable", default_help="--lr",
+    router_lr: float | None = option(None, bounds=POSITIVE,
+                                     section="optimisation", resume="changeable", default_help="--lr",
                                      help="learning rate of the query MLP and keys")
-    epochs: int = option(3, section="optimisation", help="epochs per task")
-    batch_size: int = option(8, section="optimisation", help="training batch size")
-    grad_accum: int = option(1, section="optimisation", help="gradient accumulation steps")
+    epochs: int = option(3, bounds=AT_LEAST_1, section="optimisation", help="epochs per task")
+    batch_size: int = option(8, bounds=AT_LEAST_1, section="optimisation", help="training batch size")
+    grad_accum: int = option(1, bounds=AT_LEAST_1, section="optimisation", help="gradient accumulation steps")
     # Clip the total gradient norm of the trainable parameters before each optimiser step
     # (sapt.stage_trainer.StageTrainer.optimiser_step). 0 keeps the measured runs' behaviour; the paper
     # configs set the release's 1.0 (Hugging Face's default max_grad_norm).
-    max_grad_norm: float = option(0.0, section="optimisation",
+    max_grad_norm: float = option(0.0, bounds=Bounds(0, note="0 = off"), section="optimisation",
                                   help="clip the total gradient norm of the blocks and router (the reflection KL's "
                                        "gradient included) to this before each optimiser step; 0 = off (the release: 1)")
     # The learning rate's schedule over one stage's optimiser steps (sapt.stage_trainer.make_scheduler): each
@@ -288,17 +331,21 @@ class RunConfig:
                                help="learning-rate schedule of transformers (get_scheduler) over each stage's "
                                     "optimiser steps: every task's stage is its own run, warmed up and decayed anew "
                                     "(the router-fit phase of learn-then-route keeps a constant rate)")
-    warmup_ratio: float = option(0.0, section="optimisation",
+    warmup_ratio: float = option(0.0, bounds=Bounds(0, 1), section="optimisation",
                                  help="share of each stage's optimiser steps over which the learning rate warms up "
                                       "from 0 (rounded up, as transformers' Trainer does); needs a schedule with a "
                                       "warm-up, not constant")
-    seed: int = option(42, section="optimisation", help="seed for data splits, initialisation and shuffling")
+    # what numpy and torch accept as a seed
+    seed: int = option(42, bounds=Bounds(0, 2**32, high_open=True, text="in [0, 2**32)"),
+                       section="optimisation", help="seed for data splits, initialisation and shuffling")
 
     # ---- lengths and decoding -------------------------------------------------------------------------
-    max_source_length: int = option(512, section="decoding", help="prompt tokens kept, cut in the middle")
-    max_target_length: int = option(128, section="decoding", help="answer tokens trained on")
-    max_new_tokens: int = option(50, section="decoding", help="generation length at evaluation")
-    eval_batch_size: int = option(16, section="decoding", resume="free", help="evaluation batch size")
+    max_source_length: int = option(512, bounds=AT_LEAST_1,
+                                    section="decoding", help="prompt tokens kept, cut in the middle")
+    max_target_length: int = option(128, bounds=AT_LEAST_1, section="decoding", help="answer tokens trained on")
+    max_new_tokens: int = option(50, bounds=AT_LEAST_1, section="decoding", help="generation length at evaluation")
+    eval_batch_size: int = option(16, bounds=AT_LEAST_1,
+                                  section="decoding", resume="free", help="evaluation batch size")
     # An answer ends at its first line break where no answer of the task has one (sapt.evaluate)
     stop_at_newline: bool = option(True, section="decoding",
                                    help="generate up to --max-new-tokens or EOS even for tasks whose answers are "
@@ -309,81 +356,58 @@ class RunConfig:
     reflection_source: str = option("generated", section="reflection", choices=REFLECTION_SOURCES,
                                     help="replay inputs: generated pseudo samples or stored real inputs")
     # None: per model family and benchmark (sapt.reflection)
-    kl_ratio: float | None = option(None, section="reflection",
+    kl_ratio: float | None = option(None, bounds=NON_NEGATIVE, section="reflection",
                                     default_help="1 for LLaMA-family, 0.5 SuperNI / 0.1 Long_Sequence for T5",
                                     help="weight of the reflection KL")
-    replay_every: int = option(1, section="reflection", help="optimiser steps between replay batches")
-    pseudo_ratio: float = option(0.02, section="reflection",
+    replay_every: int = option(1, bounds=AT_LEAST_1,
+                               section="reflection", help="optimiser steps between replay batches")
+    pseudo_ratio: float = option(0.02, bounds=Bounds(0, 1, low_open=True), section="reflection",
                                  help="replay inputs per task as a fraction of its training size, at least 1")
-    pseudo_max: int = option(50, section="reflection", help="at most this many replay inputs per task")
+    pseudo_max: int = option(50, bounds=AT_LEAST_1,
+                             section="reflection", help="at most this many replay inputs per task")
     # The generator's cost scales with the task's by default (issue 28): a quarter of the task's own training
     # batches, and samples as long as most of the task's inputs. `pseudo_steps` or `pseudo_epochs` set a budget
     # of their own; a run saved before the budget wrote `pseudo_epochs: 1` and `pseudo_max_new_tokens: 128`.
-    pseudo_epochs: int | None = option(None, section="reflection",
+    pseudo_epochs: int | None = option(None, bounds=AT_LEAST_1, section="reflection",
                                        default_help="--pseudo-step-fraction of the task's training batches",
                                        help="passes of the pseudo-sample generator LoRA over the task's inputs")
-    pseudo_steps: int | None = option(None, section="reflection",
+    pseudo_steps: int | None = option(None, bounds=AT_LEAST_1, section="reflection",
                                       default_help="--pseudo-step-fraction of the task's training batches",
                                       help="optimiser steps of the generator LoRA, a budget of its own")
-    pseudo_step_fraction: float = option(0.25, section="reflection",
+    pseudo_step_fraction: float = option(0.25, bounds=Bounds(0, 10, low_open=True), section="reflection",
                                          help="the generator's steps as a fraction of the task's own training "
                                               "batches (epochs x batches per epoch), at least 1; used when neither "
                                               "--pseudo-steps nor --pseudo-epochs is given")
-    pseudo_lr: float = option(1e-3, section="reflection", help="learning rate of the generator LoRA")
-    pseudo_r: int = option(8, section="reflection", help="rank of the generator LoRA")
-    pseudo_top_k: int = option(20, section="reflection", help="top-k sampling of pseudo inputs")
-    pseudo_repetition_penalty: float = option(2.5, section="reflection", help="repetition penalty of pseudo sampling")
-    pseudo_max_new_tokens: int | None = option(None, section="reflection",
+    pseudo_lr: float = option(1e-3, bounds=POSITIVE, section="reflection", help="learning rate of the generator LoRA")
+    pseudo_r: int = option(8, bounds=AT_LEAST_1, section="reflection", help="rank of the generator LoRA")
+    pseudo_top_k: int = option(20, bounds=AT_LEAST_1, section="reflection", help="top-k sampling of pseudo inputs")
+    pseudo_repetition_penalty: float = option(2.5, bounds=POSITIVE,
+                                              section="reflection", help="repetition penalty of pseudo sampling")
+    pseudo_max_new_tokens: int | None = option(None, bounds=AT_LEAST_1, section="reflection",
                                                default_help="the 75th percentile of the task's input lengths in "
                                                             "tokens, rounded up to 8, within 8..min(64, "
                                                             "--max-source-length)",
                                                help="length limit of a pseudo sample")
 
     def validate(self) -> None:
-        positive = ["lora_r", "epochs", "batch_size", "grad_accum", "max_source_length",
-                    "max_target_length", "max_new_tokens", "eval_batch_size", "query_hidden", "router_fit_steps",
-                    "eval_every"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "lora_alpha", "pseudo_lr", "pseudo_repetition_penalty"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.router_lr is not None and not self.router_lr > 0:
-            raise ConfigError(f"router_lr must be > 0, got {self.router_lr}")
-        if not self.router_ce >= 0:
-            raise ConfigError(f"router_ce must be >= 0, got {self.router_ce}")
+        """Each field's declared range and choices, then the rules between fields."""
+        for name, f in FIELDS.items():
+            bounds, value = f.metadata["bounds"], getattr(self, name)
+            if bounds is not None and value is not None and not bounds.holds(value):
+                raise ConfigError(f"{name} must be {bounds}, got {value}")
         if self.router_ce and self.router_schedule != "joint":
             # Refused, not ignored: since learn-then-route became the default, a --router-ce given alone
             # would otherwise change nothing and say nothing (the router fit has its own cross-entropy).
             raise ConfigError(f"router_ce {self.router_ce:g} is routing supervision for the joint schedule; with "
                               f"router_schedule {self.router_schedule} the router fit already routes each task "
                               "with a cross-entropy: add --router-schedule joint, or drop --router-ce")
-        if not self.router_fit_kl >= 0:
-            raise ConfigError(f"router_fit_kl must be >= 0, got {self.router_fit_kl}")
         self._validate_route_without_definition()
-        if not 0 <= self.router_warmup < 1:
-            raise ConfigError(f"router_warmup must be in [0, 1), got {self.router_warmup}")
         if not self.val_size > 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):
             raise ConfigError(f"val_size must be a fraction in (0, 1) or a whole count >= 1, got {self.val_size}")
-        if not 0 <= self.seed < 2**32:  # what numpy and torch accept as a seed
-            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
-        for name in ("olora_lambda1", "olora_lambda2"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name, f in FIELDS.items():  # the choices a field declares (the CLI offers the same ones)
             choices = f.metadata.get("choices")
             if choices and getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        for name in ("max_train_per_task", "max_eval_per_task"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prompt_len < 1:
-            raise ConfigError(f"prompt_len must be >= 1, got {self.prompt_len}")
-        if self.prompt_mlp_hidden < 0:
-            raise ConfigError(f"prompt_mlp_hidden must be >= 0 (0 = off), got {self.prompt_mlp_hidden}")
-        if not self.max_grad_norm >= 0:
-            raise ConfigError(f"max_grad_norm must be >= 0 (0 = off), got {self.max_grad_norm}")
         self._validate_schedule_targets_tracker()
         self._validate_quantize()
         if self.template == "release":
@@ -402,13 +426,8 @@ class RunConfig:
         unknown = sorted(set(self.log_with) - set(TRACKERS))
         if unknown:
             raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)} (available: {', '.join(TRACKERS)})")
-        self._validate_reflection()
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.method not in method_names():
             raise ConfigError(f"unknown method {self.method!r} (available: {', '.join(method_names())})")
-        if self.replay_memory < 1:
-            raise ConfigError(f"replay_memory must be >= 1, got {self.replay_memory}")
         if self.data_dir is not None and self.benchmark is None:
             raise ConfigError("--benchmark is required with --data-dir (e.g. Long_Sequence or SuperNI)")
         if self.data_dir is None and self.benchmark is not None:
@@ -430,19 +449,6 @@ class RunConfig:
         if trained:
             raise ConfigError(f"unseen: task(s) {', '.join(trained)} are also in --tasks; an unseen task is never trained on")
 
-    def _validate_reflection(self) -> None:
-        """The reflection section's ranges (None, where a key takes it, is its default: see the fields)."""
-        if self.kl_ratio is not None and self.kl_ratio < 0:
-            raise ConfigError(f"kl_ratio must be >= 0, got {self.kl_ratio}")
-        for name in ("replay_every", "pseudo_max", "pseudo_epochs", "pseudo_steps", "pseudo_r", "pseudo_top_k",
-                     "pseudo_max_new_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.pseudo_step_fraction <= 10:
-            raise ConfigError(f"pseudo_step_fraction must be in (0, 10], got {self.pseudo_step_fraction}")
-        if not 0 < self.pseudo_ratio <= 1:
-            raise ConfigError(f"pseudo_ratio must be in (0, 1], got {self.pseudo_ratio}")
-
     def _validate_route_without_definition(self) -> None:
         """route_without_definition is a share in [0, 1], taught by the learn-then-route router fit only.
 
@@ -452,9 +458,7 @@ class RunConfig:
         in the schedule kept as the paper's; the router fit reads pooled prompts only and takes the extra rows for
         a few more pooled vectors. Refused, not ignored, with a method that has no router fit: it would change
         nothing and say nothing."""
-        share = self.route_without_definition
-        if not 0 <= share <= 1:
-            raise ConfigError(f"route_without_definition must be a share in [0, 1], got {share}")
+        share = self.route_without_definition  # its range [0, 1] is the field's
         if not share:
             return
         if self.method in method_names():
@@ -488,8 +492,6 @@ class RunConfig:
 
     def _validate_schedule_targets_tracker(self) -> None:
         """lr_scheduler / warmup_ratio, target_modules and tracker_project (part of `validate`)."""
-        if not 0 <= self.warmup_ratio <= 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
         if self.warmup_ratio > 0 and self.lr_scheduler == "constant":  # transformers' constant ignores a warm-up
             raise ConfigError(f"warmup_ratio {self.warmup_ratio}: lr_scheduler constant has no warm-up; use "
                               "constant_with_warmup (or linear, cosine, ...) or warmup_ratio 0")
