@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sapt import io  # noqa: E402
 from sapt.config import coerce_all, load_yaml, resolve  # noqa: E402
-from sapt.manifest import Manifest  # noqa: E402
+from sapt.rundir.manifest import Manifest  # noqa: E402
 from sapt.methods import METHODS, make_method  # noqa: E402
 from sapt.rundir import CONFIG, METRICS, TIMING, stage_folders  # noqa: E402
 from sapt.train import run  # noqa: E402

@@ -58,7 +58,7 @@ import torch
 
 from sapt import io
 from sapt.config import ConfigError
-from sapt.manifest import sha256_file
+from sapt.rundir.manifest import sha256_file
 from sapt.models import RESERVED
 from sapt.model_card import model_card, run_metrics
 from sapt.modules.blocks.peft_export import load as _load

@@ -13,7 +13,7 @@ import yaml
 from sapt import io
 from sapt.config import ConfigError, RunConfig, default_value, to_dict
 from sapt.data import Task
-from sapt.manifest import Manifest
+from sapt.rundir.manifest import Manifest
 from sapt.methods import make_method
 from sapt.metrics import evaluated_rows, format_metrics, format_table, transfer_tasks
 from sapt.rundir import CONFIG, METRICS, ORACLE_ROUTING, TIMING, collect_matrices, collect_unseen, replay_stats, run_timing

@@ -20,7 +20,7 @@ reading it back) is `sapt.rundir`. What a stage writes there:
     stages/NN_<task>/unseen_scores.json   with --unseen: scores on the tasks never trained on, with unseen/<task>.jsonl
     unseen_base/scores.json          with --unseen: the same on the base model (no block), before stage 1
 
-Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.manifest`)
+Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.rundir.manifest`)
 is skipped only if manifest.json records it and its files pass their checksums (`sapt.rundir.verify_stages`);
 a stage that was training resumes after its last checkpointed epoch with the optimiser and every RNG
 state, so the result is bit-identical to an uninterrupted run on CPU. Damaged trained or replay files
@@ -28,7 +28,7 @@ invalidate their stage and every later one (those are redone from scratch); dama
 are rescored.
 
 Test hook: SAPT_TEST_KILL_AT=point[,point...] makes the process kill itself (SIGKILL, or the signal
-named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) when it reaches a named point; see `sapt.recovery.kill_point`.
+named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) when it reaches a named point; see `sapt.rundir.recovery.kill_point`.
 
 `train_stage`, `build_model` and `make_replay_inputs` are looked up here when called, so that a test may
 replace them on this module.
@@ -53,13 +53,13 @@ from sapt.data.overview import order_line, task_lines
 from sapt.data.formats import has_train
 from sapt.distributed import get_dist
 from sapt.evaluate import encode_task_split, evaluate_task
-from sapt.manifest import Manifest
+from sapt.rundir.manifest import Manifest
 from sapt.methods import Method, make_method
 from sapt.models import eager_attention_on_cpu, load_model, quantize_backend_problem
 from sapt.modules.blocks.registry import build_block_type
 from sapt.modules.router import SharedAttentionRouter
 from sapt.modules.sapt_model import SAPTModel
-from sapt.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
+from sapt.rundir.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
 from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_fit import without_definition

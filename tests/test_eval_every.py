@@ -15,7 +15,7 @@ from test_resume import assert_same_run, sapt_run
 
 from sapt import io
 from sapt.cli import main
-from sapt.manifest import Manifest
+from sapt.rundir.manifest import Manifest
 from sapt.metrics import cl_metrics, evaluated_rows, transfer_tasks
 from sapt.train import learn
 

@@ -1,4 +1,4 @@
-"""Tests for sapt.lock.RunLock: one sapt process per run directory, never a stale lock."""
+"""Tests for sapt.rundir.lock.RunLock: one sapt process per run directory, never a stale lock."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sapt.config import ConfigError
-from sapt.lock import RunLock
+from sapt.rundir.lock import RunLock
 
 MESSAGE = "is in use by another sapt process (pid {pid}); wait for it or use another --output"
 
@@ -59,7 +59,7 @@ def test_unwritable_place_is_a_config_error(tmp_path):
 
 HOLDER = """
 import sys, time
-from sapt.lock import RunLock
+from sapt.rundir.lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)

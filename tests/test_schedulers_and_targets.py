@@ -19,7 +19,7 @@ from test_resume import assert_same_run, sapt_run
 from sapt import io
 from sapt.cli import main
 from sapt.config import ConfigError, differences, resolve, to_dict
-from sapt.recovery import CHECKPOINT, load_checkpoint
+from sapt.rundir.recovery import CHECKPOINT, load_checkpoint
 from sapt.report import REFERENCE_KEYS, check_reference
 from sapt.stage_trainer import StageTrainer, make_scheduler
 from sapt.tracking import Trackers

@@ -11,7 +11,7 @@ from sapt import io
 from sapt.cli import main
 from sapt.config import ConfigError
 from sapt.data import TASK_ORDERS, resolve_task_names
-from sapt.manifest import Manifest
+from sapt.rundir.manifest import Manifest
 from sapt.report import render
 from sapt.train import load_run_tasks, load_unseen_tasks, run
 

@@ -1,7 +1,7 @@
 """The run directory: what lies where in it, and the code that plans, locks, verifies and reads it.
 
     RUN_DIR/
-    ├── .lock                      held by the one process that writes the run (sapt.lock)
+    ├── .lock                      held by the one process that writes the run (sapt.rundir.lock)
     ├── config.yaml                the resolved config (resuming refuses a different one)
     ├── manifest.json              the phases of each stage that are done, with sha256 of their files
     ├── train_log.jsonl            one line per optimiser step: stage, task, epoch, step, loss
@@ -22,7 +22,7 @@
 Why it is built this way. Every file is written atomically (`sapt.io`: a temporary file renamed into
 place), so a killed process leaves the old file or the new one, never half of one. A phase of a stage
 counts as done only once manifest.json records it, after its files, with the sha256 of each
-(`sapt.manifest`): a resumed run loads exactly what the manifest vouches for and redoes the rest, and
+(`sapt.rundir.manifest`): a resumed run loads exactly what the manifest vouches for and redoes the rest, and
 `eval`, `predict` and `export` refuse a damaged stage instead of using it. The stage folder name
 `NN_<task>` is built and parsed here only (`stage_name`, `stage_dir`, `stage_task`, and `stage_order`, which
 sorts by the number: from stage 100 on the names are longer, and sorted as strings "100_x" would precede
@@ -30,6 +30,9 @@ sorts by the number: from stage 100 on the names are longer, and sorted as strin
 
     layout   file names, PHASE_FILES, stage folder naming and listing
     plan     choosing and locking the directory of a run (plan_run_dir, lock_run_dir)
+    lock     one process per run directory (RunLock on RUN_DIR/.lock)
+    manifest manifest.json: the phases done, with the checksums of their files
+    recovery a stage's checkpoint framed with its checksum, the log trimmed on resume, the kill-point hook
     verify   making the stages on disk agree with the manifest (verify_stages); trained_stages
     read     a run's config and what its stage files hold (scores, timing, replay statistics)
     source   what a model is loaded from: a run's stage files (run_stage_tensors), or an export (is_export)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from sapt.config import CHANGEABLE_KEYS, ConfigError, RunConfig, differences
-from sapt.lock import LOCK_NAME, RunLock
+from sapt.rundir.lock import LOCK_NAME, RunLock
 from sapt.rundir.layout import CONFIG, EXPORT_MARKER, log
 
 __all__ = ["CHANGEABLE_KEYS", "check_run_dir", "drop_if_bare", "lock_run_dir", "plan_run_dir"]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sapt.config import ConfigError
-from sapt.manifest import PHASES, Manifest
-from sapt.recovery import CHECKPOINT
+from sapt.rundir.manifest import PHASES, Manifest
+from sapt.rundir.recovery import CHECKPOINT
 from sapt.rundir.layout import PHASE_FILES, STAGES, log, stage_dir, stage_folders, stage_name, stage_order, stage_task
 
 if TYPE_CHECKING:
