@@ -90,7 +90,8 @@ def run(config_file: str | Path | None = None, *, force_new: bool = False,
     config, use OUTPUT-2 (-3, ...) instead of refusing. `allow_config_change`: keys (lr, router_lr) that
     may differ from the saved config when resuming (a list, or a comma-separated string).
 
-    Raises ConfigError (a ValueError) for a bad key, value, file or output directory, before anything is
+    Raises ConfigError (a ValueError) for a bad key, value, file or output directory (RunDirError, a kind of
+    it, for a directory in use, damaged or not a run; both are sapt.errors.SaptError), before anything is
     written; the errors of `sapt run` otherwise (sapt.data.DataError, sapt.models.ModelLoadError,
     sapt.train.TrainingError, OSError)."""
     from sapt.config import _plain, resolve

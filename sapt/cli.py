@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sapt.config import CHANGEABLE_KEYS, FIELDS, SECTIONS, ConfigError, _csv, base_type, default_text, flag_of
+from sapt.errors import SaptError
 
 
 # `sapt run`'s options beyond the config keys: how to treat an existing run directory, and a dry run.
@@ -539,7 +540,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
         finish()  # several processes (accelerate launch): they end together
         return code
-    except (ConfigError, DataError, DistributedError, ModelLoadError, TrainingError, ValueError) as e:
+    except (SaptError, DataError, DistributedError, ModelLoadError, TrainingError, ValueError) as e:
         print(f"sapt: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system refused (a full disk, a read-only folder, a folder for a file)

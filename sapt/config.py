@@ -23,12 +23,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from sapt.errors import ConfigError
 from sapt.methods import method_names
 from sapt.modules.blocks.registry import block_type_names
-
-
-class ConfigError(ValueError):
-    pass
 
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)

@@ -46,6 +46,7 @@ import yaml
 
 from sapt import io
 from sapt.config import ConfigError, RunConfig, to_dict
+from sapt.errors import RunDirError
 from sapt.batching import encode
 from sapt.data import Task
 from sapt.data.benchmark import task_order_reason
@@ -113,11 +114,11 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         try:
             lock, run_dir, changes, created = lock_run_dir(cfg, force_new, allow_changes)
             planned = (str(run_dir), changes)
-        except ConfigError as e:
-            problem = str(e)
+        except ConfigError as e:  # its class travels too: a held or foreign directory stays a RunDirError
+            problem = (RunDirError if isinstance(e, RunDirError) else ConfigError, str(e))
     problem, planned = dist.broadcast((problem, planned))
     if problem is not None:
-        raise ConfigError(problem)
+        raise problem[0](problem[1])
     run_dir, changes = Path(planned[0]), planned[1]
     if str(run_dir) != cfg.output:
         cfg = dataclasses.replace(cfg, output=str(run_dir))

@@ -34,6 +34,29 @@ def test_second_lock_in_same_process_is_refused(tmp_path):
         pass
 
 
+def test_a_held_lock_is_a_run_dir_error_and_still_a_config_error(tmp_path, monkeypatch, capsys):
+    """RunDirError names the run-directory problem; programs that caught ConfigError for it still do, and the
+    command line catches every user error by their base class (exit 2, one line)."""
+    from sapt.cli import main
+    from sapt.errors import RunDirError, SaptError
+
+    assert issubclass(RunDirError, ConfigError) and issubclass(ConfigError, SaptError)
+    assert issubclass(ConfigError, ValueError)
+    with RunLock(tmp_path):
+        with pytest.raises(RunDirError):
+            RunLock(tmp_path).acquire()
+    # a user error raised by no particular subclass still exits 2 with its one line
+    from sapt import cli
+
+    def refuse(args):
+        raise SaptError("refused,\n in one line")
+
+    monkeypatch.setitem(cli.COMMANDS, "diagnose", refuse)
+    capsys.readouterr()
+    assert main(["diagnose", "--run", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "sapt: error: refused, in one line\n"
+
+
 def test_lock_is_released_when_the_block_raises(tmp_path):
     with pytest.raises(KeyError):
         with RunLock(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from sapt.config import CHANGEABLE_KEYS, ConfigError, RunConfig, differences
+from sapt.errors import RunDirError
 from sapt.rundir.lock import LOCK_NAME, RunLock
 from sapt.rundir.layout import CONFIG, EXPORT_MARKER, log
 
@@ -64,7 +65,7 @@ def plan_run_dir(cfg: RunConfig, force_new: bool = False, allow_changes: Any = (
         if isinstance(saved, dict) and set(differences(saved, cfg)) <= set(CHANGEABLE_KEYS):
             hint = (f"; to resume it with the new learning rate (e.g. after a non-finite loss), add "
                     f"--allow-config-change {','.join(differences(saved, cfg))}")
-        raise ConfigError(f"{why}; use another --output, or --force-new to start a fresh directory next to it{hint}")
+        raise RunDirError(f"{why}; use another --output, or --force-new to start a fresh directory next to it{hint}")
     base = run_dir if run_dir.name else run_dir.resolve()  # "." has no name to add -2 to
     k = 2
     while True:

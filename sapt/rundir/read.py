@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sapt import io
-from sapt.config import ConfigError, RunConfig, from_saved
+from sapt.config import RunConfig, from_saved
+from sapt.errors import RunDirError
 from sapt.rundir.layout import (
     CONFIG, EXPORT_MARKER, TASKS, UNSEEN_BASE, UNSEEN_SCORES, log, stage_dir, stage_folders, stage_task,
 )
@@ -30,7 +31,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     directory's parent instead would guess where the user stood when the run started, and a wrong guess
     scores other data in silence; the warning names the folder that is read and how to read another."""
     if (Path(run_dir) / "router.json").is_file() and not (Path(run_dir) / CONFIG).exists():
-        raise ConfigError(f"{run_dir} is an export written by an older sapt (no {CONFIG}, no {EXPORT_MARKER}): "
+        raise RunDirError(f"{run_dir} is an export written by an older sapt (no {CONFIG}, no {EXPORT_MARKER}): "
                           "it cannot be loaded as a model; run `sapt export` again from its run directory")
     cfg = from_saved(run_dir)
     if cfg.data_dir is not None and not os.path.isabs(cfg.data_dir):

@@ -33,7 +33,7 @@ def is_export(path: str | Path) -> bool:
 def run_stage_tensors(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """(task, block tensors, router tensors) of every trained stage of a run directory, in training order, as
     its stage files hold them (adapter.safetensors, router.safetensors: "key", "centre", "query_mlp.*"), each
-    stage verified against the manifest first. Raises ConfigError for a damaged stage or a folder that is no
+    stage verified against the manifest first. Raises RunDirError for a damaged stage or a folder that is no
     run directory."""
     return [(name, io.load_tensors(sdir / "adapter.safetensors"), io.load_tensors(sdir / "router.safetensors"))
             for name, sdir in trained_stages(Path(path))]
