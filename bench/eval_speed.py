@@ -63,11 +63,11 @@ def measure(run_dir: str | Path, max_eval_per_task: int | None = None, data_dir:
     from sapt.api import method_of
     from sapt.distributed import get_dist
     from sapt.evaluate import encode_task_split, evaluate_task
-    from sapt.rundir import CONFIG
+    from sapt.rundir import has_run_config
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     src = Path(run_dir)
-    if not (src / CONFIG).is_file():
+    if not has_run_config(src):
         raise BadRun(f"{src}: not a run directory (no config.yaml)")
     with tempfile.TemporaryDirectory(prefix="eval_speed_") as tmp:
         run = Path(tmp) / "run"

@@ -145,10 +145,9 @@ class TrainedRun:
 
     @property
     def metrics(self) -> dict[str, Any] | None:
-        from sapt import io
+        from sapt.rundir.results import read_metrics_as_written
 
-        path = self.run_dir / "metrics.json"
-        return io.read_json(path) if path.exists() else None
+        return read_metrics_as_written(self.run_dir)
 
     # ---- answering ---------------------------------------------------------------------------------
     def predict(self, texts: str | Sequence[str], definition: str = "", max_new_tokens: int | None = None,

@@ -255,12 +255,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sapt import io
     from sapt.distributed import get_dist
     from sapt.batching import encode
     from sapt.evaluate import encode_task_split, evaluate_task
     from sapt.api import method_of
     from sapt.methods import make_method
+    from sapt.rundir.results import write_eval_predictions, write_eval_scores
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
@@ -279,7 +279,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = method.eval_tasks(tasks, len(names) - 1)  # what the last trained stage scores (mtl: every task)
     main = get_dist().is_main  # under accelerate launch every process evaluates its share; one writes
     scores = {}
-    out = Path(args.run) / "eval"
     bare = args.no_definitions  # every prompt without its definition: written apart, under names of its own
     suffix = "_no_definitions" if bare else ""
     for j, task in enumerate(tasks):
@@ -291,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method,
                                                  cfg.stop_at_newline)
         if main:
-            io.write_jsonl(out / f"predictions{suffix}" / f"{task.name}.jsonl", records)
+            write_eval_predictions(Path(args.run), task.name, records, suffix)
         scores[task.name] = {"score": score}
         line = f"{task.name:30s} {score:6.1f}"
         if accuracy is not None:
@@ -301,9 +300,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(line)
     ap = sum(s["score"] for s in scores.values()) / len(scores)
     if main:
-        written = out / f"{'oracle_scores' if oracle else 'scores'}{suffix}.json"
-        io.write_json(written, {"scores": scores, "ap": ap, "after_stage": len(names), "routing": args.routing,
-                                **({"definitions": "none"} if bare else {})})
+        written = write_eval_scores(Path(args.run), {"scores": scores, "ap": ap, "after_stage": len(names),
+                                                     "routing": args.routing, **({"definitions": "none"} if bare else {})},
+                                    oracle, suffix)
         print(f"AP {ap:.1f} over {len(scores)} tasks (written to {written})")
         if bare and not oracle:
             record_no_definitions(Path(args.run), args, scores, ap, len(names))
@@ -317,29 +316,27 @@ def record_no_definitions(run_dir: Path, args: argparse.Namespace, scores: dict[
     """`sapt eval --no-definitions`: the final model's scores and routing accuracy without definitions, written
     (atomically) beside metrics.json in a file of its own. metrics.json stays as the run wrote it: its numbers
     are the run's, with the prompts it trained on, and a resumed run must reproduce its bytes."""
-    from sapt import io
-    from sapt.rundir.layout import METRICS_NO_DEFINITIONS
+    from sapt.rundir.results import write_metrics_no_definitions
 
     routing = {n: s["routing_accuracy"] for n, s in scores.items() if "routing_accuracy" in s}
     mean_routing = sum(routing.values()) / len(routing) if routing else None
-    io.write_json(run_dir / METRICS_NO_DEFINITIONS, {
+    written = write_metrics_no_definitions(run_dir, {
         "definitions": "none: every evaluation prompt without its task's definition, as predict without --definition",
         "after_stage": stages, "tasks": list(scores), "scores": {n: s["score"] for n, s in scores.items()}, "ap": ap,
         "routing_accuracy": routing,
         "mean_routing_accuracy": mean_routing,
         "data_dir": args.data_dir, "max_eval_per_task": args.max_eval_per_task})
     mean = f", mean routing accuracy {mean_routing:.1f}" if routing else ""
-    print(f"without definitions: AP {ap:.1f}{mean} ({run_dir / METRICS_NO_DEFINITIONS})")
+    print(f"without definitions: AP {ap:.1f}{mean} ({written})")
 
 
 def record_oracle_routing(run_dir: Path, cfg, scores: dict[str, float], ap: float, stages: int) -> None:
     """The oracle-routed scores beside the run's, and metrics.json rewritten with the routing loss."""
-    from sapt import io
     from sapt.report import write_metrics
-    from sapt.rundir import ORACLE_ROUTING
+    from sapt.rundir.results import write_oracle_routing
     from sapt.run_tasks import load_run_tasks
 
-    io.write_json(run_dir / ORACLE_ROUTING, {"after_stage": stages, "scores": scores, "ap": ap})
+    write_oracle_routing(run_dir, {"after_stage": stages, "scores": scores, "ap": ap})
     result = write_metrics(run_dir, cfg, load_run_tasks(cfg))
     if "oracle_routed" in result.metrics:
         print(f"routing loss {result.metrics['oracle_routed']['routing_loss']:.1f} points: AP {ap:.1f} oracle-routed, "
@@ -398,19 +395,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sapt import io
-    from sapt.metrics import metrics_problems
     from sapt.report import render_definitions
     from sapt.rundir import task_definitions
+    from sapt.rundir.results import read_metrics
     from sapt.train import render
 
-    path = Path(args.run) / "metrics.json"
-    if not path.exists():
-        raise ConfigError(f"{args.run}: no metrics.json (not a sapt run, or no stage evaluated yet)")
-    metrics = io.read_json(path)
-    problems = metrics_problems(metrics)
-    if problems:
-        raise ConfigError(f"{path}: not a sapt metrics file ({'; '.join(problems)})")
+    metrics = read_metrics(args.run)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

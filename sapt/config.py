@@ -644,11 +644,9 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
 SAVED_BEFORE_THE_KEY = {"router_schedule": "joint"}
 
 
-def from_saved(run_dir: str | Path) -> RunConfig:
-    """The config a run directory was made with (RUN_DIR/config.yaml), checked as a --config file is."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a sapt run directory (no config.yaml)")
+def from_saved(path: str | Path) -> RunConfig:
+    """The config a run was made with, from the config.yaml file at `path` (which sapt.rundir finds in a
+    run directory), checked as a --config file is, with the defaults of keys saved before they existed."""
     saved = load_yaml(path)
     cfg = RunConfig(**coerce_all({**SAVED_BEFORE_THE_KEY, **saved}, source=str(path)))
     try:

@@ -36,13 +36,11 @@ replace them on this module.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from sapt import io
 from sapt.config import ConfigError, RunConfig, to_dict
@@ -60,14 +58,19 @@ from sapt.models import eager_attention_on_cpu, load_model, quantize_backend_pro
 from sapt.modules.blocks.registry import build_block_type
 from sapt.modules.router import SharedAttentionRouter
 from sapt.modules.sapt_model import SAPTModel
-from sapt.rundir.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
+from sapt.rundir.recovery import CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
 from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_fit import without_definition
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
-    CONFIG, METRICS, PHASE_FILES, absolute_data_dir, load_run_config, lock_run_dir,
-    stage_dir, trained_stages, verify_stages, write_task_definitions,
+    absolute_data_dir, has_run_config, load_run_config, lock_run_dir, stage_dir, trained_stages, verify_stages,
+    write_run_config, write_task_definitions,
+)
+from sapt.rundir.results import prediction_file, read_metrics_as_written, record_evaluation, write_predictions
+from sapt.rundir.stage_files import (
+    checkpoint_path, drop_checkpoint, load_stage, read_replay_inputs, read_stage_summary, save_trained_stage,
+    stage_summary_path, train_log_path, write_replay,
 )
 from sapt.rundir.layout import log, open_run_log
 from sapt.rundir.plan import drop_if_bare
@@ -131,8 +134,8 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; "
             + model.blocks.describe()
             + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
-        if dist.is_main and not (run_dir / CONFIG).exists():
-            io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if dist.is_main and not has_run_config(run_dir):
+            write_run_config(run_dir, to_dict(cfg))
         return dataclasses.replace(_run_stages(cfg, tasks, run_dir, model, changes, unseen), run_dir=run_dir)
     except BaseException as e:
         if created:
@@ -163,7 +166,7 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
     if changes and main:
         first = next((t for t in range(len(stages)) if (t, "trained") not in done), len(stages))
         manifest.record_change(first, changes)
-        io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_run_config(run_dir, to_dict(cfg))
         log(f"sapt: config changed on resume ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}), "
             f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
     if main:
@@ -220,14 +223,14 @@ def changed_task_data(cfg: RunConfig, tasks: list[Task], stages: list[Task], run
         sdir = stage_dir(run_dir, t, stage.name)
         trained = (t, "trained") in done
         if trained:
-            recorded, record = io.read_json(sdir / "stage.json").get("val_sha256"), sdir / "stage.json"
+            recorded, record = read_stage_summary(sdir).get("val_sha256"), stage_summary_path(sdir)
         else:  # the stage in progress: the checkpoint it resumes from, if it has a usable one
             try:
-                state = load_checkpoint(sdir / CHECKPOINT)
+                state = load_checkpoint(checkpoint_path(sdir))
             except (OSError, CheckpointError):
                 return None
             usable = state.get("task") == stage.name and state.get("stage") == t
-            recorded, record = (state.get("val_sha256") if usable else None), sdir / CHECKPOINT
+            recorded, record = (state.get("val_sha256") if usable else None), checkpoint_path(sdir)
         if recorded is not None:
             val_items = validation_items(model, stage, cfg, method.training_items(model, stage, tasks, cfg)[1])
             if val_sha256(val_items) != recorded:
@@ -280,7 +283,7 @@ class StageLoop(UnseenScoring):
         self.t0 = time.time()
         self.stage_seconds: list[float] = []  # the time of each stage trained (not loaded) in this process
         self.step_offset = 0  # optimiser steps of the earlier stages: the trackers' step
-        self.log_path = run_dir / "train_log.jsonl"
+        self.log_path = train_log_path(run_dir)
         self.kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
         self.eval_items: dict[str, list] = {}  # encoded once per task
         self.replay_sets: list[ReplaySet] = []  # the reflection inputs of the stages so far
@@ -320,10 +323,10 @@ class StageLoop(UnseenScoring):
 
     def load(self, t: int, task: Task, sdir: Path) -> dict[str, Any]:
         b = self.method.block_index(t)
-        self.model.load_block(b, io.load_tensors(sdir / "adapter.safetensors"))
-        self.model.load_router(b, io.load_tensors(sdir / "router.safetensors"))
-        summary = io.read_json(sdir / "stage.json")
-        (sdir / CHECKPOINT).unlink(missing_ok=True)  # left if killed right after the manifest was written
+        block, router, summary = load_stage(sdir)
+        self.model.load_block(b, block)
+        self.model.load_router(b, router)
+        drop_checkpoint(sdir)  # left if killed right after the manifest was written
         log(f"sapt: stage {t + 1} ({task.name}) already trained, loaded")
         return summary
 
@@ -336,21 +339,15 @@ class StageLoop(UnseenScoring):
         method.prepare_stage(model, task, t, cfg, [rs.items for rs in self.replay_sets])
         if self.main:  # the training log is appended to in place: not into a directory made anew meanwhile
             io.check_held(self.run_dir)
-        summary = train_stage(model, task, t, cfg, self.log_path, reflection, checkpoint=sdir / CHECKPOINT,
+        summary = train_stage(model, task, t, cfg, self.log_path, reflection, checkpoint=checkpoint_path(sdir),
                               method=method, items=items, val_items=val_items, trackers=self.trackers,
                               step_offset=self.step_offset)
         summary["kl_ratio"] = self.kl_ratio if self.reflect else None
         summary["method"] = method.name
         if self.main:
             b = method.block_index(t)
-            io.save_tensors(sdir / "adapter.safetensors", model.block_state(b), {"task": task.name})
-            kill_point(f"stage{t}:between-files")
-            io.save_tensors(sdir / "router.safetensors", model.router_state(b), {"task": task.name})
-            files = ["adapter.safetensors", "router.safetensors", *method.stage_files(sdir, task, cfg)]
-            io.write_json(sdir / "stage.json", summary)
-            kill_point(f"stage{t}:trained")
-            self.manifest.record(sdir, "trained", [*files, "stage.json"])
-            (sdir / CHECKPOINT).unlink(missing_ok=True)  # the stage's files supersede it
+            save_trained_stage(sdir, t, task.name, model.block_state(b), model.router_state(b), summary, self.manifest,
+                               lambda: method.stage_files(sdir, task, cfg))
         self.dist.barrier()  # the others read the method's files (replay's memory.jsonl) next
         return summary
 
@@ -364,15 +361,11 @@ class StageLoop(UnseenScoring):
             if self.main or model.sharded:
                 inputs, stats = make_replay_inputs(model, task, t, cfg)
             if self.main:
-                io.write_jsonl(sdir / "replay.jsonl", [{"task": task.name, "definition": task.definition, "input": x}
-                                                      for x in inputs])
-                kill_point(f"stage{t}:replay")
-                io.write_json(sdir / "replay_stats.json", stats)
-                self.manifest.record(sdir, "replay", PHASE_FILES["replay"])
+                write_replay(sdir, t, [{"task": task.name, "definition": task.definition, "input": x} for x in inputs],
+                             stats, self.manifest)
                 log(f"sapt: {len(inputs)} {stats['source']} replay inputs for {task.name}")
             dist.barrier()
-        rows = [json.loads(line) for line in (sdir / "replay.jsonl").read_text(encoding="utf-8").splitlines() if line]
-        inputs = [r["input"] for r in rows]
+        inputs = read_replay_inputs(sdir)
         # route_without_definition: a seeded share of them also without the definition, for the router fit
         bare = without_definition(model, task.definition, inputs, cfg.route_without_definition,
                                   f"{cfg.seed}:{task.name}:replay-without-definition", cfg.max_source_length)
@@ -392,9 +385,9 @@ class StageLoop(UnseenScoring):
                 score, accuracy, records = evaluate_task(
                     self.model, other, self.eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j,
                     self.method, cfg.stop_at_newline)
-            files.append(f"predictions/{other.name}.jsonl")
+            files.append(prediction_file(other.name))
             if self.main:
-                io.write_jsonl(sdir / files[-1], records)
+                write_predictions(sdir, files[-1], records)
                 kill_point(f"stage{t}:eval")
             scores[other.name] = score
             if accuracy is not None:
@@ -405,8 +398,7 @@ class StageLoop(UnseenScoring):
                            **{f"unseen/{k}": v for k, v in unseen_scores.items() if v is not None},
                            "stage": t + 1}, step=self.step_offset)
         if self.main:
-            io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing, "seconds": seconds})
-            self.manifest.record(sdir, "evaluated", ["scores.json", *files])
+            record_evaluation(sdir, {"scores": scores, "routing_accuracy": routing, "seconds": seconds}, files, self.manifest)
             kill_point(f"stage{t}:metrics")
 
     def report(self, t: int) -> RunResult:
@@ -415,7 +407,7 @@ class StageLoop(UnseenScoring):
             result = write_metrics(self.run_dir, self.cfg, self.tasks, stages_done=t + 1)
         self.dist.barrier()
         if not self.main:  # the same numbers, read back from what the main process wrote
-            result = RunResult(io.read_json(self.run_dir / METRICS), "")
+            result = RunResult(read_metrics_as_written(self.run_dir), "")
         progress = progress_note(time.time() - self.t0, self.stage_seconds, len(self.stages) - t - 1)
         log(f"sapt: stage {t + 1}/{len(self.stages)} done ({progress}); AP so far {result.metrics['ap']:.1f}"
             + timing_note(result.timing))
@@ -489,7 +481,7 @@ def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
 def _learned(run_dir: Path, task: str) -> bool:
     """Whether metrics.json has the row of the stage that learned `task` (an unreadable one: not yet)."""
     try:
-        metrics = io.read_json(run_dir / METRICS)
+        metrics = read_metrics_as_written(run_dir)
         return task in metrics["tasks"][: metrics["stages_done"]]
     except (OSError, ValueError, KeyError, TypeError):
         return False
