@@ -62,7 +62,7 @@ def measure(run_dir: str | Path, max_eval_per_task: int | None = None, data_dir:
 
     from sapt.api import method_of
     from sapt.distributed import get_dist
-    from sapt.evaluate import encode_task_split, evaluate_task
+    from sapt.evaluation.generation import encode_task_split, evaluate_task
     from sapt.rundir import has_run_config
     from sapt.train import load_run_config, load_run_tasks, load_trained
 

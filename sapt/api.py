@@ -161,7 +161,7 @@ class TrainedRun:
         `generate(..., routing={task: 1.0})`)."""
         import torch
 
-        from sapt.evaluate import predict
+        from sapt.evaluation.generation import predict
 
         texts = _texts(texts)
         max_new_tokens = self._max_new_tokens(max_new_tokens)

@@ -116,7 +116,7 @@ def unknown_option_message(parser: argparse.ArgumentParser, command: str | None,
 def figure_formats(value: str) -> tuple[str, ...]:
     """argparse type of `--format png,pdf,svg`: a bad one is refused at parsing, in one line naming the option,
     before a report or a comparison has done any work."""
-    from sapt.plots import CHART_FORMATS, parse_formats
+    from sapt.evaluation.plots import CHART_FORMATS, parse_formats
 
     try:
         return parse_formats(value)
@@ -127,7 +127,7 @@ def figure_formats(value: str) -> tuple[str, ...]:
 
 def figure_dpi(value: str) -> float:
     """argparse type of `--dpi`: a number above 0 (0 or less made matplotlib fail deep in its PNG writer)."""
-    from sapt.plots import MAX_DPI, check_dpi
+    from sapt.evaluation.plots import MAX_DPI, check_dpi
 
     try:
         return check_dpi(value)
@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sapt.distributed import get_dist
     from sapt.batching import encode
-    from sapt.evaluate import encode_task_split, evaluate_task
+    from sapt.evaluation.generation import encode_task_split, evaluate_task
     from sapt.api import method_of
     from sapt.methods import make_method
     from sapt.rundir.results import write_eval_predictions, write_eval_scores
@@ -332,7 +332,7 @@ def record_no_definitions(run_dir: Path, args: argparse.Namespace, scores: dict[
 
 def record_oracle_routing(run_dir: Path, cfg, scores: dict[str, float], ap: float, stages: int) -> None:
     """The oracle-routed scores beside the run's, and metrics.json rewritten with the routing loss."""
-    from sapt.report import write_metrics
+    from sapt.evaluation.report import write_metrics
     from sapt.rundir.results import write_oracle_routing
     from sapt.run_tasks import load_run_tasks
 
@@ -395,7 +395,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sapt.report import render_definitions
+    from sapt.evaluation.report import render_definitions
     from sapt.rundir import task_definitions
     from sapt.rundir.results import read_metrics
     from sapt.train import render
@@ -406,7 +406,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print("\n".join([render(metrics), *render_definitions(task_definitions(args.run))]))
     if not args.no_plots:
-        from sapt.plots import DPI, plot_run
+        from sapt.evaluation.plots import DPI, plot_run
 
         try:
             plots = plot_run(args.run, formats=args.formats or ("png",), dpi=args.dpi or DPI)  # messages on stderr
@@ -422,7 +422,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sapt.plots import CHART_FORMATS, DPI, chart_format, chart_paths, format_comparison, plot_compare
+    from sapt.evaluation.plots import CHART_FORMATS, DPI, chart_format, chart_paths, format_comparison, plot_compare
 
     fmt = chart_format(args.out)
     if fmt is None:

@@ -296,7 +296,7 @@ class RunConfig:
     max_target_length: int = option(128, section="decoding", help="answer tokens trained on")
     max_new_tokens: int = option(50, section="decoding", help="generation length at evaluation")
     eval_batch_size: int = option(16, section="decoding", resume="free", help="evaluation batch size")
-    # An answer ends at its first line break where no answer of the task has one (sapt.evaluate)
+    # An answer ends at its first line break where no answer of the task has one (sapt.evaluation.generation)
     stop_at_newline: bool = option(True, section="decoding",
                                    help="generate up to --max-new-tokens or EOS even for tasks whose answers are "
                                         "one line (default: such an answer ends at its first line break)")

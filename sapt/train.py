@@ -1,6 +1,6 @@
 """The continual-learning recipe: for each stage (one per task, or mtl's one over all tasks), train its block
 (`sapt.stage_trainer`), save it, make its reflection inputs, score every task seen so far and report
-(`sapt.report`). Finished work is loaded, not redone. What differs between SAPT and the baselines is
+(`sapt.evaluation.report`). Finished work is loaded, not redone. What differs between SAPT and the baselines is
 asked of the method's hooks (`sapt.methods.base`); this file reads top to bottom:
 
     run            refuse what can be refused, lock the run directory, load the model
@@ -51,7 +51,7 @@ from sapt.data.benchmark import task_order_reason
 from sapt.data.overview import order_line, task_lines
 from sapt.data.formats import has_train
 from sapt.distributed import get_dist
-from sapt.evaluate import encode_task_split, evaluate_task
+from sapt.evaluation.generation import encode_task_split, evaluate_task
 from sapt.rundir.manifest import Manifest
 from sapt.methods import Method, make_method
 from sapt.models import eager_attention_on_cpu, load_model, quantize_backend_problem
@@ -60,7 +60,7 @@ from sapt.modules.router import SharedAttentionRouter
 from sapt.modules.sapt_model import SAPTModel
 from sapt.rundir.recovery import CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
-from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
+from sapt.evaluation.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_fit import without_definition
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
@@ -82,7 +82,7 @@ from sapt.tracking import Trackers, check_trackers
 from sapt.run_tasks import builtin_tasks, configured_tasks, load_run_tasks, split_settings  # noqa: F401
 from sapt.unseen import UnseenScoring, load_unseen_tasks
 
-__all__ = [  # with the names of sapt.report, sapt.stage_trainer and sapt.router_setup that callers import from here
+__all__ = [  # with the names of sapt.evaluation.report, sapt.stage_trainer and sapt.router_setup that callers import from here
     "REFERENCE_KEYS", "RunResult", "StageLoop", "TrainingError", "build_model", "check_reference",
     "init_key_from_task", "learn", "load_run_config", "load_run_tasks", "load_trained", "load_unseen_tasks",
     "make_replay_inputs",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sapt.config import ConfigError, RunConfig
 from sapt.data import Task
-from sapt.evaluate import encode_task_split, evaluate_task
+from sapt.evaluation.generation import encode_task_split, evaluate_task
 from sapt.methods import Method
 from sapt.rundir.results import evaluation_names, prediction_file, unseen_base_dir, write_predictions, write_scores
 from sapt.rundir.layout import log
@@ -27,7 +27,7 @@ __all__ = ["UnseenScoring", "load_unseen_tasks"]
 def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
     """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
     the run trains on one of them. Only their evaluation split is scored; their training answers decide, as
-    for any task, whether an answer ends at its first line break (`sapt.evaluate.one_line_answers`)."""
+    for any task, whether an answer ends at its first line break (`sapt.evaluation.generation.one_line_answers`)."""
     if not cfg.unseen:
         return []
     trained = sorted(set(cfg.unseen) & {t.name for t in tasks})

@@ -20,7 +20,7 @@ from sapt import io
 from sapt.cli import main
 from sapt.config import ConfigError, differences, resolve, to_dict
 from sapt.rundir.recovery import CHECKPOINT, load_checkpoint
-from sapt.report import REFERENCE_KEYS, check_reference
+from sapt.evaluation.report import REFERENCE_KEYS, check_reference
 from sapt.stage_trainer import StageTrainer, make_scheduler
 from sapt.tracking import Trackers
 from sapt.train import build_model, run

@@ -32,9 +32,9 @@ PREDICTIONS = "predictions"  # the folder of a stage's predictions/<task>.jsonl
 
 # ---- metrics.json ----------------------------------------------------------------------------------
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """metrics.json, checked to be one sapt wrote (`sapt.metrics.metrics_problems`); a missing or foreign
+    """metrics.json, checked to be one sapt wrote (`sapt.evaluation.metrics.metrics_problems`); a missing or foreign
     one is a RunDirError whose line says which."""
-    from sapt.metrics import metrics_problems  # pure, and light: the CL metrics
+    from sapt.evaluation.metrics import metrics_problems  # pure, and light: the CL metrics
 
     path = Path(run_dir) / METRICS
     if not path.exists():
@@ -56,7 +56,7 @@ def read_metrics_as_written(run_dir: str | Path) -> dict[str, Any] | None:
 def metrics_or_why(run_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
     """metrics.json if it is one sapt wrote, else None and why, in a sentence (the model card prints it
     where the scores would be; an export does not depend on them)."""
-    from sapt.metrics import metrics_problems
+    from sapt.evaluation.metrics import metrics_problems
 
     path = Path(run_dir) / METRICS
     if not path.exists():

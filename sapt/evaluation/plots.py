@@ -32,7 +32,7 @@ import numpy as np
 
 from sapt import io
 from sapt.config import ConfigError
-from sapt.metrics import short_name
+from sapt.evaluation.metrics import short_name
 from sapt.rundir import stage_dir
 from sapt.rundir.results import read_metrics, read_predictions
 

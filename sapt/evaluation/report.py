@@ -13,7 +13,7 @@ from sapt.config import ConfigError, RunConfig, default_value, to_dict
 from sapt.data import Task
 from sapt.rundir.manifest import Manifest
 from sapt.methods import make_method
-from sapt.metrics import evaluated_rows, format_metrics, format_table, transfer_tasks
+from sapt.evaluation.metrics import evaluated_rows, format_metrics, format_table, transfer_tasks
 from sapt.rundir import collect_matrices, collect_unseen, replay_stats, run_timing, saved_config_values
 from sapt.rundir.results import read_metrics_as_written, read_oracle_routing, write_metrics_file, write_timing
 
@@ -80,7 +80,7 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done:
 def eval_every_keys(names: list[str], matrix: list[list], every: int, with_fwt: bool) -> dict[str, Any]:
     """What metrics.json says of a run whose rows were not all evaluated (--eval-every K): K, the 0-based
     indices of the matrix rows that hold scores, the tasks BWT and F.Ra average over (those whose row right
-    after learning them was scored: `sapt.metrics.transfer_tasks`) and a sentence saying so, which `sapt
+    after learning them was scored: `sapt.evaluation.metrics.transfer_tasks`) and a sentence saying so, which `sapt
     report` prints under the metrics. Said in the file, not only in the docs: two runs' BWT over different
     sets of tasks should not be compared unawares."""
     rows = evaluated_rows(matrix)
