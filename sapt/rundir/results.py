@@ -22,7 +22,7 @@ from sapt.rundir.layout import (
 )
 from sapt.rundir.manifest import Manifest
 
-__all__ = ["EVAL", "PREDICTIONS", "SCORES", "write_eval_predictions", "write_eval_scores", "evaluation_names", "metrics_or_why", "prediction_file", "record_evaluation", "unseen_base_dir", "read_metrics", "read_metrics_as_written", "read_oracle_routing",
+__all__ = ["EVAL", "PREDICTIONS", "SCORES", "write_eval_predictions", "write_eval_scores", "evaluation_names", "has_predictions", "metrics_or_why", "prediction_file", "record_evaluation", "unseen_base_dir", "read_metrics", "read_metrics_as_written", "read_oracle_routing",
            "read_predictions", "read_scores", "read_timing", "scores_exist", "write_metrics_file", "write_metrics_no_definitions", "write_oracle_routing",
            "write_predictions", "write_scores", "write_timing"]
 
@@ -166,6 +166,11 @@ def read_scores(folder: Path, name: str = SCORES) -> dict[str, Any] | None:
     """A stage folder's scores file as written, or None when the stage was not evaluated."""
     path = Path(folder) / name
     return io.read_json(path) if path.exists() else None
+
+
+def has_predictions(folder: Path, name: str = PREDICTIONS) -> bool:
+    """Whether a stage folder holds a predictions folder (its evaluation began)."""
+    return (Path(folder) / name).is_dir()
 
 
 def read_predictions(folder: Path, task: str, name: str = PREDICTIONS) -> tuple[Path, list[dict] | None]:
