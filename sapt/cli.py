@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import sys
@@ -256,8 +257,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from sapt.distributed import get_dist
-    from sapt.batching import encode
-    from sapt.evaluation.generation import encode_task_split, evaluate_task
+    from sapt.evaluation.tasks import decoding_of, evaluate_tasks
     from sapt.api import method_of
     from sapt.methods import make_method
     from sapt.rundir.results import write_eval_predictions, write_eval_scores
@@ -281,20 +281,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     scores = {}
     bare = args.no_definitions  # every prompt without its definition: written apart, under names of its own
     suffix = "_no_definitions" if bare else ""
-    for j, task in enumerate(tasks):
-        if bare:
-            items = encode(model.tokenizer, model.family, "", task.eval, cfg.max_source_length, cfg.max_target_length,
-                           model.template)
-        else:
-            items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
-        score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method,
-                                                 cfg.stop_at_newline)
+    # no autocast: `sapt eval` has always scored in the model's own precision (the stage loop uses the run's)
+    decoding = dataclasses.replace(decoding_of(cfg), precision="no")
+    for result in evaluate_tasks(model, tasks, method, decoding, definitions=not bare):
+        name, score, accuracy = result.task.name, result.score, result.routing_accuracy
         if main:
-            write_eval_predictions(Path(args.run), task.name, records, suffix)
-        scores[task.name] = {"score": score}
-        line = f"{task.name:30s} {score:6.1f}"
+            write_eval_predictions(Path(args.run), name, result.records, suffix)
+        scores[name] = {"score": score}
+        line = f"{name:30s} {score:6.1f}"
         if accuracy is not None:
-            scores[task.name]["routing_accuracy"] = accuracy
+            scores[name]["routing_accuracy"] = accuracy
             line += f"   routing accuracy {accuracy:5.1f}"
         if main:
             print(line)

@@ -51,7 +51,7 @@ from sapt.data.benchmark import task_order_reason
 from sapt.data.overview import order_line, task_lines
 from sapt.data.formats import has_train
 from sapt.distributed import get_dist
-from sapt.evaluation.generation import encode_task_split, evaluate_task
+from sapt.evaluation.tasks import decoding_of, evaluate_tasks
 from sapt.rundir.manifest import Manifest
 from sapt.methods import Method, make_method
 from sapt.models import eager_attention_on_cpu, load_model, quantize_backend_problem
@@ -286,6 +286,7 @@ class StageLoop(UnseenScoring):
         self.log_path = train_log_path(run_dir)
         self.kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
         self.eval_items: dict[str, list] = {}  # encoded once per task
+        self.decoding = decoding_of(cfg)  # how every evaluation (own tasks, unseen ones) builds and answers prompts
         self.replay_sets: list[ReplaySet] = []  # the reflection inputs of the stages so far
 
     def run(self, done: set[tuple[int, str]]) -> RunResult:
@@ -374,24 +375,18 @@ class StageLoop(UnseenScoring):
 
     def evaluate(self, t: int, sdir: Path) -> None:
         """Score the method's evaluation tasks after stage t: predictions, scores.json, the trackers."""
-        cfg, dist = self.cfg, self.dist
         scores, routing, files = {}, {}, []
         eval_t0 = time.time()
-        for j, other in enumerate(self.method.eval_tasks(self.tasks, t)):
-            if other.name not in self.eval_items:
-                self.eval_items[other.name] = encode_task_split(self.model, other, "eval", cfg.max_source_length,
-                                                                cfg.max_target_length)
-            with dist.autocast(cfg.mixed_precision):
-                score, accuracy, records = evaluate_task(
-                    self.model, other, self.eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j,
-                    self.method, cfg.stop_at_newline)
-            files.append(prediction_file(other.name))
+        for result in evaluate_tasks(self.model, self.method.eval_tasks(self.tasks, t), self.method, self.decoding,
+                                     cache=self.eval_items):
+            name = result.task.name
+            files.append(prediction_file(name))
             if self.main:
-                write_predictions(sdir, files[-1], records)
+                write_predictions(sdir, files[-1], result.records)
                 kill_point(f"stage{t}:eval")
-            scores[other.name] = score
-            if accuracy is not None:
-                routing[other.name] = accuracy
+            scores[name] = result.score
+            if result.routing_accuracy is not None:
+                routing[name] = result.routing_accuracy
         seconds = round(time.time() - eval_t0, 2)
         unseen_scores = self.score_unseen(sdir, self.method, files) if self.unseen else {}
         self.trackers.log({**{f"eval/{k}": v for k, v in scores.items()}, "eval/ap": sum(scores.values()) / len(scores),

@@ -5,7 +5,8 @@ generalisation to unseen tasks). Written per stage as STAGE/unseen_scores.json a
 evaluated phase, so a resume redoes only what is missing or damaged; metrics.json gets an "unseen" block.
 
 `UnseenScoring` is the part of the stage loop (sapt.train.StageLoop) that does the scoring: it uses the
-loop's config, model, manifest and evaluation cache.
+loop's model, decoding settings, manifest and evaluation cache, and scores through the one evaluation loop
+(`sapt.evaluation.tasks.evaluate_tasks`), with no task id.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from sapt.config import ConfigError, RunConfig
 from sapt.data import Task
-from sapt.evaluation.generation import encode_task_split, evaluate_task
+from sapt.evaluation.tasks import evaluate_tasks
 from sapt.methods import Method
 from sapt.rundir.results import evaluation_names, prediction_file, unseen_base_dir, write_predictions, write_scores
 from sapt.rundir.layout import log
@@ -48,9 +49,9 @@ class UnseenScoring:
     def score_unseen(self, folder: Path, method: Method | None, files: list[str],
                      names: tuple[str, str] = evaluation_names(unseen=True)) -> dict[str, float | None]:
         """Score the unseen tasks through `method`'s evaluation weights with no task id (None: the base model,
-        no block), writing `folder`/`predictions`/<task>.jsonl and `scores_file` (main process); their names
-        are appended to `files`; `names`: (predictions, scores_file), `evaluation_names`. A method whose weights need the task id (per-task) scores nothing: None."""
-        cfg, dist = self.cfg, self.dist
+        no block), writing `folder`/`predictions`/<task>.jsonl and `scores_file` (main process), `names` being
+        (predictions, scores_file) as `evaluation_names` gives them; their names are appended to `files`. A
+        method whose weights need the task id (per-task) scores nothing: None."""
         predictions, scores_file = names
         t0 = time.time()
         scores: dict[str, float | None] = {}
@@ -59,18 +60,13 @@ class UnseenScoring:
             scores = {task.name: None for task in self.unseen}
             note = f"{method.name} needs a task id, which an unseen task has none of: scored on the base model only"
         else:
-            for task in self.unseen:
-                if task.name not in self.eval_items:
-                    self.eval_items[task.name] = encode_task_split(self.model, task, "eval", cfg.max_source_length,
-                                                                   cfg.max_target_length)
-                with dist.autocast(cfg.mixed_precision):
-                    score, _, records = evaluate_task(self.model, task, self.eval_items[task.name], cfg.eval_batch_size,
-                                                      cfg.max_new_tokens, None, method, cfg.stop_at_newline)
-                name = prediction_file(task.name, predictions)
+            for result in evaluate_tasks(self.model, self.unseen, method, self.decoding, task_ids=False,
+                                         cache=self.eval_items):
+                name = prediction_file(result.task.name, predictions)
                 if self.main:
-                    write_predictions(folder, name, records)
+                    write_predictions(folder, name, result.records)
                 files.append(name)
-                scores[task.name] = score
+                scores[result.task.name] = result.score
         if self.main:
             summary = {"scores": scores, "seconds": round(time.time() - t0, 2)}
             if note:
