@@ -60,7 +60,7 @@ from sapt.modules.router import SharedAttentionRouter
 from sapt.modules.sapt_model import SAPTModel
 from sapt.rundir.recovery import CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
-from sapt.evaluation.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
+from sapt.evaluation.report import REFERENCE_KEYS, Report, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_fit import without_definition
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
@@ -83,7 +83,7 @@ from sapt.run_tasks import builtin_tasks, configured_tasks, load_run_tasks, spli
 from sapt.unseen import UnseenScoring, load_unseen_tasks
 
 __all__ = [  # with the names of sapt.evaluation.report, sapt.stage_trainer and sapt.router_setup that callers import from here
-    "REFERENCE_KEYS", "RunResult", "StageLoop", "TrainingError", "build_model", "check_reference",
+    "REFERENCE_KEYS", "Report", "StageLoop", "TrainingError", "build_model", "check_reference",
     "init_key_from_task", "learn", "load_run_config", "load_run_tasks", "load_trained", "load_unseen_tasks",
     "make_replay_inputs",
     "place", "reference_scores", "render", "run", "stage_seed", "timing_note", "train_stage", "update_centre",
@@ -92,7 +92,7 @@ __all__ = [  # with the names of sapt.evaluation.report, sapt.stage_trainer and 
 
 
 # ---- the recipe --------------------------------------------------------------------------------------
-def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> RunResult:
+def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Report:
     """Learn the task sequence of `cfg` into `cfg.output`, resuming whatever is done there.
 
     `force_new`: if the output directory holds another run, use OUTPUT-2 (-3, ...) instead of refusing.
@@ -150,7 +150,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
 
 
 def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel,
-                changes: dict[str, list] | None = None, unseen: list[Task] | None = None) -> RunResult:
+                changes: dict[str, list] | None = None, unseen: list[Task] | None = None) -> Report:
     log(f"sapt: {len(tasks)} tasks ({', '.join(t.name for t in tasks)}), model {cfg.model}, output {run_dir}")
     log_data_overview(cfg, tasks, model)
     dist = get_dist()
@@ -289,12 +289,12 @@ class StageLoop(UnseenScoring):
         self.decoding = decoding_of(cfg)  # how every evaluation (own tasks, unseen ones) builds and answers prompts
         self.replay_sets: list[ReplaySet] = []  # the reflection inputs of the stages so far
 
-    def run(self, done: set[tuple[int, str]]) -> RunResult:
+    def run(self, done: set[tuple[int, str]]) -> Report:
         """`done`: the (stage, phase) pairs on disk and intact (`verify_stages`)."""
         cfg, method = self.cfg, self.method
         if self.unseen:
             self.evaluate_unseen_base()
-        result: RunResult | None = None  # the last stage is always evaluated, so the loop ends with its result
+        result: Report | None = None  # the last stage is always evaluated, so the loop ends with its result
         for t, task in enumerate(self.stages):
             started = time.time()
             sdir = stage_dir(self.run_dir, t, task.name)
@@ -396,19 +396,19 @@ class StageLoop(UnseenScoring):
             record_evaluation(sdir, {"scores": scores, "routing_accuracy": routing, "seconds": seconds}, files, self.manifest)
             kill_point(f"stage{t}:metrics")
 
-    def report(self, t: int) -> RunResult:
+    def report(self, t: int) -> Report:
         """metrics.json and timing.json after stage t (main process), and the progress line."""
         if self.main:
             result = write_metrics(self.run_dir, self.cfg, self.tasks, stages_done=t + 1)
         self.dist.barrier()
         if not self.main:  # the same numbers, read back from what the main process wrote
-            result = RunResult(read_metrics_as_written(self.run_dir), "")
+            result = Report(read_metrics_as_written(self.run_dir), "")
         progress = progress_note(time.time() - self.t0, self.stage_seconds, len(self.stages) - t - 1)
         log(f"sapt: stage {t + 1}/{len(self.stages)} done ({progress}); AP so far {result.metrics['ap']:.1f}"
             + timing_note(result.timing))
         return result
 
-    def report_skipped(self, t: int, last: RunResult | None) -> RunResult | None:
+    def report_skipped(self, t: int, last: Report | None) -> Report | None:
         """The progress line of a stage whose evaluation --eval-every skips. metrics.json is left as the last
         evaluated stage wrote it: its matrix ends at a scored row, so its AP is a measured one, and its
         `stages_done` says how far that is (the stage's files and manifest.json say how far training is)."""
@@ -442,7 +442,7 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
+def learn(run_dir: str | Path, task_folder: str | Path) -> Report:
     """Extend a run with one more task (a task folder in any layout sapt.data.formats reads):
     a new block, key and reflection data; every task is re-scored and the matrix gets a row and a column.
     The earlier stages are loaded, not redone (their checksums are verified as on any resume).

@@ -6,7 +6,7 @@
     tasks        `evaluate_tasks`: a list of tasks scored one after the other, the one loop that the stage
                  loop (sapt.train), the unseen-task scoring (sapt.unseen) and `sapt eval` (sapt.cli) share
     metrics      the CL metrics of a score matrix (AP, F.Ra, BWT, FWT) and its text table; pure, no torch
-    report       a run's metrics.json and timing.json from its stage files (`write_metrics`),
+    report       a run's metrics.json and timing.json from its stage files (`write_metrics` -> `Report`),
                  the table printed after each stage, FWT's reference run
     plots        the figures of `sapt report` and `sapt compare`
 

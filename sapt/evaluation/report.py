@@ -17,19 +17,23 @@ from sapt.evaluation.metrics import evaluated_rows, format_metrics, format_table
 from sapt.rundir import collect_matrices, collect_unseen, replay_stats, run_timing, saved_config_values
 from sapt.rundir.results import read_metrics_as_written, read_oracle_routing, write_metrics_file, write_timing
 
-__all__ = ["REFERENCE_KEYS", "RunResult", "check_reference", "reference_scores", "render", "timing_note",
+__all__ = ["REFERENCE_KEYS", "Report", "check_reference", "reference_scores", "render", "timing_note",
            "write_metrics"]
 
 
 @dataclass
-class RunResult:
+class Report:
+    """What a run reports after an evaluated stage: metrics.json's content, the table printed from it, the
+    seconds of timing.json, and the run directory. Not `sapt.RunResult` (sapt.api), which the API returns
+    for a whole run with its config and `load()`: this is the recipe's, one per evaluated stage, and was
+    once also named RunResult, two classes of one name for two things."""
     metrics: dict[str, Any]
     table: str
     timing: dict[str, float] | None = None  # run_timing's numbers (main process only)
     run_dir: Path | None = None  # the directory written (OUTPUT, or OUTPUT-2, ... under --force-new)
 
 
-def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done: int | None = None) -> RunResult:
+def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done: int | None = None) -> Report:
     """metrics.json and timing.json from the stage files of the first `stages_done` stages (None: every
     stage on disk). The matrix ends at the last evaluated stage, so AP always reads a scored row."""
     names = [t.name for t in tasks]
@@ -74,7 +78,7 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done:
     # Wall-clock seconds apart from the results: metrics.json stays byte-identical across resumes.
     timing = run_timing(run_dir, stages)
     write_timing(run_dir, timing)
-    return RunResult(metrics, render(metrics), timing)
+    return Report(metrics, render(metrics), timing)
 
 
 def eval_every_keys(names: list[str], matrix: list[list], every: int, with_fwt: bool) -> dict[str, Any]:
