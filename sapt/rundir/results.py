@@ -22,9 +22,11 @@ from sapt.rundir.layout import (
 )
 from sapt.rundir.manifest import Manifest
 
-__all__ = ["EVAL", "PREDICTIONS", "SCORES", "write_eval_predictions", "write_eval_scores", "evaluation_names", "has_predictions", "metrics_or_why", "prediction_file", "record_evaluation", "unseen_base_dir", "read_metrics", "read_metrics_as_written", "read_oracle_routing",
-           "read_predictions", "read_scores", "read_timing", "scores_exist", "write_metrics_file", "write_metrics_no_definitions", "write_oracle_routing",
-           "write_predictions", "write_scores", "write_timing"]
+__all__ = ["EVAL", "PREDICTIONS", "SCORES", "evaluation_names", "has_predictions", "metrics_or_why",
+           "prediction_file", "read_metrics", "read_metrics_as_written", "read_oracle_routing", "read_predictions",
+           "read_scores", "read_timing", "record_evaluation", "unseen_base_dir",
+           "write_eval_predictions", "write_eval_scores", "write_metrics_file", "write_metrics_no_definitions",
+           "write_oracle_routing", "write_predictions", "write_scores", "write_timing"]
 
 SCORES = "scores.json"  # in a stage folder (and unseen_base/): {"scores", "routing_accuracy", "seconds"}
 PREDICTIONS = "predictions"  # the folder of a stage's predictions/<task>.jsonl
@@ -156,10 +158,6 @@ def write_predictions(folder: Path, name: str, records: list[dict]) -> None:
 def write_scores(folder: Path, summary: dict[str, Any], name: str = SCORES) -> None:
     """A stage's (or unseen_base's) scores file: scores.json, or unseen_scores.json for --unseen."""
     io.write_json(Path(folder) / name, summary)
-
-
-def scores_exist(folder: Path, name: str = SCORES) -> bool:
-    return (Path(folder) / name).exists()
 
 
 def read_scores(folder: Path, name: str = SCORES) -> dict[str, Any] | None:

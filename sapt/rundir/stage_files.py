@@ -24,8 +24,9 @@ from sapt.rundir.lock import LOCK_NAME
 from sapt.rundir.manifest import Manifest
 from sapt.rundir.recovery import CHECKPOINT, kill_point
 
-__all__ = ["copy_trained_stages", "checkpoint_path", "drop_checkpoint", "load_stage", "load_tensor_file", "read_replay_inputs", "read_stage_summary", "read_stage_tensors",
-           "read_train_log", "save_trained_stage", "stage_summary_path", "train_log_path", "write_replay"]
+__all__ = ["checkpoint_path", "copy_trained_stages", "drop_checkpoint", "load_stage", "load_tensor_file",
+           "read_replay_inputs", "read_stage_summary", "read_stage_tensors", "read_train_log", "save_trained_stage",
+           "stage_summary_path", "train_log_path", "write_replay"]
 
 ADAPTER, ROUTER, SUMMARY = PHASE_FILES["trained"][0], PHASE_FILES["trained"][1], PHASE_FILES["trained"][3]
 REPLAY, REPLAY_STATS = PHASE_FILES["replay"]
@@ -123,6 +124,7 @@ def copy_trained_stages(src: Path, dst: Path, method: str, output: str, also_ign
     the manifest re-records each trained phase with the new stage.json and forgets each evaluation."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(METRICS, LOCK_NAME, "checkpoint*", *PHASE_FILES["evaluated"],
                                                             *also_ignore))
+    # here, not at the top: read.py imports sapt.config, and the block types read this module's tensors
     from sapt.rundir.read import saved_config_values, write_run_config
 
     write_run_config(dst, {**(saved_config_values(dst) or {}), "method": method, "output": output})
