@@ -43,15 +43,12 @@ class BadRun(ValueError):
 def final_row_dir(run: Path) -> Path:
     """The last stage directory that holds predictions: the final row of the score matrix."""
     from sapt.rundir import stage_folders  # in stage order: from stage 100 on, name order is not
+    from sapt.rundir.results import has_predictions
 
-    stages = [d for d in stage_folders(run) if (d / "predictions").is_dir()]
+    stages = [d for d in stage_folders(run) if has_predictions(d)]
     if not stages:
         raise BadRun(f"{run}: no stage with predictions under stages/")
     return stages[-1]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def measure(run_dir: str | Path, max_eval_per_task: int | None = None, data_dir: str | None = None,
@@ -62,12 +59,13 @@ def measure(run_dir: str | Path, max_eval_per_task: int | None = None, data_dir:
 
     from sapt.api import method_of
     from sapt.distributed import get_dist
-    from sapt.evaluate import encode_task_split, evaluate_task
-    from sapt.rundir import CONFIG
+    from sapt.evaluation.generation import encode_task_split, evaluate_task
+    from sapt.rundir import has_run_config
+    from sapt.rundir.results import read_predictions
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     src = Path(run_dir)
-    if not (src / CONFIG).is_file():
+    if not has_run_config(src):
         raise BadRun(f"{src}: not a run directory (no config.yaml)")
     with tempfile.TemporaryDirectory(prefix="eval_speed_") as tmp:
         run = Path(tmp) / "run"
@@ -84,7 +82,9 @@ def measure(run_dir: str | Path, max_eval_per_task: int | None = None, data_dir:
         row = final_row_dir(run)
         rows, total = [], 0.0
         for j, task in enumerate(method.eval_tasks(tasks, len(names) - 1)):
-            stored = read_jsonl(row / "predictions" / f"{task.name}.jsonl")
+            path, stored = read_predictions(row, task.name)
+            if stored is None:
+                raise FileNotFoundError(2, "No such file or directory", str(path))
             n = min(len(task.eval), len(stored), max_eval_per_task or len(task.eval))
             task.eval = task.eval[:n]
             stored = stored[:n]

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sapt import io  # noqa: E402
 from sapt.config import coerce_all, load_yaml, resolve  # noqa: E402
-from sapt.manifest import Manifest  # noqa: E402
 from sapt.methods import METHODS, make_method  # noqa: E402
-from sapt.rundir import CONFIG, METRICS, TIMING, stage_folders  # noqa: E402
+from sapt.rundir.results import read_metrics_as_written, read_timing  # noqa: E402
+from sapt.rundir.stage_files import copy_trained_stages  # noqa: E402
 from sapt.train import run  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "CL_Benchmark"
@@ -193,30 +193,21 @@ def oracle_routing(run_dir: Path) -> dict:
 
     if sapt_main(["eval", "--run", str(run_dir), "--routing", "oracle"]) != 0:
         raise SystemExit(f"{run_dir}: the oracle-routed evaluation failed")
-    return io.read_json(run_dir / METRICS)
+    return read_metrics_as_written(run_dir)
 
 
 def seed_from_trained(src: Path, dst: Path, method: str) -> bool:
     """Start `dst` as a copy of the finished run `src`'s trained stages (trained and replay phases; no
     evaluation), relabelled as `method`, so that running it only evaluates. Nothing happens (False) if
     `dst` exists or `src` is not finished."""
-    if dst.exists() or not (src / METRICS).exists():
+    done = None if dst.exists() else read_metrics_as_written(src)
+    if done is None:
         return False
-    done = io.read_json(src / METRICS)
     if done["stages_done"] < len(done["tasks"]):
         return False
     tmp = dst.with_name(dst.name + ".seeding")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(
-        METRICS, "trackers", "bench_time.json", ".lock", "predictions", "scores.json", "checkpoint*",
-        "unseen_scores.json", "unseen"))
-    cfg = yaml.safe_load((tmp / CONFIG).read_text())
-    io.atomic_write_text(tmp / CONFIG, yaml.safe_dump({**cfg, "method": method, "output": str(dst)}, sort_keys=False))
-    manifest = Manifest(tmp)
-    for sdir in stage_folders(tmp):
-        io.write_json(sdir / "stage.json", {**io.read_json(sdir / "stage.json"), "method": method})
-        manifest.record(sdir, "trained", list(manifest.phase(sdir.name, "trained")))
-        manifest.forget(sdir.name, ["evaluated"])
+    copy_trained_stages(src, tmp, method, str(dst), also_ignore=("trackers", "bench_time.json"))
     io.write_json(tmp / "trained_as.json", {"method": TRAINED_AS[method], "run": str(src)})
     tmp.rename(dst)
     return True
@@ -236,8 +227,8 @@ def unseen_mean(metrics: dict) -> float | None:
 def _work_seconds(run_dir: Path) -> float | None:
     """The run's own seconds of training, reflection and evaluation so far (RUN_DIR/timing.json); None
     before it has any."""
-    path = run_dir / TIMING
-    return io.read_json(path)["total_s"] if path.exists() else None
+    timing = read_timing(run_dir)
+    return timing["total_s"] if timing is not None else None
 
 
 def _add_wall_time(run_dir: Path, seconds: float) -> float:

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sapt import io  # noqa: E402
-from sapt.evaluate import encode_task_split  # noqa: E402
+from sapt.evaluation.generation import encode_task_split  # noqa: E402
 from sapt.reflection import ReplaySet, encode_replay, routing_target  # noqa: E402
 from sapt.router_fit import fit_router, pooled_prompts  # noqa: E402
 from sapt.router_setup import update_centre  # noqa: E402

@@ -124,15 +124,16 @@ class Meter:
 
     def end_stage(self, loop: Any, t: int) -> None:
         from sapt.rundir import stage_dir
+        from sapt.rundir.results import read_scores
 
-        scores = stage_dir(loop.run_dir, t, loop.stages[t].name) / "scores.json"
+        scores = read_scores(stage_dir(loop.run_dir, t, loop.stages[t].name))
         c = self.current
         self.rows.append({
             "stage": t + 1,
             "step_ms": 1000 * c["epoch_s"] / c["steps"] if c["steps"] else None,
             "steps": c["steps"],
             "fit_s": c["fit_s"],
-            "eval_s": json.loads(scores.read_text())["seconds"] if scores.exists() else None,
+            "eval_s": scores["seconds"] if scores is not None else None,
             "peak_rss_mib": peak_rss_mib(),
             "run_dir_mib": tree_bytes(loop.run_dir) / 2**20,
         })

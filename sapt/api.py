@@ -90,7 +90,8 @@ def run(config_file: str | Path | None = None, *, force_new: bool = False,
     config, use OUTPUT-2 (-3, ...) instead of refusing. `allow_config_change`: keys (lr, router_lr) that
     may differ from the saved config when resuming (a list, or a comma-separated string).
 
-    Raises ConfigError (a ValueError) for a bad key, value, file or output directory, before anything is
+    Raises ConfigError (a ValueError) for a bad key, value, file or output directory (RunDirError, a kind of
+    it, for a directory in use, damaged or not a run; both are sapt.errors.SaptError), before anything is
     written; the errors of `sapt run` otherwise (sapt.data.DataError, sapt.models.ModelLoadError,
     sapt.train.TrainingError, OSError)."""
     from sapt.config import _plain, resolve
@@ -144,10 +145,9 @@ class TrainedRun:
 
     @property
     def metrics(self) -> dict[str, Any] | None:
-        from sapt import io
+        from sapt.rundir.results import read_metrics_as_written
 
-        path = self.run_dir / "metrics.json"
-        return io.read_json(path) if path.exists() else None
+        return read_metrics_as_written(self.run_dir)
 
     # ---- answering ---------------------------------------------------------------------------------
     def predict(self, texts: str | Sequence[str], definition: str = "", max_new_tokens: int | None = None,
@@ -161,7 +161,7 @@ class TrainedRun:
         `generate(..., routing={task: 1.0})`)."""
         import torch
 
-        from sapt.evaluate import predict
+        from sapt.evaluation.generation import predict
 
         texts = _texts(texts)
         max_new_tokens = self._max_new_tokens(max_new_tokens)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sapt.config import CHANGEABLE_KEYS, FIELDS, SECTIONS, ConfigError, _csv, base_type, default_text, flag_of
+from sapt.errors import SaptError
 
 
 # `sapt run`'s options beyond the config keys: how to treat an existing run directory, and a dry run.
@@ -115,7 +117,7 @@ def unknown_option_message(parser: argparse.ArgumentParser, command: str | None,
 def figure_formats(value: str) -> tuple[str, ...]:
     """argparse type of `--format png,pdf,svg`: a bad one is refused at parsing, in one line naming the option,
     before a report or a comparison has done any work."""
-    from sapt.plots import CHART_FORMATS, parse_formats
+    from sapt.evaluation.plots import CHART_FORMATS, parse_formats
 
     try:
         return parse_formats(value)
@@ -126,7 +128,7 @@ def figure_formats(value: str) -> tuple[str, ...]:
 
 def figure_dpi(value: str) -> float:
     """argparse type of `--dpi`: a number above 0 (0 or less made matplotlib fail deep in its PNG writer)."""
-    from sapt.plots import MAX_DPI, check_dpi
+    from sapt.evaluation.plots import MAX_DPI, check_dpi
 
     try:
         return check_dpi(value)
@@ -254,12 +256,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sapt import io
     from sapt.distributed import get_dist
-    from sapt.batching import encode
-    from sapt.evaluate import encode_task_split, evaluate_task
+    from sapt.evaluation.tasks import decoding_of, evaluate_tasks
     from sapt.api import method_of
     from sapt.methods import make_method
+    from sapt.rundir.results import write_eval_predictions, write_eval_scores
     from sapt.train import load_run_config, load_run_tasks, load_trained
 
     cfg = load_run_config(args.run)
@@ -278,31 +279,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = method.eval_tasks(tasks, len(names) - 1)  # what the last trained stage scores (mtl: every task)
     main = get_dist().is_main  # under accelerate launch every process evaluates its share; one writes
     scores = {}
-    out = Path(args.run) / "eval"
     bare = args.no_definitions  # every prompt without its definition: written apart, under names of its own
     suffix = "_no_definitions" if bare else ""
-    for j, task in enumerate(tasks):
-        if bare:
-            items = encode(model.tokenizer, model.family, "", task.eval, cfg.max_source_length, cfg.max_target_length,
-                           model.template)
-        else:
-            items = encode_task_split(model, task, "eval", cfg.max_source_length, cfg.max_target_length)
-        score, accuracy, records = evaluate_task(model, task, items, cfg.eval_batch_size, cfg.max_new_tokens, j, method,
-                                                 cfg.stop_at_newline)
+    # no autocast: `sapt eval` has always scored in the model's own precision (the stage loop uses the run's)
+    decoding = dataclasses.replace(decoding_of(cfg), precision="no")
+    for result in evaluate_tasks(model, tasks, method, decoding, definitions=not bare):
+        name, score, accuracy = result.task.name, result.score, result.routing_accuracy
         if main:
-            io.write_jsonl(out / f"predictions{suffix}" / f"{task.name}.jsonl", records)
-        scores[task.name] = {"score": score}
-        line = f"{task.name:30s} {score:6.1f}"
+            write_eval_predictions(Path(args.run), name, result.records, suffix)
+        scores[name] = {"score": score}
+        line = f"{name:30s} {score:6.1f}"
         if accuracy is not None:
-            scores[task.name]["routing_accuracy"] = accuracy
+            scores[name]["routing_accuracy"] = accuracy
             line += f"   routing accuracy {accuracy:5.1f}"
         if main:
             print(line)
     ap = sum(s["score"] for s in scores.values()) / len(scores)
     if main:
-        written = out / f"{'oracle_scores' if oracle else 'scores'}{suffix}.json"
-        io.write_json(written, {"scores": scores, "ap": ap, "after_stage": len(names), "routing": args.routing,
-                                **({"definitions": "none"} if bare else {})})
+        written = write_eval_scores(Path(args.run), {"scores": scores, "ap": ap, "after_stage": len(names),
+                                                     "routing": args.routing, **({"definitions": "none"} if bare else {})},
+                                    oracle, suffix)
         print(f"AP {ap:.1f} over {len(scores)} tasks (written to {written})")
         if bare and not oracle:
             record_no_definitions(Path(args.run), args, scores, ap, len(names))
@@ -316,29 +312,27 @@ def record_no_definitions(run_dir: Path, args: argparse.Namespace, scores: dict[
     """`sapt eval --no-definitions`: the final model's scores and routing accuracy without definitions, written
     (atomically) beside metrics.json in a file of its own. metrics.json stays as the run wrote it: its numbers
     are the run's, with the prompts it trained on, and a resumed run must reproduce its bytes."""
-    from sapt import io
-    from sapt.rundir.layout import METRICS_NO_DEFINITIONS
+    from sapt.rundir.results import write_metrics_no_definitions
 
     routing = {n: s["routing_accuracy"] for n, s in scores.items() if "routing_accuracy" in s}
     mean_routing = sum(routing.values()) / len(routing) if routing else None
-    io.write_json(run_dir / METRICS_NO_DEFINITIONS, {
+    written = write_metrics_no_definitions(run_dir, {
         "definitions": "none: every evaluation prompt without its task's definition, as predict without --definition",
         "after_stage": stages, "tasks": list(scores), "scores": {n: s["score"] for n, s in scores.items()}, "ap": ap,
         "routing_accuracy": routing,
         "mean_routing_accuracy": mean_routing,
         "data_dir": args.data_dir, "max_eval_per_task": args.max_eval_per_task})
     mean = f", mean routing accuracy {mean_routing:.1f}" if routing else ""
-    print(f"without definitions: AP {ap:.1f}{mean} ({run_dir / METRICS_NO_DEFINITIONS})")
+    print(f"without definitions: AP {ap:.1f}{mean} ({written})")
 
 
 def record_oracle_routing(run_dir: Path, cfg, scores: dict[str, float], ap: float, stages: int) -> None:
     """The oracle-routed scores beside the run's, and metrics.json rewritten with the routing loss."""
-    from sapt import io
-    from sapt.report import write_metrics
-    from sapt.rundir import ORACLE_ROUTING
+    from sapt.evaluation.report import write_metrics
+    from sapt.rundir.results import write_oracle_routing
     from sapt.run_tasks import load_run_tasks
 
-    io.write_json(run_dir / ORACLE_ROUTING, {"after_stage": stages, "scores": scores, "ap": ap})
+    write_oracle_routing(run_dir, {"after_stage": stages, "scores": scores, "ap": ap})
     result = write_metrics(run_dir, cfg, load_run_tasks(cfg))
     if "oracle_routed" in result.metrics:
         print(f"routing loss {result.metrics['oracle_routed']['routing_loss']:.1f} points: AP {ap:.1f} oracle-routed, "
@@ -397,25 +391,18 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sapt import io
-    from sapt.metrics import metrics_problems
-    from sapt.report import render_definitions
+    from sapt.evaluation.report import render_definitions
     from sapt.rundir import task_definitions
+    from sapt.rundir.results import read_metrics
     from sapt.train import render
 
-    path = Path(args.run) / "metrics.json"
-    if not path.exists():
-        raise ConfigError(f"{args.run}: no metrics.json (not a sapt run, or no stage evaluated yet)")
-    metrics = io.read_json(path)
-    problems = metrics_problems(metrics)
-    if problems:
-        raise ConfigError(f"{path}: not a sapt metrics file ({'; '.join(problems)})")
+    metrics = read_metrics(args.run)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         print("\n".join([render(metrics), *render_definitions(task_definitions(args.run))]))
     if not args.no_plots:
-        from sapt.plots import DPI, plot_run
+        from sapt.evaluation.plots import DPI, plot_run
 
         try:
             plots = plot_run(args.run, formats=args.formats or ("png",), dpi=args.dpi or DPI)  # messages on stderr
@@ -431,7 +418,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sapt.plots import CHART_FORMATS, DPI, chart_format, chart_paths, format_comparison, plot_compare
+    from sapt.evaluation.plots import CHART_FORMATS, DPI, chart_format, chart_paths, format_comparison, plot_compare
 
     fmt = chart_format(args.out)
     if fmt is None:
@@ -539,7 +526,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
         finish()  # several processes (accelerate launch): they end together
         return code
-    except (ConfigError, DataError, DistributedError, ModelLoadError, TrainingError, ValueError) as e:
+    except (SaptError, DataError, DistributedError, ModelLoadError, TrainingError, ValueError) as e:
         print(f"sapt: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # the file system refused (a full disk, a read-only folder, a folder for a file)

@@ -23,12 +23,9 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
+from sapt.errors import ConfigError
 from sapt.methods import method_names
 from sapt.modules.blocks.registry import block_type_names
-
-
-class ConfigError(ValueError):
-    pass
 
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
@@ -346,7 +343,7 @@ class RunConfig:
     max_new_tokens: int = option(50, bounds=AT_LEAST_1, section="decoding", help="generation length at evaluation")
     eval_batch_size: int = option(16, bounds=AT_LEAST_1,
                                   section="decoding", resume="free", help="evaluation batch size")
-    # An answer ends at its first line break where no answer of the task has one (sapt.evaluate)
+    # An answer ends at its first line break where no answer of the task has one (sapt.evaluation.generation)
     stop_at_newline: bool = option(True, section="decoding",
                                    help="generate up to --max-new-tokens or EOS even for tasks whose answers are "
                                         "one line (default: such an answer ends at its first line break)")
@@ -649,11 +646,9 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
 SAVED_BEFORE_THE_KEY = {"router_schedule": "joint"}
 
 
-def from_saved(run_dir: str | Path) -> RunConfig:
-    """The config a run directory was made with (RUN_DIR/config.yaml), checked as a --config file is."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not a sapt run directory (no config.yaml)")
+def from_saved(path: str | Path) -> RunConfig:
+    """The config a run was made with, from the config.yaml file at `path` (which sapt.rundir finds in a
+    run directory), checked as a --config file is, with the defaults of keys saved before they existed."""
     saved = load_yaml(path)
     cfg = RunConfig(**coerce_all({**SAVED_BEFORE_THE_KEY, **saved}, source=str(path)))
     try:

@@ -18,13 +18,13 @@ show "-" for them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from sapt import io
 from sapt.config import ConfigError
-from sapt.rundir import METRICS, TRAIN_LOG, stage_folders, stage_task
+from sapt.rundir import stage_folders, stage_task
+from sapt.rundir.results import read_metrics_as_written
+from sapt.rundir.stage_files import read_stage_summary, read_train_log
 
 __all__ = ["diagnose", "render"]
 
@@ -34,12 +34,12 @@ def diagnose(run_dir: Path) -> list[dict[str, Any]]:
     folders = stage_folders(run_dir)
     if not folders:
         raise ConfigError(f"{run_dir}: no trained stage to diagnose (is it a sapt run directory?)")
-    metrics = io.read_json(run_dir / METRICS) if (run_dir / METRICS).exists() else {}
+    metrics = read_metrics_as_written(run_dir) or {}
     routing = metrics.get("routing_accuracy") or []
-    weights = _weights_by_stage(run_dir / TRAIN_LOG)
+    weights = _weights_by_stage(read_train_log(run_dir))
     rows = []
     for t, sdir in enumerate(folders):
-        stage = io.read_json(sdir / "stage.json") if (sdir / "stage.json").exists() else {}
+        stage = read_stage_summary(sdir)
         start = stage.get("router_start") or {}
         fit = stage.get("router_fit") or {}
         rows.append({
@@ -53,13 +53,11 @@ def diagnose(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _weights_by_stage(path: Path) -> dict[int, list[float]]:
+def _weights_by_stage(records: list[dict[str, Any]]) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line) if line.strip() else {}
-            if "routing_weight" in rec:
-                out.setdefault(rec["stage"], []).append(rec["routing_weight"])
+    for rec in records:
+        if "routing_weight" in rec:
+            out.setdefault(rec["stage"], []).append(rec["routing_weight"])
     return out
 
 

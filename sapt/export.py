@@ -58,16 +58,15 @@ import torch
 
 from sapt import io
 from sapt.config import ConfigError
-from sapt.manifest import sha256_file
+from sapt.rundir.manifest import sha256_file
 from sapt.models import RESERVED
 from sapt.model_card import model_card, run_metrics
 from sapt.modules.blocks.peft_export import load as _load
 from sapt.modules.blocks.peft_export import peft_base_model
 from sapt.modules.blocks.registry import BLOCK_TYPES, block_type_of
-from sapt.rundir import (
-    CONFIG, EXPORT_MARKER, METRICS, TASKS, is_export, load_run_config, run_stage_tensors, task_definitions,
-    trained_stages,
-)
+from sapt.rundir import EXPORT_MARKER, is_export, load_run_config, run_stage_tensors, task_definitions, trained_stages
+from sapt.rundir.source import EXPORT_COPIES, write_export_copies
+from sapt.rundir.stage_files import read_stage_tensors
 
 EXPORT_FORMAT = "sapt-export/1"
 
@@ -133,7 +132,7 @@ def _install(work: Path, out: Path) -> None:
 
 
 # The export's own files beside the task folders: a task named like one cannot have its folder there.
-EXPORT_FILES = ("README.md", "router.json", "router.safetensors", CONFIG, TASKS, METRICS, EXPORT_MARKER)
+EXPORT_FILES = ("README.md", "router.json", "router.safetensors", *EXPORT_COPIES, EXPORT_MARKER)
 
 
 def _check_task_folders(tasks: list[str], out: Path) -> None:
@@ -174,12 +173,13 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
 def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
     """Write the export into the (new, empty) folder `out`; returns router.json's content."""
     kind = block_type_of(cfg)
-    blocks = [(task, sdir, _load(sdir / "adapter.safetensors")) for task, sdir in stages]
+    tensors = [read_stage_tensors(sdir) for _, sdir in stages]
+    blocks = [(task, sdir, block) for (task, sdir), (block, _) in zip(stages, tensors)]
     exported = kind.export_adapters(cfg, blocks, out)
-    keys = [_load(sdir / "router.safetensors")["key"].float() for _, sdir in stages]
+    keys = [router["key"].float() for _, router in tensors]
     adapters = {task: task for task, _ in stages}
 
-    last_router = _load(stages[-1][1] / "router.safetensors")
+    last_router = tensors[-1][1]
     mlp = {k: v.contiguous() for k, v in last_router.items() if k.startswith("query_mlp.")}
     # runs written before the centre existed trained without one: zero
     mlp["centre"] = last_router.get("centre", torch.zeros(mlp["query_mlp.0.weight"].shape[1])).contiguous()
@@ -212,11 +212,8 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
     io.atomic_write_text(out / "README.md", model_card(cfg, info, metrics, note))
     io.atomic_write_text(out / "router.json", json.dumps(info, indent=2) + "\n")
     # what makes it a model on its own: the run's config and definitions (and scores), and the marker
-    io.atomic_write_bytes(out / CONFIG, (run_dir / CONFIG).read_bytes())
-    io.write_json(out / TASKS, {"definitions": info["definitions"]})
-    if metrics is not None:
-        io.atomic_write_bytes(out / METRICS, (run_dir / METRICS).read_bytes())
-    read = [CONFIG, TASKS, "router.json", "router.safetensors",
+    copied = write_export_copies(run_dir, out, info["definitions"], with_metrics=metrics is not None)
+    read = [*copied, "router.json", "router.safetensors",
             *(f"{folder}/{name}" for folder in adapters.values()
               for name in ("adapter_model.safetensors", *kind.export_files) if (out / folder / name).is_file())]
     io.write_json(out / EXPORT_MARKER, {

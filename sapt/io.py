@@ -32,7 +32,7 @@ class RunDirGoneError(WriteRefused):
     """The run directory this process holds was deleted, moved or replaced while the run was writing it."""
 
 
-# The run directories this process holds (`sapt.lock.RunLock`), innermost last: (absolute path, (st_dev,
+# The run directories this process holds (`sapt.rundir.lock.RunLock`), innermost last: (absolute path, (st_dev,
 # st_ino) when it was locked). A write below one of them makes its missing folders below it only, after
 # checking that it is still the directory that was locked. Why: a write that made every missing parent
 # would, after the run directory was deleted (or moved) mid-run, re-create it half-way (no config.yaml,

@@ -22,7 +22,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sapt import io
 from sapt.models import RESERVED
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF (Q4_1) was quantised from
@@ -45,19 +44,9 @@ def _traits(cfg: Any) -> SimpleNamespace:
 def run_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
     """metrics.json of the run if it is one sapt wrote, else None and why (the card says so; the export
     itself does not depend on it)."""
-    from sapt.metrics import metrics_problems
+    from sapt.rundir.results import metrics_or_why
 
-    path = run_dir / "metrics.json"
-    if not path.exists():
-        return None, "the run has no metrics.json (no stage evaluated yet), so there are no scores to report"
-    try:
-        metrics = io.read_json(path)
-    except (OSError, ValueError) as e:
-        return None, f"the run's metrics.json cannot be read ({e}); `sapt report` says more"
-    problems = metrics_problems(metrics)
-    if problems:
-        return None, f"the run's metrics.json is not one sapt wrote ({'; '.join(problems)}), so it is not reported"
-    return metrics, ""
+    return metrics_or_why(run_dir)
 
 
 def base_model_id(model: str) -> str | None:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from sapt.batching import Encoded, collate_prompts, encode, length_sorted_batches
 from sapt.data import Example
 from sapt.modules.sapt_model import SAPTModel
-from sapt.recovery import kill_point
+from sapt.rundir.recovery import kill_point
 from sapt.reflection import ReplaySet, kl_to_target
 
 __all__ = ["fit_router", "pooled_prompts", "routing_probe", "share_without_definition", "without_definition"]

@@ -10,7 +10,7 @@ import torch
 
 from sapt.config import RunConfig
 from sapt.data import Task
-from sapt.evaluate import encode_task_split
+from sapt.evaluation.generation import encode_task_split
 from sapt.modules.sapt_model import SAPTModel
 from sapt.reflection import mean_over_prompts
 

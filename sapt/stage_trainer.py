@@ -27,11 +27,11 @@ from sapt.batching import collate_prompts, collate_train, length_sorted_batches
 from sapt.config import RunConfig
 from sapt.data import Task
 from sapt.distributed import Dist, get_dist
-from sapt.evaluate import encode_task_split, evaluation_loss
+from sapt.evaluation.generation import encode_task_split, evaluation_loss
 from sapt.methods import Method, make_method
 from sapt.methods.base import one_hot_weights
 from sapt.modules.sapt_model import SAPTModel
-from sapt.recovery import CheckpointError, as_random_state, kill_point, load_checkpoint, save_checkpoint, trim_log
+from sapt.rundir.recovery import CheckpointError, as_random_state, kill_point, load_checkpoint, save_checkpoint, trim_log
 from sapt.reflection import Reflection, routing_target
 from sapt.rundir.layout import log
 from sapt.tracking import Trackers

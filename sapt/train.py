@@ -1,6 +1,6 @@
 """The continual-learning recipe: for each stage (one per task, or mtl's one over all tasks), train its block
 (`sapt.stage_trainer`), save it, make its reflection inputs, score every task seen so far and report
-(`sapt.report`). Finished work is loaded, not redone. What differs between SAPT and the baselines is
+(`sapt.evaluation.report`). Finished work is loaded, not redone. What differs between SAPT and the baselines is
 asked of the method's hooks (`sapt.methods.base`); this file reads top to bottom:
 
     run            refuse what can be refused, lock the run directory, load the model
@@ -20,7 +20,7 @@ reading it back) is `sapt.rundir`. What a stage writes there:
     stages/NN_<task>/unseen_scores.json   with --unseen: scores on the tasks never trained on, with unseen/<task>.jsonl
     unseen_base/scores.json          with --unseen: the same on the base model (no block), before stage 1
 
-Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.manifest`)
+Resuming (the same command again): a phase of a stage (trained / replay / evaluated, `sapt.rundir.manifest`)
 is skipped only if manifest.json records it and its files pass their checksums (`sapt.rundir.verify_stages`);
 a stage that was training resumes after its last checkpointed epoch with the optimiser and every RNG
 state, so the result is bit-identical to an uninterrupted run on CPU. Damaged trained or replay files
@@ -28,7 +28,7 @@ invalidate their stage and every later one (those are redone from scratch); dama
 are rescored.
 
 Test hook: SAPT_TEST_KILL_AT=point[,point...] makes the process kill itself (SIGKILL, or the signal
-named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) when it reaches a named point; see `sapt.recovery.kill_point`.
+named by SAPT_TEST_KILL_SIGNAL, e.g. SIGSTOP) when it reaches a named point; see `sapt.rundir.recovery.kill_point`.
 
 `train_stage`, `build_model` and `make_replay_inputs` are looked up here when called, so that a test may
 replace them on this module.
@@ -36,37 +36,41 @@ replace them on this module.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from sapt import io
 from sapt.config import ConfigError, RunConfig, to_dict
+from sapt.errors import RunDirError
 from sapt.batching import encode
 from sapt.data import Task
 from sapt.data.benchmark import task_order_reason
 from sapt.data.overview import order_line, task_lines
 from sapt.data.formats import has_train
 from sapt.distributed import get_dist
-from sapt.evaluate import encode_task_split, evaluate_task
-from sapt.manifest import Manifest
+from sapt.evaluation.tasks import decoding_of, evaluate_tasks
+from sapt.rundir.manifest import Manifest
 from sapt.methods import Method, make_method
 from sapt.models import eager_attention_on_cpu, load_model, quantize_backend_problem
 from sapt.modules.blocks.registry import build_block_type
 from sapt.modules.router import SharedAttentionRouter
 from sapt.modules.sapt_model import SAPTModel
-from sapt.recovery import CHECKPOINT, CheckpointError, kill_point, load_checkpoint
+from sapt.rundir.recovery import CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
-from sapt.report import REFERENCE_KEYS, RunResult, check_reference, reference_scores, render, timing_note, write_metrics
+from sapt.evaluation.report import REFERENCE_KEYS, Report, check_reference, reference_scores, render, timing_note, write_metrics
 from sapt.router_fit import without_definition
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
-    CONFIG, METRICS, PHASE_FILES, absolute_data_dir, load_run_config, lock_run_dir,
-    stage_dir, trained_stages, verify_stages, write_task_definitions,
+    absolute_data_dir, has_run_config, load_run_config, lock_run_dir, stage_dir, trained_stages, verify_stages,
+    write_run_config, write_task_definitions,
+)
+from sapt.rundir.results import prediction_file, read_metrics_as_written, record_evaluation, write_predictions
+from sapt.rundir.stage_files import (
+    checkpoint_path, drop_checkpoint, load_stage, read_replay_inputs, read_stage_summary, save_trained_stage,
+    stage_summary_path, train_log_path, write_replay,
 )
 from sapt.rundir.layout import log, open_run_log
 from sapt.rundir.plan import drop_if_bare
@@ -78,8 +82,8 @@ from sapt.tracking import Trackers, check_trackers
 from sapt.run_tasks import builtin_tasks, configured_tasks, load_run_tasks, split_settings  # noqa: F401
 from sapt.unseen import UnseenScoring, load_unseen_tasks
 
-__all__ = [  # with the names of sapt.report, sapt.stage_trainer and sapt.router_setup that callers import from here
-    "REFERENCE_KEYS", "RunResult", "StageLoop", "TrainingError", "build_model", "check_reference",
+__all__ = [  # with the names of sapt.evaluation.report, sapt.stage_trainer and sapt.router_setup that callers import from here
+    "REFERENCE_KEYS", "Report", "StageLoop", "TrainingError", "build_model", "check_reference",
     "init_key_from_task", "learn", "load_run_config", "load_run_tasks", "load_trained", "load_unseen_tasks",
     "make_replay_inputs",
     "place", "reference_scores", "render", "run", "stage_seed", "timing_note", "train_stage", "update_centre",
@@ -88,7 +92,7 @@ __all__ = [  # with the names of sapt.report, sapt.stage_trainer and sapt.router
 
 
 # ---- the recipe --------------------------------------------------------------------------------------
-def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> RunResult:
+def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Report:
     """Learn the task sequence of `cfg` into `cfg.output`, resuming whatever is done there.
 
     `force_new`: if the output directory holds another run, use OUTPUT-2 (-3, ...) instead of refusing.
@@ -113,11 +117,11 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         try:
             lock, run_dir, changes, created = lock_run_dir(cfg, force_new, allow_changes)
             planned = (str(run_dir), changes)
-        except ConfigError as e:
-            problem = str(e)
+        except ConfigError as e:  # its class travels too: a held or foreign directory stays a RunDirError
+            problem = (RunDirError if isinstance(e, RunDirError) else ConfigError, str(e))
     problem, planned = dist.broadcast((problem, planned))
     if problem is not None:
-        raise ConfigError(problem)
+        raise problem[0](problem[1])
     run_dir, changes = Path(planned[0]), planned[1]
     if str(run_dir) != cfg.output:
         cfg = dataclasses.replace(cfg, output=str(run_dir))
@@ -130,8 +134,8 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
         log(f"sapt: model {cfg.model} loaded in {time.time() - t0:.1f}s; "
             + model.blocks.describe()
             + (f"; {dist.world} processes, global batch {cfg.batch_size}" if dist.world > 1 else ""))
-        if dist.is_main and not (run_dir / CONFIG).exists():
-            io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if dist.is_main and not has_run_config(run_dir):
+            write_run_config(run_dir, to_dict(cfg))
         return dataclasses.replace(_run_stages(cfg, tasks, run_dir, model, changes, unseen), run_dir=run_dir)
     except BaseException as e:
         if created:
@@ -146,7 +150,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Run
 
 
 def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTModel,
-                changes: dict[str, list] | None = None, unseen: list[Task] | None = None) -> RunResult:
+                changes: dict[str, list] | None = None, unseen: list[Task] | None = None) -> Report:
     log(f"sapt: {len(tasks)} tasks ({', '.join(t.name for t in tasks)}), model {cfg.model}, output {run_dir}")
     log_data_overview(cfg, tasks, model)
     dist = get_dist()
@@ -162,7 +166,7 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
     if changes and main:
         first = next((t for t in range(len(stages)) if (t, "trained") not in done), len(stages))
         manifest.record_change(first, changes)
-        io.atomic_write_text(run_dir / CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_run_config(run_dir, to_dict(cfg))
         log(f"sapt: config changed on resume ({', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}), "
             f"in effect from stage {first + 1}; recorded in manifest.json and config.yaml")
     if main:
@@ -219,14 +223,14 @@ def changed_task_data(cfg: RunConfig, tasks: list[Task], stages: list[Task], run
         sdir = stage_dir(run_dir, t, stage.name)
         trained = (t, "trained") in done
         if trained:
-            recorded, record = io.read_json(sdir / "stage.json").get("val_sha256"), sdir / "stage.json"
+            recorded, record = read_stage_summary(sdir).get("val_sha256"), stage_summary_path(sdir)
         else:  # the stage in progress: the checkpoint it resumes from, if it has a usable one
             try:
-                state = load_checkpoint(sdir / CHECKPOINT)
+                state = load_checkpoint(checkpoint_path(sdir))
             except (OSError, CheckpointError):
                 return None
             usable = state.get("task") == stage.name and state.get("stage") == t
-            recorded, record = (state.get("val_sha256") if usable else None), sdir / CHECKPOINT
+            recorded, record = (state.get("val_sha256") if usable else None), checkpoint_path(sdir)
         if recorded is not None:
             val_items = validation_items(model, stage, cfg, method.training_items(model, stage, tasks, cfg)[1])
             if val_sha256(val_items) != recorded:
@@ -279,17 +283,18 @@ class StageLoop(UnseenScoring):
         self.t0 = time.time()
         self.stage_seconds: list[float] = []  # the time of each stage trained (not loaded) in this process
         self.step_offset = 0  # optimiser steps of the earlier stages: the trackers' step
-        self.log_path = run_dir / "train_log.jsonl"
+        self.log_path = train_log_path(run_dir)
         self.kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
         self.eval_items: dict[str, list] = {}  # encoded once per task
+        self.decoding = decoding_of(cfg)  # how every evaluation (own tasks, unseen ones) builds and answers prompts
         self.replay_sets: list[ReplaySet] = []  # the reflection inputs of the stages so far
 
-    def run(self, done: set[tuple[int, str]]) -> RunResult:
+    def run(self, done: set[tuple[int, str]]) -> Report:
         """`done`: the (stage, phase) pairs on disk and intact (`verify_stages`)."""
         cfg, method = self.cfg, self.method
         if self.unseen:
             self.evaluate_unseen_base()
-        result: RunResult | None = None  # the last stage is always evaluated, so the loop ends with its result
+        result: Report | None = None  # the last stage is always evaluated, so the loop ends with its result
         for t, task in enumerate(self.stages):
             started = time.time()
             sdir = stage_dir(self.run_dir, t, task.name)
@@ -319,10 +324,10 @@ class StageLoop(UnseenScoring):
 
     def load(self, t: int, task: Task, sdir: Path) -> dict[str, Any]:
         b = self.method.block_index(t)
-        self.model.load_block(b, io.load_tensors(sdir / "adapter.safetensors"))
-        self.model.load_router(b, io.load_tensors(sdir / "router.safetensors"))
-        summary = io.read_json(sdir / "stage.json")
-        (sdir / CHECKPOINT).unlink(missing_ok=True)  # left if killed right after the manifest was written
+        block, router, summary = load_stage(sdir)
+        self.model.load_block(b, block)
+        self.model.load_router(b, router)
+        drop_checkpoint(sdir)  # left if killed right after the manifest was written
         log(f"sapt: stage {t + 1} ({task.name}) already trained, loaded")
         return summary
 
@@ -335,21 +340,15 @@ class StageLoop(UnseenScoring):
         method.prepare_stage(model, task, t, cfg, [rs.items for rs in self.replay_sets])
         if self.main:  # the training log is appended to in place: not into a directory made anew meanwhile
             io.check_held(self.run_dir)
-        summary = train_stage(model, task, t, cfg, self.log_path, reflection, checkpoint=sdir / CHECKPOINT,
+        summary = train_stage(model, task, t, cfg, self.log_path, reflection, checkpoint=checkpoint_path(sdir),
                               method=method, items=items, val_items=val_items, trackers=self.trackers,
                               step_offset=self.step_offset)
         summary["kl_ratio"] = self.kl_ratio if self.reflect else None
         summary["method"] = method.name
         if self.main:
             b = method.block_index(t)
-            io.save_tensors(sdir / "adapter.safetensors", model.block_state(b), {"task": task.name})
-            kill_point(f"stage{t}:between-files")
-            io.save_tensors(sdir / "router.safetensors", model.router_state(b), {"task": task.name})
-            files = ["adapter.safetensors", "router.safetensors", *method.stage_files(sdir, task, cfg)]
-            io.write_json(sdir / "stage.json", summary)
-            kill_point(f"stage{t}:trained")
-            self.manifest.record(sdir, "trained", [*files, "stage.json"])
-            (sdir / CHECKPOINT).unlink(missing_ok=True)  # the stage's files supersede it
+            save_trained_stage(sdir, t, task.name, model.block_state(b), model.router_state(b), summary, self.manifest,
+                               lambda: method.stage_files(sdir, task, cfg))
         self.dist.barrier()  # the others read the method's files (replay's memory.jsonl) next
         return summary
 
@@ -363,15 +362,11 @@ class StageLoop(UnseenScoring):
             if self.main or model.sharded:
                 inputs, stats = make_replay_inputs(model, task, t, cfg)
             if self.main:
-                io.write_jsonl(sdir / "replay.jsonl", [{"task": task.name, "definition": task.definition, "input": x}
-                                                      for x in inputs])
-                kill_point(f"stage{t}:replay")
-                io.write_json(sdir / "replay_stats.json", stats)
-                self.manifest.record(sdir, "replay", PHASE_FILES["replay"])
+                write_replay(sdir, t, [{"task": task.name, "definition": task.definition, "input": x} for x in inputs],
+                             stats, self.manifest)
                 log(f"sapt: {len(inputs)} {stats['source']} replay inputs for {task.name}")
             dist.barrier()
-        rows = [json.loads(line) for line in (sdir / "replay.jsonl").read_text(encoding="utf-8").splitlines() if line]
-        inputs = [r["input"] for r in rows]
+        inputs = read_replay_inputs(sdir)
         # route_without_definition: a seeded share of them also without the definition, for the router fit
         bare = without_definition(model, task.definition, inputs, cfg.route_without_definition,
                                   f"{cfg.seed}:{task.name}:replay-without-definition", cfg.max_source_length)
@@ -380,47 +375,40 @@ class StageLoop(UnseenScoring):
 
     def evaluate(self, t: int, sdir: Path) -> None:
         """Score the method's evaluation tasks after stage t: predictions, scores.json, the trackers."""
-        cfg, dist = self.cfg, self.dist
         scores, routing, files = {}, {}, []
         eval_t0 = time.time()
-        for j, other in enumerate(self.method.eval_tasks(self.tasks, t)):
-            if other.name not in self.eval_items:
-                self.eval_items[other.name] = encode_task_split(self.model, other, "eval", cfg.max_source_length,
-                                                                cfg.max_target_length)
-            with dist.autocast(cfg.mixed_precision):
-                score, accuracy, records = evaluate_task(
-                    self.model, other, self.eval_items[other.name], cfg.eval_batch_size, cfg.max_new_tokens, j,
-                    self.method, cfg.stop_at_newline)
-            files.append(f"predictions/{other.name}.jsonl")
+        for result in evaluate_tasks(self.model, self.method.eval_tasks(self.tasks, t), self.method, self.decoding,
+                                     cache=self.eval_items):
+            name = result.task.name
+            files.append(prediction_file(name))
             if self.main:
-                io.write_jsonl(sdir / files[-1], records)
+                write_predictions(sdir, files[-1], result.records)
                 kill_point(f"stage{t}:eval")
-            scores[other.name] = score
-            if accuracy is not None:
-                routing[other.name] = accuracy
+            scores[name] = result.score
+            if result.routing_accuracy is not None:
+                routing[name] = result.routing_accuracy
         seconds = round(time.time() - eval_t0, 2)
         unseen_scores = self.score_unseen(sdir, self.method, files) if self.unseen else {}
         self.trackers.log({**{f"eval/{k}": v for k, v in scores.items()}, "eval/ap": sum(scores.values()) / len(scores),
                            **{f"unseen/{k}": v for k, v in unseen_scores.items() if v is not None},
                            "stage": t + 1}, step=self.step_offset)
         if self.main:
-            io.write_json(sdir / "scores.json", {"scores": scores, "routing_accuracy": routing, "seconds": seconds})
-            self.manifest.record(sdir, "evaluated", ["scores.json", *files])
+            record_evaluation(sdir, {"scores": scores, "routing_accuracy": routing, "seconds": seconds}, files, self.manifest)
             kill_point(f"stage{t}:metrics")
 
-    def report(self, t: int) -> RunResult:
+    def report(self, t: int) -> Report:
         """metrics.json and timing.json after stage t (main process), and the progress line."""
         if self.main:
             result = write_metrics(self.run_dir, self.cfg, self.tasks, stages_done=t + 1)
         self.dist.barrier()
         if not self.main:  # the same numbers, read back from what the main process wrote
-            result = RunResult(io.read_json(self.run_dir / METRICS), "")
+            result = Report(read_metrics_as_written(self.run_dir), "")
         progress = progress_note(time.time() - self.t0, self.stage_seconds, len(self.stages) - t - 1)
         log(f"sapt: stage {t + 1}/{len(self.stages)} done ({progress}); AP so far {result.metrics['ap']:.1f}"
             + timing_note(result.timing))
         return result
 
-    def report_skipped(self, t: int, last: RunResult | None) -> RunResult | None:
+    def report_skipped(self, t: int, last: Report | None) -> Report | None:
         """The progress line of a stage whose evaluation --eval-every skips. metrics.json is left as the last
         evaluated stage wrote it: its matrix ends at a scored row, so its AP is a measured one, and its
         `stages_done` says how far that is (the stage's files and manifest.json say how far training is)."""
@@ -454,7 +442,7 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
+def learn(run_dir: str | Path, task_folder: str | Path) -> Report:
     """Extend a run with one more task (a task folder in any layout sapt.data.formats reads):
     a new block, key and reflection data; every task is re-scored and the matrix gets a row and a column.
     The earlier stages are loaded, not redone (their checksums are verified as on any resume).
@@ -488,7 +476,7 @@ def learn(run_dir: str | Path, task_folder: str | Path) -> RunResult:
 def _learned(run_dir: Path, task: str) -> bool:
     """Whether metrics.json has the row of the stage that learned `task` (an unreadable one: not yet)."""
     try:
-        metrics = io.read_json(run_dir / METRICS)
+        metrics = read_metrics_as_written(run_dir)
         return task in metrics["tasks"][: metrics["stages_done"]]
     except (OSError, ValueError, KeyError, TypeError):
         return False

@@ -5,7 +5,8 @@ generalisation to unseen tasks). Written per stage as STAGE/unseen_scores.json a
 evaluated phase, so a resume redoes only what is missing or damaged; metrics.json gets an "unseen" block.
 
 `UnseenScoring` is the part of the stage loop (sapt.train.StageLoop) that does the scoring: it uses the
-loop's config, model, manifest and evaluation cache.
+loop's model, decoding settings, manifest and evaluation cache, and scores through the one evaluation loop
+(`sapt.evaluation.tasks.evaluate_tasks`), with no task id.
 """
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import shutil
 import time
 from pathlib import Path
 
-from sapt import io
 from sapt.config import ConfigError, RunConfig
 from sapt.data import Task
-from sapt.evaluate import encode_task_split, evaluate_task
+from sapt.evaluation.tasks import evaluate_tasks
 from sapt.methods import Method
-from sapt.rundir import UNSEEN_BASE, UNSEEN_PREDICTIONS, UNSEEN_SCORES
+from sapt.rundir.results import evaluation_names, prediction_file, unseen_base_dir, write_predictions, write_scores
 from sapt.rundir.layout import log
 from sapt.run_tasks import configured_tasks
 
@@ -28,7 +28,7 @@ __all__ = ["UnseenScoring", "load_unseen_tasks"]
 def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
     """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
     the run trains on one of them. Only their evaluation split is scored; their training answers decide, as
-    for any task, whether an answer ends at its first line break (`sapt.evaluate.one_line_answers`)."""
+    for any task, whether an answer ends at its first line break (`sapt.evaluation.generation.one_line_answers`)."""
     if not cfg.unseen:
         return []
     trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
@@ -46,12 +46,13 @@ def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
 class UnseenScoring:
     """The unseen-task scoring of the stage loop (a mixin of sapt.train.StageLoop)."""
 
-    def score_unseen(self, folder: Path, method: Method | None, files: list[str], predictions: str = UNSEEN_PREDICTIONS,
-                     scores_file: str = UNSEEN_SCORES) -> dict[str, float | None]:
+    def score_unseen(self, folder: Path, method: Method | None, files: list[str],
+                     names: tuple[str, str] = evaluation_names(unseen=True)) -> dict[str, float | None]:
         """Score the unseen tasks through `method`'s evaluation weights with no task id (None: the base model,
-        no block), writing `folder`/`predictions`/<task>.jsonl and `scores_file` (main process); their names
-        are appended to `files`. A method whose weights need the task id (per-task) scores nothing: None."""
-        cfg, dist = self.cfg, self.dist
+        no block), writing `folder`/`predictions`/<task>.jsonl and `scores_file` (main process), `names` being
+        (predictions, scores_file) as `evaluation_names` gives them; their names are appended to `files`. A
+        method whose weights need the task id (per-task) scores nothing: None."""
+        predictions, scores_file = names
         t0 = time.time()
         scores: dict[str, float | None] = {}
         note = None
@@ -59,40 +60,35 @@ class UnseenScoring:
             scores = {task.name: None for task in self.unseen}
             note = f"{method.name} needs a task id, which an unseen task has none of: scored on the base model only"
         else:
-            for task in self.unseen:
-                if task.name not in self.eval_items:
-                    self.eval_items[task.name] = encode_task_split(self.model, task, "eval", cfg.max_source_length,
-                                                                   cfg.max_target_length)
-                with dist.autocast(cfg.mixed_precision):
-                    score, _, records = evaluate_task(self.model, task, self.eval_items[task.name], cfg.eval_batch_size,
-                                                      cfg.max_new_tokens, None, method, cfg.stop_at_newline)
-                name = f"{predictions}/{task.name}.jsonl"
+            for result in evaluate_tasks(self.model, self.unseen, method, self.decoding, task_ids=False,
+                                         cache=self.eval_items):
+                name = prediction_file(result.task.name, predictions)
                 if self.main:
-                    io.write_jsonl(folder / name, records)
+                    write_predictions(folder, name, result.records)
                 files.append(name)
-                scores[task.name] = score
+                scores[result.task.name] = result.score
         if self.main:
             summary = {"scores": scores, "seconds": round(time.time() - t0, 2)}
             if note:
                 summary["note"] = note
-            io.write_json(folder / scores_file, summary)
+            write_scores(folder, summary, scores_file)
         files.append(scores_file)
         return scores
 
     def evaluate_unseen_base(self) -> None:
         """The unseen tasks on the base model (no block), once, before stage 1: RUN_DIR/unseen_base/, recorded
         in manifest.json (as a stage named unseen_base, phase evaluated); redone if missing or damaged."""
-        folder = self.run_dir / UNSEEN_BASE
+        folder = unseen_base_dir(self.run_dir)
         done = self.dist.broadcast(self.manifest.problems(folder, "evaluated") == [] if self.main else None)
         if done:
             return
         if self.main:
-            self.manifest.forget(UNSEEN_BASE, ("evaluated",))
+            self.manifest.forget(folder.name, ("evaluated",))
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
         self.dist.barrier()
         files: list[str] = []
-        scores = self.score_unseen(folder, None, files, predictions="predictions", scores_file="scores.json")
+        scores = self.score_unseen(folder, None, files, evaluation_names())
         if self.main:
             self.manifest.record(folder, "evaluated", files)
             log("sapt: unseen tasks on the base model: " + ", ".join(f"{n} {v:.1f}" for n, v in scores.items()))

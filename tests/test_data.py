@@ -268,7 +268,7 @@ def test_a_release_template_run_encodes_every_prompt_with_it(tmp_path):
     is refused in one line."""
     from sapt.config import ConfigError, resolve
     from sapt.data import Example, Task
-    from sapt.evaluate import encode_task_split
+    from sapt.evaluation.generation import encode_task_split
     from sapt.reflection import encode_replay
     from sapt.train import build_model
 

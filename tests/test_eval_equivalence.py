@@ -1,6 +1,6 @@
 """Evaluation's fast path gives the greedy answers of the straightforward one (issue 28, item 2).
 
-The fast path is `sapt.evaluate.predict`: prompts grouped by length into batches, left-padded, the
+The fast path is `sapt.evaluation.generation.predict`: prompts grouped by length into batches, left-padded, the
 routing weights computed once per input (from the padded batch), transformers' generate with its KV
 cache, each answer ending at EOS or (stop_at_newline) at its first stop token, the batch ending when
 every answer has. The straightforward path answers one prompt at a time, unpadded, with no cache: the
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sapt.batching import Encoded
-from sapt.evaluate import predict
+from sapt.evaluation.generation import predict
 from sapt.methods import make_method
 from sapt.models import load_model
 from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig

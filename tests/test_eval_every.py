@@ -15,8 +15,8 @@ from test_resume import assert_same_run, sapt_run
 
 from sapt import io
 from sapt.cli import main
-from sapt.manifest import Manifest
-from sapt.metrics import cl_metrics, evaluated_rows, transfer_tasks
+from sapt.rundir.manifest import Manifest
+from sapt.evaluation.metrics import cl_metrics, evaluated_rows, transfer_tasks
 from sapt.train import learn
 
 TASKS = ["topic", "sentiment", "addition"]  # K = 2: row 0 skipped, row 1 (every 2nd) and row 2 (the last) scored

@@ -5,7 +5,7 @@ import dataclasses
 import torch
 
 from sapt.data import builtin_suite
-from sapt.evaluate import one_line_answers
+from sapt.evaluation.generation import one_line_answers
 from sapt.models import load_model
 from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
@@ -69,7 +69,7 @@ def test_test_references_with_a_line_break_leave_the_decoding_as_it_was():
     """A task whose training and validation answers are one line stops at a line break whether or not its test
     references hold one (the same predictions, byte for byte); a training answer with a line break turns the
     stop off, so the rule is in force here and the equality is not trivial."""
-    from sapt.evaluate import encode_task_split, evaluate_task
+    from sapt.evaluation.generation import encode_task_split, evaluate_task
 
     model, _ = model_and_prompts()
     model._newline_tokens = torch.ones(len(model.tokenizer), dtype=torch.bool)  # every token ends a line

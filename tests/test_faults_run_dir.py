@@ -22,7 +22,7 @@ from test_faults import TINY, one_line_error, snapshot
 
 from sapt import io
 from sapt.cli import INTERRUPTED, main
-from sapt.recovery import KILL_ENV, KILL_SIGNAL_ENV
+from sapt.rundir.recovery import KILL_ENV, KILL_SIGNAL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["--tasks", "topic,sentiment"]
@@ -225,7 +225,7 @@ def test_a_run_of_101_stages_is_usable_by_every_command(tmp_path, capsys):
     this one trains two stages and makes the other 99 from the second one's files, recorded in the
     manifest as a run records them; what is checked, the reading of a run directory, is the same."""
     import sapt
-    from sapt.manifest import Manifest
+    from sapt.rundir.manifest import Manifest
     from sapt.rundir import stage_folders
 
     data = tmp_path / "data" / "Many"

@@ -1,4 +1,4 @@
-"""Tests for sapt.lock.RunLock: one sapt process per run directory, never a stale lock."""
+"""Tests for sapt.rundir.lock.RunLock: one sapt process per run directory, never a stale lock."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sapt.config import ConfigError
-from sapt.lock import RunLock
+from sapt.rundir.lock import RunLock
 
 MESSAGE = "is in use by another sapt process (pid {pid}); wait for it or use another --output"
 
@@ -32,6 +32,29 @@ def test_second_lock_in_same_process_is_refused(tmp_path):
         assert str(e.value) == f"{tmp_path} " + MESSAGE.format(pid=os.getpid())
     with RunLock(tmp_path):  # the refused attempt did not disturb the released lock
         pass
+
+
+def test_a_held_lock_is_a_run_dir_error_and_still_a_config_error(tmp_path, monkeypatch, capsys):
+    """RunDirError names the run-directory problem; programs that caught ConfigError for it still do, and the
+    command line catches every user error by their base class (exit 2, one line)."""
+    from sapt.cli import main
+    from sapt.errors import RunDirError, SaptError
+
+    assert issubclass(RunDirError, ConfigError) and issubclass(ConfigError, SaptError)
+    assert issubclass(ConfigError, ValueError)
+    with RunLock(tmp_path):
+        with pytest.raises(RunDirError):
+            RunLock(tmp_path).acquire()
+    # a user error raised by no particular subclass still exits 2 with its one line
+    from sapt import cli
+
+    def refuse(args):
+        raise SaptError("refused,\n in one line")
+
+    monkeypatch.setitem(cli.COMMANDS, "diagnose", refuse)
+    capsys.readouterr()
+    assert main(["diagnose", "--run", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "sapt: error: refused, in one line\n"
 
 
 def test_lock_is_released_when_the_block_raises(tmp_path):
@@ -59,7 +82,7 @@ def test_unwritable_place_is_a_config_error(tmp_path):
 
 HOLDER = """
 import sys, time
-from sapt.lock import RunLock
+from sapt.rundir.lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sapt.metrics import cl_metrics, format_table, short_name
+from sapt.evaluation.metrics import cl_metrics, format_table, short_name
 
 # a[i][j] = score on task j after training through task i.
 # Task 0 improves after task 1 (80 -> 85), so its best score is off the diagonal.

@@ -11,7 +11,7 @@ from conftest import tiny_config
 from sapt import io
 from sapt.cli import main
 from sapt.config import FIELDS
-from sapt.plots import (
+from sapt.evaluation.plots import (
     FORMAT_MAGIC,
     compare_runs,
     draw_compare,

@@ -23,9 +23,9 @@ from conftest import tiny_config
 from sapt import io
 from sapt.cli import build_parser
 from sapt.config import ConfigError, to_dict
-from sapt.manifest import Manifest
+from sapt.rundir.manifest import Manifest
 from sapt.modules.sapt_model import SAPTModel
-from sapt.recovery import CHECKPOINT, KILL_ENV, KILL_SIGNAL_ENV, CheckpointError, load_checkpoint, save_checkpoint, trim_log
+from sapt.rundir.recovery import CHECKPOINT, KILL_ENV, KILL_SIGNAL_ENV, CheckpointError, load_checkpoint, save_checkpoint, trim_log
 from sapt.rundir import plan_run_dir, verify_stages
 from sapt.train import TrainingError, run
 

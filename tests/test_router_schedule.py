@@ -148,13 +148,14 @@ def test_learn_then_route_is_the_default_and_a_run_saved_before_the_key_stays_jo
     the joint schedule instead of today's default."""
     import yaml
 
-    from sapt.config import RunConfig, from_saved, resolve, to_dict
+    from sapt.config import RunConfig, resolve, to_dict
+    from sapt.rundir import load_run_config
 
     assert RunConfig().router_schedule == "learn-then-route"
     old = to_dict(resolve({"model": "tiny-llama", "output": str(tmp_path)}))
     del old["router_schedule"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
-    assert from_saved(tmp_path).router_schedule == "joint"
+    assert load_run_config(tmp_path).router_schedule == "joint"
     old["router_schedule"] = "learn-then-route"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
-    assert from_saved(tmp_path).router_schedule == "learn-then-route"
+    assert load_run_config(tmp_path).router_schedule == "learn-then-route"

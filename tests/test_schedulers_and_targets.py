@@ -19,8 +19,8 @@ from test_resume import assert_same_run, sapt_run
 from sapt import io
 from sapt.cli import main
 from sapt.config import ConfigError, differences, resolve, to_dict
-from sapt.recovery import CHECKPOINT, load_checkpoint
-from sapt.report import REFERENCE_KEYS, check_reference
+from sapt.rundir.recovery import CHECKPOINT, load_checkpoint
+from sapt.evaluation.report import REFERENCE_KEYS, check_reference
 from sapt.stage_trainer import StageTrainer, make_scheduler
 from sapt.tracking import Trackers
 from sapt.train import build_model, run

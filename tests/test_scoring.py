@@ -2,7 +2,7 @@
 
 import pytest
 
-from sapt.scoring import exact_match, normalize_answer, rouge_l, score_example, score_task
+from sapt.evaluation.scoring import exact_match, normalize_answer, rouge_l, score_example, score_task
 
 
 @pytest.mark.parametrize(

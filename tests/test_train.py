@@ -172,7 +172,7 @@ def test_during_the_warmup_the_new_block_learns_alone(tmp_path):
 
 def test_the_router_centre_is_the_mean_of_the_tasks_mean_pooled_prompts_and_is_saved(tmp_path):
     from sapt.batching import collate_prompts
-    from sapt.evaluate import encode_task_split
+    from sapt.evaluation.generation import encode_task_split
 
     out = tmp_path / "run"
     cfg = tiny_cfg(out, tasks=["topic", "sentiment"], reflection_source="real")
@@ -229,7 +229,7 @@ def test_without_the_centre_the_router_centre_stays_zero(tmp_path):
 @pytest.mark.parametrize("share", [0.9, 0.99])
 def test_a_task_initialised_key_routes_the_new_task_to_its_block_and_old_tasks_away(share):
     from sapt.batching import collate_prompts
-    from sapt.evaluate import encode_task_split
+    from sapt.evaluation.generation import encode_task_split
     from sapt.reflection import encode_replay
     from sapt.train import init_key_from_task
 

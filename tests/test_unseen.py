@@ -11,8 +11,8 @@ from sapt import io
 from sapt.cli import main
 from sapt.config import ConfigError
 from sapt.data import TASK_ORDERS, resolve_task_names
-from sapt.manifest import Manifest
-from sapt.report import render
+from sapt.rundir.manifest import Manifest
+from sapt.evaluation.report import render
 from sapt.train import load_run_tasks, load_unseen_tasks, run
 
 tiny = partial(tiny_config, tasks=["topic", "sentiment"], unseen=["addition", "reverse_words"])
@@ -113,7 +113,7 @@ def test_unseen_scores_base_and_every_stage_and_survive_a_resume(tmp_path):
     assert run(cfg).metrics == m and (run_dir / "metrics.json").read_bytes() == before
     assert (run_dir / "unseen_base" / "scores.json").exists()
 
-    from sapt.plots import plot_run
+    from sapt.evaluation.plots import plot_run
     plots = plot_run(run_dir, tmp_path / "plots")
     assert plots.files["unseen_curves"].exists()
 

@@ -218,7 +218,7 @@ def load_task(data_dir: str | Path, benchmark: str, name: str, *, val_size: floa
     the same as without it wherever those work (the evaluation split never depends on the others), so an
     unseen task scores exactly as before; where the file is too small for a validation and a training
     example besides, the task is not refused: it gets what is left as training examples (its answers still
-    decide the one-line rule, `sapt.evaluate.one_line_answers`) and no validation ones.
+    decide the one-line rule, `sapt.evaluation.generation.one_line_answers`) and no validation ones.
     """
     _check_split_args(val_size, max_train, max_eval)
     check_fields(input_field, output_field)

@@ -28,7 +28,7 @@ __all__ = ["METRIC_TITLES", "SHOWN_CHARS", "order_line", "shown", "task_lines", 
 
 SHOWN_CHARS = 300  # of a prompt or a target, before its middle is replaced by " ... "
 
-# The scorer's names (sapt.scoring.METRICS) as people say them.
+# The scorer's names (sapt.evaluation.scoring.METRICS) as people say them.
 METRIC_TITLES = {"em": "exact match", "rougeL": "ROUGE-L"}
 
 

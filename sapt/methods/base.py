@@ -50,7 +50,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sapt.data import Task
-from sapt.metrics import cl_metrics
+from sapt.evaluation.metrics import cl_metrics
 
 if TYPE_CHECKING:
     from pathlib import Path

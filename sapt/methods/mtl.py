@@ -16,7 +16,7 @@ class MTL(SeqLoRA):
         return [Task(name="all", definition="", metric="em", train=[], val=[], eval=[], eval_split=tasks[0].eval_split)]
 
     def training_items(self, model, task, tasks, cfg):
-        from sapt.evaluate import encode_task_split
+        from sapt.evaluation.generation import encode_task_split
 
         return tuple([e for other in tasks for e in encode_task_split(
             model, other, split, cfg.max_source_length, cfg.max_target_length)] for split in ("train", "val"))

@@ -23,7 +23,7 @@ class Replay(SeqLoRA):
     def training_items(self, model, task, tasks, cfg):
         if not self.memory:
             return None, None
-        from sapt.evaluate import encode_task_split
+        from sapt.evaluation.generation import encode_task_split
 
         return encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length) + self.memory, None
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from sapt.distributed import get_dist
-from sapt.manifest import NAME as MANIFEST
+from sapt.rundir.manifest import NAME as MANIFEST
 
 CONFIG = "config.yaml"  # the resolved config of the run
 METRICS = "metrics.json"  # the score matrix and the CL metrics

@@ -6,11 +6,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sapt.config import CHANGEABLE_KEYS, ConfigError, RunConfig, differences
-from sapt.lock import LOCK_NAME, RunLock
+from sapt.errors import RunDirError
+from sapt.rundir.lock import LOCK_NAME, RunLock
 from sapt.rundir.layout import CONFIG, EXPORT_MARKER, log
+from sapt.rundir.read import saved_config_values
 
 __all__ = ["CHANGEABLE_KEYS", "check_run_dir", "drop_if_bare", "lock_run_dir", "plan_run_dir"]
 
@@ -23,13 +23,9 @@ def _dir_status(run_dir: Path, cfg: RunConfig, allow: set[str]) -> tuple[str | N
     of this config up to the keys in `allow`; else (why not, {})."""
     if (run_dir / EXPORT_MARKER).is_file():  # it has a config.yaml too, but no stages to resume from
         return f"{run_dir} holds a sapt export, not a run", {}
-    cfg_path = run_dir / CONFIG
-    if cfg_path.exists():
-        try:
-            saved = yaml.safe_load(cfg_path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            saved = None
-        if not isinstance(saved, dict):
+    if (run_dir / CONFIG).exists():
+        saved = saved_config_values(run_dir)
+        if saved is None:
             return f"{run_dir} has an unreadable config.yaml", {}
         diff = differences(saved, cfg)
         refused = [k for k in diff if k not in allow]
@@ -57,14 +53,11 @@ def plan_run_dir(cfg: RunConfig, force_new: bool = False, allow_changes: Any = (
         return run_dir, changes
     if not force_new:
         hint = ""
-        try:
-            saved = yaml.safe_load((run_dir / CONFIG).read_text())
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
-            saved = None
-        if isinstance(saved, dict) and set(differences(saved, cfg)) <= set(CHANGEABLE_KEYS):
+        saved = saved_config_values(run_dir)
+        if saved is not None and set(differences(saved, cfg)) <= set(CHANGEABLE_KEYS):
             hint = (f"; to resume it with the new learning rate (e.g. after a non-finite loss), add "
                     f"--allow-config-change {','.join(differences(saved, cfg))}")
-        raise ConfigError(f"{why}; use another --output, or --force-new to start a fresh directory next to it{hint}")
+        raise RunDirError(f"{why}; use another --output, or --force-new to start a fresh directory next to it{hint}")
     base = run_dir if run_dir.name else run_dir.resolve()  # "." has no name to add -2 to
     k = 2
     while True:

@@ -8,8 +8,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from sapt import io
-from sapt.config import ConfigError, RunConfig, from_saved
+from sapt.config import RunConfig, from_saved
+from sapt.errors import RunDirError
 from sapt.rundir.layout import (
     CONFIG, EXPORT_MARKER, TASKS, UNSEEN_BASE, UNSEEN_SCORES, log, stage_dir, stage_folders, stage_task,
 )
@@ -17,8 +20,8 @@ from sapt.rundir.layout import (
 if TYPE_CHECKING:
     from sapt.data import Task
 
-__all__ = ["absolute_data_dir", "collect_matrices", "collect_unseen", "load_run_config", "replay_stats", "run_timing", "task_definitions",
-           "write_task_definitions"]
+__all__ = ["absolute_data_dir", "collect_matrices", "collect_unseen", "has_run_config", "load_run_config", "replay_stats", "run_timing",
+           "saved_config_values", "task_definitions", "write_run_config", "write_task_definitions"]
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -30,9 +33,12 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     directory's parent instead would guess where the user stood when the run started, and a wrong guess
     scores other data in silence; the warning names the folder that is read and how to read another."""
     if (Path(run_dir) / "router.json").is_file() and not (Path(run_dir) / CONFIG).exists():
-        raise ConfigError(f"{run_dir} is an export written by an older sapt (no {CONFIG}, no {EXPORT_MARKER}): "
+        raise RunDirError(f"{run_dir} is an export written by an older sapt (no {CONFIG}, no {EXPORT_MARKER}): "
                           "it cannot be loaded as a model; run `sapt export` again from its run directory")
-    cfg = from_saved(run_dir)
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a sapt run directory (no config.yaml)")
+    cfg = from_saved(path)
     if cfg.data_dir is not None and not os.path.isabs(cfg.data_dir):
         absolute = os.path.abspath(cfg.data_dir)
         if os.path.abspath(run_dir) not in _WARNED_RELATIVE:
@@ -57,6 +63,25 @@ def absolute_data_dir(cfg: RunConfig) -> RunConfig:
     if cfg.data_dir is None or os.path.isabs(cfg.data_dir):
         return cfg
     return dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
+
+
+def write_run_config(run_dir: Path, values: dict[str, Any]) -> None:
+    """RUN_DIR/config.yaml: the resolved config (`sapt.config.to_dict`), keys in field order."""
+    io.atomic_write_text(Path(run_dir) / CONFIG, yaml.safe_dump(values, sort_keys=False))
+
+
+def has_run_config(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CONFIG).is_file()
+
+
+def saved_config_values(run_dir: str | Path) -> dict[str, Any] | None:
+    """RUN_DIR/config.yaml as plain values, unchecked ({} for an empty file), or None when it is missing or
+    cannot be read as a mapping: for comparing a run's settings, where a bad file is a refusal, not a crash."""
+    try:
+        saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def write_task_definitions(run_dir: Path, tasks: list[Task]) -> None:

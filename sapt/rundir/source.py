@@ -16,13 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sapt import io
-from sapt.rundir.layout import EXPORT_MARKER
+from sapt.rundir.layout import CONFIG, EXPORT_MARKER, METRICS, TASKS
 from sapt.rundir.verify import trained_stages
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["is_export", "run_stage_tensors"]
+__all__ = ["EXPORT_COPIES", "is_export", "run_stage_tensors", "write_export_copies"]
+
+# The run's own files an export carries, under the same names: what makes it a model on its own (the config
+# and the task definitions, which `sapt.load` reads) and, when the run has them, its scores.
+EXPORT_COPIES = (CONFIG, TASKS, METRICS)
 
 
 def is_export(path: str | Path) -> bool:
@@ -33,7 +37,18 @@ def is_export(path: str | Path) -> bool:
 def run_stage_tensors(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
     """(task, block tensors, router tensors) of every trained stage of a run directory, in training order, as
     its stage files hold them (adapter.safetensors, router.safetensors: "key", "centre", "query_mlp.*"), each
-    stage verified against the manifest first. Raises ConfigError for a damaged stage or a folder that is no
+    stage verified against the manifest first. Raises RunDirError for a damaged stage or a folder that is no
     run directory."""
     return [(name, io.load_tensors(sdir / "adapter.safetensors"), io.load_tensors(sdir / "router.safetensors"))
             for name, sdir in trained_stages(Path(path))]
+
+
+def write_export_copies(run_dir: Path, out: Path, definitions: dict[str, str], with_metrics: bool) -> list[str]:
+    """Into the export folder `out`: the run's config.yaml as it is, tasks.json with `definitions`, and (with
+    `with_metrics`) its metrics.json as it is. Returns the names `sapt.load` reads back (config.yaml, tasks.json),
+    which the export's marker checksums."""
+    io.atomic_write_bytes(Path(out) / CONFIG, (Path(run_dir) / CONFIG).read_bytes())
+    io.write_json(Path(out) / TASKS, {"definitions": definitions})
+    if with_metrics:
+        io.atomic_write_bytes(Path(out) / METRICS, (Path(run_dir) / METRICS).read_bytes())
+    return [CONFIG, TASKS]

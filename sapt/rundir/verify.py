@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sapt.config import ConfigError
-from sapt.manifest import PHASES, Manifest
-from sapt.recovery import CHECKPOINT
+from sapt.errors import RunDirError
+from sapt.rundir.manifest import PHASES, Manifest
+from sapt.rundir.recovery import CHECKPOINT
 from sapt.rundir.layout import PHASE_FILES, STAGES, log, stage_dir, stage_folders, stage_name, stage_order, stage_task
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def verify_stages(run_dir: Path, tasks: list[Task], manifest: Manifest, reflecti
         said = False
     for sdir in stage_folders(run_dir):
         if (sdir / CHECKPOINT).exists() and not (sdir / CHECKPOINT).is_file():
-            raise ConfigError(f"{sdir / CHECKPOINT} is not a file (a sapt checkpoint is); move it away and run "
+            raise RunDirError(f"{sdir / CHECKPOINT} is not a file (a sapt checkpoint is); move it away and run "
                               "the same command again")
     chain = ("trained", "replay") if reflection else ("trained",)
     done: set[tuple[int, str]] = set()
@@ -117,24 +117,24 @@ def trained_stages(run_dir: str | Path) -> list[tuple[str, Path]]:
     run_dir = Path(run_dir)
     manifest = Manifest(run_dir)
     if manifest.damaged:  # nothing on disk can be verified; `sapt run` would redo every stage
-        raise ConfigError(f"{manifest.path} cannot be read, so no stage can be verified; run the same `sapt run` "
+        raise RunDirError(f"{manifest.path} cannot be read, so no stage can be verified; run the same `sapt run` "
                           "command again to redo the run")
     if manifest.exists:  # only the stages the manifest vouches for
         dirs = []
         for name in sorted((k for k, v in manifest.data["stages"].items() if "trained" in v), key=stage_order):
             problems = manifest.problems(run_dir / STAGES / name, "trained")
             if problems:
-                raise ConfigError(f"{run_dir}: stage {name}: {', '.join(problems)}; run the same `sapt run` "
+                raise RunDirError(f"{run_dir}: stage {name}: {', '.join(problems)}; run the same `sapt run` "
                                   "command again to redo it")
             dirs.append(run_dir / STAGES / name)
     else:
         dirs = [p.parent for p in sorted((run_dir / STAGES).glob("*/stage.json"), key=lambda p: stage_order(p.parent.name))]
     if not dirs:
-        raise ConfigError(f"{run_dir}: no trained stage yet")
+        raise RunDirError(f"{run_dir}: no trained stage yet")
     out = []
     for t, sdir in enumerate(dirs):
         name = stage_task(sdir.name)
         if sdir.name != stage_name(t, name):
-            raise ConfigError(f"{run_dir}: stage {t} is missing (found {sdir.name})")
+            raise RunDirError(f"{run_dir}: stage {t} is missing (found {sdir.name})")
         out.append((name, sdir))
     return out

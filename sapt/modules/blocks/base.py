@@ -105,7 +105,7 @@ class BlockType(ABC):
     block_noun: ClassVar[str] = ""
     new_block: ClassVar[str] = ""
     export_files: ClassVar[tuple[str, ...]] = ()  # what OUT/<task>/ holds beside the PEFT adapter's two files
-    config_keys: ClassVar[tuple[str, ...]] = ()  # the run config keys `from_config` reads (sapt.report's reference check)
+    config_keys: ClassVar[tuple[str, ...]] = ()  # the run config keys `from_config` reads (FWT's reference check)
 
     def __init__(self) -> None:
         self.state: RoutingState | None = None

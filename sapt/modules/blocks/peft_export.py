@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
-from sapt import io
 from sapt.config import ConfigError
 from sapt.models import RESERVED
 
@@ -28,12 +26,11 @@ ROUTER_DESCRIPTION = (
 
 
 def load(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a stage or adapter file; an unreadable one is a damaged run, not a crash."""
-    try:
-        return io.load_tensors(path)
-    except (OSError, SafetensorError) as e:
-        raise ConfigError(f"{path} cannot be read ({e}); run the same `sapt run` command again to redo "
-                          "its stage") from None
+    """The tensors of a stage or adapter file; an unreadable one is a damaged run, not a crash (the run
+    directory's reader, `sapt.rundir.stage_files.load_tensor_file`, says so)."""
+    from sapt.rundir.stage_files import load_tensor_file
+
+    return load_tensor_file(path)
 
 
 def peft_base_model(model: str) -> str:

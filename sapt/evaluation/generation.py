@@ -11,7 +11,7 @@ from sapt.distributed import get_dist
 from sapt.methods import Method
 from sapt.modules.sapt_model import SAPTModel
 from sapt.progress import progress_bar
-from sapt.scoring import score_example
+from sapt.evaluation.scoring import score_example
 
 
 def encode_task_split(model: SAPTModel, task: Task, split: str, max_source: int, max_target: int) -> list[Encoded]:

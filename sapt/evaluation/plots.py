@@ -23,7 +23,6 @@ and the prediction files. Every file is written atomically, with the mode the um
 from __future__ import annotations
 
 import io as _io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,9 @@ import numpy as np
 
 from sapt import io
 from sapt.config import ConfigError
-from sapt.metrics import metrics_problems, short_name
-from sapt.rundir import METRICS, stage_dir
+from sapt.evaluation.metrics import short_name
+from sapt.rundir import stage_dir
+from sapt.rundir.results import read_metrics, read_predictions
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -50,16 +50,6 @@ SCORE_SPLIT = 90.0
 
 
 # ---- reading a run ---------------------------------------------------------------------------------
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        raise ConfigError(f"{run_dir}: no metrics.json (not a sapt run, or no stage evaluated yet)")
-    metrics = io.read_json(path)
-    problems = metrics_problems(metrics)
-    if problems:
-        raise ConfigError(f"{path}: not a sapt metrics file ({'; '.join(problems)})")
-    return metrics
-
 
 def score_array(metrics: dict[str, Any]) -> np.ndarray:
     """metrics["matrix"] as floats (stages x tasks), NaN where a task was not seen yet."""
@@ -92,16 +82,13 @@ def routing_means(run_dir: str | Path, metrics: dict[str, Any] | None = None) ->
     last = n_stages - 1
     tasks = metrics["tasks"]
     blocks = tasks[: last + 1]
-    pred_dir = stage_dir(run_dir, last, tasks[last]) / "predictions"
+    sdir = stage_dir(run_dir, last, tasks[last])
     rows, counts = [], []
     for task in blocks:
-        path = pred_dir / f"{task}.jsonl"
-        if not path.exists():
+        path, records = read_predictions(sdir, task)
+        if records is None:
             raise ConfigError(f"{run_dir}: {path.relative_to(run_dir)} is missing")
-        # split on "\n" alone: str.splitlines also splits on U+2028, U+0085 and the like, which JSON Lines
-        # leaves raw inside strings (IMDB reviews hold U+0085: the routing figure of a Long Sequence run failed)
-        lines = path.read_text(encoding="utf-8").split("\n")
-        weights = [json.loads(line)["weights"] for line in lines if line.strip()]
+        weights = [r["weights"] for r in records]
         if not weights:
             raise ConfigError(f"{run_dir}: {path.relative_to(run_dir)} is empty")
         w = np.asarray(weights, dtype=float)

@@ -2,7 +2,7 @@
 
 Two processes writing the same run directory would interleave stages, logs and metrics. `RunLock`
 takes an exclusive `fcntl.flock` on RUN_DIR/.lock without waiting: a second holder, in another
-process or in the same one, is refused at once with a `ConfigError` naming the holder's pid (written
+process or in the same one, is refused at once with a `RunDirError` (sapt.errors) naming the holder's pid (written
 into the lock file). The kernel releases a flock when its file is closed, including when the process
 dies however it dies, so there is never a stale lock to clean up; the .lock file itself is left in
 place on purpose (removing it would let two processes lock two different files of the same name). A
@@ -23,7 +23,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from sapt.config import ConfigError
+from sapt.errors import RunDirError
 
 __all__ = ["LOCK_NAME", "RunLock"]
 
@@ -52,9 +52,9 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as e:
             if self.path.is_symlink():
-                raise ConfigError(f"{self.path} is a symbolic link; sapt does not follow it (its target would be "
+                raise RunDirError(f"{self.path} is a symbolic link; sapt does not follow it (its target would be "
                                   "overwritten): remove it and run the same command again") from None
-            raise ConfigError(f"{self.run_dir}: cannot create the run lock {self.path} "
+            raise RunDirError(f"{self.run_dir}: cannot create the run lock {self.path} "
                               f"({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,9 +62,9 @@ class RunLock:
             holder = _read_pid(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"{self.run_dir} is in use by another sapt process (pid {holder}); "
+                raise RunDirError(f"{self.run_dir} is in use by another sapt process (pid {holder}); "
                                   "wait for it or use another --output") from None
-            raise ConfigError(f"{self.run_dir}: cannot lock {self.path} ({e.strerror or e})") from None
+            raise RunDirError(f"{self.run_dir}: cannot lock {self.path} ({e.strerror or e})") from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -76,7 +76,7 @@ class RunLock:
             io.hold_run_dir(self.run_dir)  # from now on a write never makes the directory again (sapt.io)
         except OSError as e:  # it vanished in the instant since it was locked
             os.close(fd)
-            raise ConfigError(f"{self.run_dir}: cannot lock it ({e.strerror or e})") from None
+            raise RunDirError(f"{self.run_dir}: cannot lock it ({e.strerror or e})") from None
         self._fd = fd
         return self
 

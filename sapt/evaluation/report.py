@@ -8,29 +8,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from sapt import io
 from sapt.config import ConfigError, RunConfig, default_value, to_dict
 from sapt.data import Task
-from sapt.manifest import Manifest
+from sapt.rundir.manifest import Manifest
 from sapt.methods import make_method
-from sapt.metrics import evaluated_rows, format_metrics, format_table, transfer_tasks
-from sapt.rundir import CONFIG, METRICS, ORACLE_ROUTING, TIMING, collect_matrices, collect_unseen, replay_stats, run_timing
+from sapt.evaluation.metrics import evaluated_rows, format_metrics, format_table, transfer_tasks
+from sapt.rundir import collect_matrices, collect_unseen, replay_stats, run_timing, saved_config_values
+from sapt.rundir.results import read_metrics_as_written, read_oracle_routing, write_metrics_file, write_timing
 
-__all__ = ["REFERENCE_KEYS", "RunResult", "check_reference", "reference_scores", "render", "timing_note",
+__all__ = ["REFERENCE_KEYS", "Report", "check_reference", "reference_scores", "render", "timing_note",
            "write_metrics"]
 
 
 @dataclass
-class RunResult:
+class Report:
+    """What a run reports after an evaluated stage: metrics.json's content, the table printed from it, the
+    seconds of timing.json, and the run directory. Not `sapt.RunResult` (sapt.api), which the API returns
+    for a whole run with its config and `load()`: this is the recipe's, one per evaluated stage, and was
+    once also named RunResult, two classes of one name for two things."""
     metrics: dict[str, Any]
     table: str
     timing: dict[str, float] | None = None  # run_timing's numbers (main process only)
     run_dir: Path | None = None  # the directory written (OUTPUT, or OUTPUT-2, ... under --force-new)
 
 
-def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done: int | None = None) -> RunResult:
+def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done: int | None = None) -> Report:
     """metrics.json and timing.json from the stage files of the first `stages_done` stages (None: every
     stage on disk). The matrix ends at the last evaluated stage, so AP always reads a scored row."""
     names = [t.name for t in tasks]
@@ -71,17 +74,17 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done:
     changes = Manifest(run_dir).config_changes
     if changes:  # resumed with --allow-config-change: say so where the results are
         metrics["config_changes"] = changes
-    io.write_json(run_dir / METRICS, metrics)
+    write_metrics_file(run_dir, metrics)
     # Wall-clock seconds apart from the results: metrics.json stays byte-identical across resumes.
     timing = run_timing(run_dir, stages)
-    io.write_json(run_dir / TIMING, timing)
-    return RunResult(metrics, render(metrics), timing)
+    write_timing(run_dir, timing)
+    return Report(metrics, render(metrics), timing)
 
 
 def eval_every_keys(names: list[str], matrix: list[list], every: int, with_fwt: bool) -> dict[str, Any]:
     """What metrics.json says of a run whose rows were not all evaluated (--eval-every K): K, the 0-based
     indices of the matrix rows that hold scores, the tasks BWT and F.Ra average over (those whose row right
-    after learning them was scored: `sapt.metrics.transfer_tasks`) and a sentence saying so, which `sapt
+    after learning them was scored: `sapt.evaluation.metrics.transfer_tasks`) and a sentence saying so, which `sapt
     report` prints under the metrics. Said in the file, not only in the docs: two runs' BWT over different
     sets of tasks should not be compared unawares."""
     rows = evaluated_rows(matrix)
@@ -102,10 +105,9 @@ def eval_every_keys(names: list[str], matrix: list[list], every: int, with_fwt: 
 def oracle_routed(run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The oracle-routed scores of `sapt eval --routing oracle` (ORACLE_ROUTING) with the routing loss,
     AP(oracle-routed) - AP(routed), when they were measured after the run's last stage on its own data."""
-    path = run_dir / ORACLE_ROUTING
-    if not path.exists() or metrics["ap"] is None:
+    oracle = read_oracle_routing(run_dir)
+    if oracle is None or metrics["ap"] is None:
         return None
-    oracle = io.read_json(path)
     last_row = [name for name, v in zip(metrics["tasks"], metrics["matrix"][-1]) if v is not None]
     if oracle.get("after_stage") != metrics["stages_done"] or list(oracle.get("scores", {})) != last_row:
         return None  # another stage count (a resumed or extended run) or other tasks: stale
@@ -206,11 +208,8 @@ def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
     (REFERENCE_KEYS), before anything is trained: FWT would otherwise compare unlike runs."""
     ref = Path(cfg.reference)
     reference_scores(cfg.reference, tasks)  # a finished per-task run of these tasks, in this order
-    try:
-        saved = yaml.safe_load((ref / CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        saved = None
-    if not isinstance(saved, dict):
+    saved = saved_config_values(ref)
+    if saved is None:
         raise ConfigError(f"--reference {cfg.reference}: its config.yaml cannot be read")
     now = to_dict(cfg)
     old = {k: saved[k] if k in saved else default_value(k) for k in REFERENCE_KEYS}
@@ -231,10 +230,9 @@ def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
 
 def reference_scores(reference: str, tasks: list[Task]) -> list[float]:
     """The single-task scores s_j of FWT: the diagonal of a per-task run of the same tasks."""
-    path = Path(reference) / METRICS
-    if not path.exists():
+    ref = read_metrics_as_written(reference)
+    if ref is None:
         raise ConfigError(f"--reference {reference}: no metrics.json there")
-    ref = io.read_json(path)
     names = [t.name for t in tasks]
     if ref.get("tasks") != names or ref.get("method") != "per-task" or ref.get("stages_done") != len(names):
         raise ConfigError(f"--reference {reference}: not a finished per-task run of the tasks {', '.join(names)}")
