@@ -272,7 +272,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.max_eval_per_task = args.max_eval_per_task
     tasks = load_run_tasks(cfg)
     oracle = args.routing == "oracle"
-    if oracle and not make_method(cfg.method, cfg).routed:
+    if oracle and not make_method(cfg.method, cfg.method_options).routed:
         raise ConfigError(f"--routing oracle: {cfg.method} has no router to compare with (a routed method: sapt, sapt-hard)")
     cfg, model, names = load_trained(args.run, cfg)
     method = make_method("per-task") if oracle else method_of(cfg)  # per-task: weight 1 on the task's own block

@@ -37,7 +37,7 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
 
     tasks = load_run_tasks(cfg)
     load_unseen_tasks(cfg, tasks)  # refused here as the run would refuse it
-    method = make_method(cfg.method, cfg)
+    method = make_method(cfg.method, cfg.method_options)
     reflects = method.reflects(cfg)
     generates = reflects and cfg.reflection_source == "generated"
     pseudo = PseudoConfig.from_run(cfg, seed=cfg.seed)

@@ -35,7 +35,7 @@ def _traits(cfg: Any) -> SimpleNamespace:
     from sapt.methods import make_method
     from sapt.modules.blocks.registry import block_type_of
 
-    method = make_method(cfg.method, cfg)
+    method = make_method(cfg.method, cfg.method_options)
     summary = method.summary.replace("{block}", block_type_of(cfg).block_noun)
     return SimpleNamespace(name=method.name, summary=summary, routed=method.routed,
                            shared_block=method.block_index(1) == 0, settings=method.settings(cfg))

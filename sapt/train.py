@@ -156,7 +156,7 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
     dist = get_dist()
     main = dist.is_main  # only the main process writes; every process computes (see sapt.distributed)
     manifest = Manifest(run_dir)
-    method = make_method(cfg.method, cfg)
+    method = make_method(cfg.method, cfg.method_options)
     stages = method.stages(tasks)
     done = dist.broadcast(verify_stages(run_dir, stages, manifest, method.reflects(cfg)) if main else None)
     # before anything is written: a refusal leaves the run directory as it was
@@ -466,7 +466,7 @@ def learn(run_dir: str | Path, task_folder: str | Path) -> Report:
     if unfinished:
         raise ConfigError(f"{run_dir} is still learning {unfinished[0]} (interrupted): finish it first with "
                           f"`sapt learn --run {run_dir} --task {unfinished[0]}`")
-    refused = make_method(cfg.method, cfg).cannot_extend()
+    refused = make_method(cfg.method, cfg.method_options).cannot_extend()
     if refused:
         raise ConfigError(refused)
     cfg.extra_tasks = [*cfg.extra_tasks, str(folder)]
@@ -492,7 +492,7 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
     cfg = cfg or load_run_config(run_dir)
     stages = stage_tensors(run_dir)
     model = build_model(cfg)
-    method = make_method(cfg.method, cfg)
+    method = make_method(cfg.method, cfg.method_options)
     names = []
     for t, (name, block, router) in enumerate(stages):
         method.add_stage(model, t, name)

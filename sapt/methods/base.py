@@ -26,7 +26,14 @@ reflection's routing targets are defined); `needs_task_id` (the weights need the
 predict` refuses the run); `weighs_blocks` (fixed weights change the answer, so `generate(routing=...)`
 can honour them); `trained_as` (another method whose training this one's is, bit for bit:
 bench/quality.py evaluates a copy of its stages instead of training again). The defaults below are a new block per task, the router
-frozen, every block at weight 1 (inc-lora). Options come from the run config through `from_config`.
+frozen, every block at weight 1 (inc-lora).
+
+A method's own options (o-lora's lambdas, replay's memory) are declared in its own file, as a frozen
+dataclass of `sapt.options.option(..., section="method")` fields named by the class attribute `Options`.
+sapt.config adds those fields to the run config, under the keys they are named by (flat, as every key is:
+`--olora-lambda1`, `olora_lambda1: 0.5` in YAML and config.yaml), so the parser, `sapt run --help`, the
+range check, the resume check and config.yaml know them with no edit there. The method is built from its
+own options only (`from_options`, given `RunConfig.method_options`), never from the whole config.
 
 Adding a method is one new file in this folder; the package imports every module in it, and the method's
 name then works in `--method`, the config check, `sapt run --help` and bench/quality.py. For example,
@@ -42,12 +49,37 @@ sapt/methods/last_block.py, "a new block per task, only the newest one used":
         def weights(self, model, batch, task_index, training):
             return one_hot_weights(model, batch, model.n_blocks - 1)
 
+A method with an option, sapt/methods/last_k.py, "the newest k blocks", is still one file:
+
+    from dataclasses import dataclass
+
+    from sapt.methods.base import Method, register
+    from sapt.options import AT_LEAST_1, option
+
+
+    @dataclass(frozen=True)
+    class LastKOptions:
+        last_k: int = option(1, bounds=AT_LEAST_1, section="method", help="last-k: blocks used, the newest")
+
+
+    @register
+    class LastK(Method):
+        name = "last-k"
+        Options = LastKOptions
+
+        def __init__(self, k: int = 1):
+            self.k = k
+
+        @classmethod
+        def from_options(cls, options):
+            return cls(options.last_k)
+
 A module here is imported by `sapt --help`: import torch (and model code) inside the hooks, as the
 helpers below do, so that the command line starts without it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from sapt.data import Task
 from sapt.evaluation.metrics import cl_metrics
@@ -77,14 +109,18 @@ class Method:
     trained_as: str | None = None  # a method whose training this one's is, bit for bit (bench/quality.py)
     summary: str = ""  # one line for the model card of an export (sapt.model_card); "{block}" is the block type's noun
     pet: str | None = None  # the block kind (config `pet`) the method is made for, taken when the config names none
+    # The method's own run-config keys: a frozen dataclass of `option(..., section="method")` fields (see the
+    # module docstring); None: it has none. `from_options` receives an instance.
+    Options: ClassVar[type | None] = None
 
     def settings(self, cfg: RunConfig) -> list[tuple[str, str]]:
         """(name, value) rows of this method's own settings, for the model card."""
         return []
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> Method:
-        """The method with its options from the run config (e.g. O-LoRA's lambdas)."""
+    def from_options(cls, options: Any | None) -> Method:
+        """The method with its own options (an instance of `Options`, e.g. O-LoRA's lambdas; None for a
+        method that has none)."""
         return cls()
 
     # ---- the run -------------------------------------------------------------------------------------------
@@ -210,9 +246,9 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def make_method(name: str, cfg: RunConfig | None = None, **options: Any) -> Method:
-    """The method `name`, with its options from the run config `cfg` or given as keywords
-    (e.g. `make_method("o-lora", lambda_1=2.0)`); neither: its defaults."""
+def make_method(name: str, options: Any | None = None, **kwargs: Any) -> Method:
+    """The method `name`, with its own options: an instance of its `Options` (a run's: `RunConfig.method_options`)
+    or given as keywords of its constructor (e.g. `make_method("o-lora", lambda_1=2.0)`); neither: its defaults."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r} (available: {', '.join(METHODS)})")
-    return METHODS[name].from_config(cfg) if cfg is not None else METHODS[name](**options)
+    return METHODS[name].from_options(options) if options is not None else METHODS[name](**kwargs)

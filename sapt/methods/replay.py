@@ -1,24 +1,41 @@
 """replay: seq-lora that stores `replay_memory` real training examples (with answers) of each task in the
-stage's memory.jsonl, and trains every later stage on its task's examples plus all those stored."""
+stage's memory.jsonl, and trains every later stage on its task's examples plus all those stored.
+`replay_memory` is declared here (`ReplayOptions`)."""
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 
 from sapt.methods.base import register
 from sapt.methods.seq_lora import SeqLoRA
+from sapt.options import AT_LEAST_1, option
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """replay's key of the run config (section method)."""
+
+    replay_memory: int = option(10, bounds=AT_LEAST_1,
+                                section="method", help="replay: real examples stored per old task")
 
 
 @register
 class Replay(SeqLoRA):
     name = "replay"
     summary = "one LoRA block trained on each task in turn, with stored real examples of earlier tasks mixed in"
+    Options = ReplayOptions
 
     def settings(self, cfg):
-        return [("stored real examples per task", str(cfg.replay_memory))]
+        return [("stored real examples per task", str(self.memory_size))]
 
-    def __init__(self):
+    def __init__(self, memory_size: int = ReplayOptions.replay_memory):
+        self.memory_size = memory_size  # real examples stored per task
         self.memory: list = []  # encoded real examples of the old tasks
+
+    @classmethod
+    def from_options(cls, options):
+        return cls(options.replay_memory)
 
     def training_items(self, model, task, tasks, cfg):
         if not self.memory:
@@ -29,13 +46,13 @@ class Replay(SeqLoRA):
 
     def training_size(self, t, task, tasks, cfg):
         """The task's examples and those stored of each earlier task (`memory_examples`)."""
-        return len(task.train) + sum(min(cfg.replay_memory, len(old.train)) for old in tasks[:t])
+        return len(task.train) + sum(min(self.memory_size, len(old.train)) for old in tasks[:t])
 
     def stage_files(self, sdir, task, cfg):
         from sapt import io
 
         io.write_jsonl(sdir / "memory.jsonl", [{"task": task.name, "input": ex.input, "outputs": list(ex.outputs)}
-                                               for ex in memory_examples(task, cfg)])
+                                               for ex in memory_examples(task, cfg.seed, self.memory_size)])
         return ["memory.jsonl"]
 
     def after_stage(self, model, task, sdir, cfg):
@@ -48,7 +65,7 @@ class Replay(SeqLoRA):
                               cfg.max_source_length, cfg.max_target_length, model.template)
 
 
-def memory_examples(task, cfg) -> list:
-    """A seeded sample of `replay_memory` real training examples (with answers) of a task."""
-    rng = random.Random(f"{cfg.seed}:{task.name}:memory")
-    return rng.sample(task.train, min(cfg.replay_memory, len(task.train)))
+def memory_examples(task, seed: int, size: int) -> list:
+    """A seeded sample of `size` real training examples (with answers) of a task."""
+    rng = random.Random(f"{seed}:{task.name}:memory")
+    return rng.sample(task.train, min(size, len(task.train)))
