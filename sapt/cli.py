@@ -282,7 +282,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bare = args.no_definitions  # every prompt without its definition: written apart, under names of its own
     suffix = "_no_definitions" if bare else ""
     # no autocast: `sapt eval` has always scored in the model's own precision (the stage loop uses the run's)
-    decoding = dataclasses.replace(decoding_of(cfg), precision="no")
+    decoding = dataclasses.replace(decoding_of(cfg.decoding, cfg.mixed_precision), precision="no")
     for result in evaluate_tasks(model, tasks, method, decoding, definitions=not bare):
         name, score, accuracy = result.task.name, result.score, result.routing_accuracy
         if main:

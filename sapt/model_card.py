@@ -38,7 +38,8 @@ def _traits(cfg: Any) -> SimpleNamespace:
     method = make_method(cfg.method, cfg.method_options)
     summary = method.summary.replace("{block}", block_type_of(cfg).block_noun)
     return SimpleNamespace(name=method.name, summary=summary, routed=method.routed,
-                           shared_block=method.block_index(1) == 0, settings=method.settings(cfg))
+                           shared_block=method.block_index(1) == 0,
+                           settings=method.settings(cfg.router, cfg.optim, cfg.arm))
 
 
 def run_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str]:

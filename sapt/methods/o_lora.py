@@ -27,7 +27,7 @@ class OLoRA(IncLoRA):
                "every block with weight 1")
     Options = OLoRAOptions
 
-    def settings(self, cfg):
+    def settings(self, router, optim, arm):
         return [("O-LoRA lambda1 / lambda2", f"{self.lambda_1:g} / {self.lambda_2:g}")]
 
     def __init__(self, lambda_1: float = OLoRAOptions.olora_lambda1, lambda_2: float = OLoRAOptions.olora_lambda2):

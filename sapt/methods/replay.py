@@ -26,7 +26,7 @@ class Replay(SeqLoRA):
     summary = "one LoRA block trained on each task in turn, with stored real examples of earlier tasks mixed in"
     Options = ReplayOptions
 
-    def settings(self, cfg):
+    def settings(self, router, optim, arm):
         return [("stored real examples per task", str(self.memory_size))]
 
     def __init__(self, memory_size: int = ReplayOptions.replay_memory):
@@ -37,32 +37,33 @@ class Replay(SeqLoRA):
     def from_options(cls, options):
         return cls(options.replay_memory)
 
-    def training_items(self, model, task, tasks, cfg):
+    def training_items(self, model, task, tasks, decoding):
         if not self.memory:
             return None, None
         from sapt.evaluation.generation import encode_task_split
 
-        return encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length) + self.memory, None
+        return encode_task_split(model, task, "train", decoding.max_source_length,
+                                 decoding.max_target_length) + self.memory, None
 
-    def training_size(self, t, task, tasks, cfg):
+    def training_size(self, t, task, tasks):
         """The task's examples and those stored of each earlier task (`memory_examples`)."""
         return len(task.train) + sum(min(self.memory_size, len(old.train)) for old in tasks[:t])
 
-    def stage_files(self, sdir, task, cfg):
+    def stage_files(self, sdir, task, seed):
         from sapt import io
 
         io.write_jsonl(sdir / "memory.jsonl", [{"task": task.name, "input": ex.input, "outputs": list(ex.outputs)}
-                                               for ex in memory_examples(task, cfg.seed, self.memory_size)])
+                                               for ex in memory_examples(task, seed, self.memory_size)])
         return ["memory.jsonl"]
 
-    def after_stage(self, model, task, sdir, cfg):
+    def after_stage(self, model, task, sdir, decoding):
         from sapt.batching import encode
         from sapt.data import Example
 
         rows = [json.loads(line) for line in (sdir / "memory.jsonl").read_text(encoding="utf-8").splitlines() if line]
         self.memory += encode(model.tokenizer, model.family, task.definition,
                               [Example(r["input"], tuple(r["outputs"])) for r in rows],
-                              cfg.max_source_length, cfg.max_target_length, model.template)
+                              decoding.max_source_length, decoding.max_target_length, model.template)
 
 
 def memory_examples(task, seed: int, size: int) -> list:
