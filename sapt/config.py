@@ -12,7 +12,8 @@ both the config and the methods (sapt.options), since a method declares its own 
 The components below the recipe take the sections they read, not the whole config: `cfg.optim`,
 `cfg.router`, `cfg.decoding`, ... are frozen views of the one flat dataclass (`SECTION_TYPES`), and a
 method gets its own options (`cfg.method_options`). The flat fields stay: config.yaml, --config files and
-the flags are flat.
+the flags are flat. Only the recipe (sapt.train), api, cli and bench read the whole config
+(tests/test_config_owner.py holds it, and lists the modules still to convert).
 """
 from __future__ import annotations
 
