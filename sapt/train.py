@@ -522,7 +522,8 @@ def build_model(cfg: RunConfig) -> SAPTModel:
         eager_attention_on_cpu(loaded.model, cfg.max_source_length + cfg.max_target_length)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation
     router = SharedAttentionRouter(loaded.model.get_input_embeddings().embedding_dim, cfg.query_hidden)
-    return SAPTModel(loaded, block_type=build_block_type(cfg), router=router, template=run_template(cfg, loaded.family))
+    return SAPTModel(loaded, block_type=build_block_type(cfg.block, cfg.seed), router=router,
+                     template=run_template(cfg, loaded.family))
 
 
 def run_template(cfg: RunConfig, family: str) -> str | None:

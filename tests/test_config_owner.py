@@ -37,17 +37,6 @@ LEFT = {
     # the export describes the whole run: router.json, the model card's settings, the loading code
     "model_card.py": "model_card(cfg: Any, ...) and its helpers",
     "export.py": "_write_export(run_dir, cfg: Any, ...)",
-    # the block types read their keys from the whole config (`BlockType.from_config`, `config_keys`): the
-    # issue's block section, the selected type's own config, is the next step of item 2
-    "modules/blocks/base.py": "BlockType.from_config / export_adapters / read_adapters / card_settings (cfg: Any)",
-    "modules/blocks/registry.py": "block_type_of(cfg), build_block_type(cfg)",
-    "modules/blocks/peft_export.py": "adapter_header(peft_type, cfg, family), model_family(cfg)",
-    "modules/blocks/lora/blocks.py": "LoRABlocks.from_config(cfg), card_settings(cfg, info)",
-    "modules/blocks/lora/export.py": "model_layouts, adapter_config, export_adapters, read_adapters (cfg: Any)",
-    "modules/blocks/ia3/blocks.py": "IA3Blocks.from_config(cfg), card_settings(cfg, info)",
-    "modules/blocks/ia3/export.py": "export_adapters, read_adapters (cfg: Any)",
-    "modules/blocks/prompt/blocks.py": "PromptBlocks.from_config(cfg), card_settings(cfg, info)",
-    "modules/blocks/prompt/export.py": "prompt_adapter_config, export_adapters, read_adapters (cfg: Any)",
 }
 CONFIG_MODULE = "sapt.config"
 UNTYPED = {"Any", "typing.Any"}

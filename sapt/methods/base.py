@@ -58,7 +58,7 @@ A method with an option, sapt/methods/last_k.py, "the newest k blocks", is still
 
     from dataclasses import dataclass
 
-    from sapt.methods.base import Method, register
+    from sapt.methods.base import Method, register, uniform_weights
     from sapt.options import AT_LEAST_1, option
 
 
@@ -78,6 +78,14 @@ A method with an option, sapt/methods/last_k.py, "the newest k blocks", is still
         @classmethod
         def from_options(cls, options):
             return cls(options.last_k)
+
+        def weights(self, model, batch, task_index, training):
+            w = uniform_weights(model, batch)
+            w[:, : max(0, model.n_blocks - self.k)] = 0
+            return w
+
+`--last-k 2` (or `last_k: 2` in a YAML file) then sets it, `sapt run --help` lists it under "method" with its
+default, a value below 1 is refused, and config.yaml records it.
 
 A module here is imported by `sapt --help`: import torch (and model code) inside the hooks, as the
 helpers below do, so that the command line starts without it.
