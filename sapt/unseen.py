@@ -14,7 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-from sapt.data import Task
 from sapt.evaluation.tasks import evaluate_tasks
 from sapt.methods import Method
 from sapt.rundir.results import evaluation_names, prediction_file, unseen_base_dir, write_predictions, write_scores
