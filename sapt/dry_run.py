@@ -32,8 +32,7 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
     from sapt.pseudo import PseudoConfig, generator_steps
     from sapt.reflection import replay_count
     from sapt.stage_trainer import lr_warmup_steps, optimiser_steps_per_epoch
-    from sapt.run_tasks import load_run_tasks
-    from sapt.run_tasks import load_unseen_tasks
+    from sapt.run_tasks import load_run_tasks, load_unseen_tasks
 
     tasks = load_run_tasks(cfg)
     load_unseen_tasks(cfg, tasks)  # refused here as the run would refuse it
