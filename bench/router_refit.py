@@ -11,8 +11,13 @@ each task's evaluation inputs routed to its own block, in seconds per variant: t
 max-pooled token embeddings. Use it on a run's validation-carved evaluation data (as the CPU protocols'
 is), never to choose on a test split.
 
-Variants: `--steps` (router_fit_steps), `--kl-weight` (a multiplier on the reflection KL in the fit),
-`--fit` (mlp+key: the query MLP and key t, as the run; key: key t alone, the query MLP frozen after stage 1).
+Variants: `--steps` (router_fit_steps), `--kl-weight` (a multiplier on the run's `router_fit_kl`, the reflection
+KL's weight in the fit: 1 is the run's),
+`--fit` (mlp+key: the query MLP and key t, as the run; key: key t alone, the query MLP frozen after stage 1),
+`--replay` (pseudo: each stage's own replay.jsonl, as the run; pseudo:N: the first N of them, to see what
+the count does with the same generator; real:N: N real training inputs of each task
+instead, a seeded draw. Real inputs are not what SAPT keeps, so this is a diagnostic: it tells whether
+an old task's routing is lost for want of replay inputs, or of replay inputs that look like the task's).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from torch import nn  # noqa: E402
 
 from sapt import io  # noqa: E402
 from sapt.evaluation.generation import encode_task_split  # noqa: E402
-from sapt.reflection import ReplaySet, encode_replay, routing_target  # noqa: E402
+from sapt.reflection import ReplaySet, encode_replay, real_replay_inputs, routing_target  # noqa: E402
 from sapt.router_fit import fit_router, pooled_prompts  # noqa: E402
 from sapt.router_setup import update_centre  # noqa: E402
 from sapt.rundir import trained_stages  # noqa: E402
@@ -58,7 +63,7 @@ def refit(model, cfg, tasks, stages, replay_inputs, steps: int, kl_weight: float
             router.keys[t].requires_grad_(True)
             router.query_mlp.requires_grad_(fit == "mlp+key")
             fit_router(model, t, train, encode_task_split(model, task, "val", *lengths), replay,
-                       kl_weight * (cfg.kl_ratio or 1.0), steps=steps, lr=cfg.router_lr or cfg.lr,
+                       kl_weight * cfg.router_fit_kl, steps=steps, lr=cfg.router_lr or cfg.lr,
                        batch_size=cfg.batch_size, seed=stage_seed(cfg.seed, t), eval_batch_size=cfg.eval_batch_size)
         target = routing_target(model, encode_task_split(model, task, "val", *lengths), cfg.eval_batch_size)
         replay.append(ReplaySet(task.name, target, encode_replay(model, task.definition, replay_inputs[t],
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="300", help="comma-separated router_fit_steps")
     p.add_argument("--kl-weight", default="1", help="comma-separated multipliers of the reflection KL in the fit")
     p.add_argument("--fit", default="mlp+key", help="comma-separated: mlp+key (as the run), key (key t alone)")
+    p.add_argument("--replay", default="pseudo",
+                   help="comma-separated: pseudo (the run's replay.jsonl), pseudo:N (its first N a task), "
+                        "real:N (N real training inputs a task)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = load_run_config(args.run)
@@ -87,13 +95,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg, model, names = load_trained(args.run, cfg)
     tasks = load_run_tasks(cfg)[: len(names)]
     stages = trained_stages(args.run)
-    replay_inputs = [[json.loads(line)["input"] for line in (sdir / "replay.jsonl").read_text().splitlines() if line]
-                     for _, sdir in stages]
-    print(f"{'steps':>6} {'kl x':>5} {'fit':>8}  " + " ".join(f"{t.name[:8]:>8}" for t in tasks) + "     mean")
-    for steps, kl, fit in itertools.product([int(s) for s in args.steps.split(",")],
-                                            [float(k) for k in args.kl_weight.split(",")], args.fit.split(",")):
+    pseudo = [[json.loads(line)["input"] for line in (sdir / "replay.jsonl").read_text().splitlines() if line]
+              for _, sdir in stages]
+    print(f"{'steps':>6} {'kl x':>5} {'fit':>8} {'replay':>9}  " + " ".join(f"{t.name[:8]:>8}" for t in tasks)
+          + "     mean")
+    for steps, kl, fit, replay in itertools.product([int(s) for s in args.steps.split(",")],
+                                                    [float(k) for k in args.kl_weight.split(",")],
+                                                    args.fit.split(","), args.replay.split(",")):
+        if replay == "pseudo":
+            replay_inputs = pseudo
+        elif replay.startswith("pseudo:") and replay[7:].isdigit() and int(replay[7:]) > 0:
+            replay_inputs = [inputs[: int(replay[7:])] for inputs in pseudo]
+        elif replay.startswith("real:") and replay[5:].isdigit() and int(replay[5:]) > 0:
+            replay_inputs = [real_replay_inputs(task, int(replay[5:]), cfg.seed) for task in tasks]
+        else:
+            p.error(f"--replay {replay!r}: expected pseudo, pseudo:N or real:N with N >= 1")
         shares = refit(model, cfg, tasks, stages, replay_inputs, steps, kl, fit)
-        print(f"{steps:>6} {kl:>5g} {fit:>8}  " + " ".join(f"{s:>8.1f}" for s in shares)
+        print(f"{steps:>6} {kl:>5g} {fit:>8} {replay:>9}  " + " ".join(f"{s:>8.1f}" for s in shares)
               + f" {sum(shares) / len(shares):>8.1f}", flush=True)
     return 0
 

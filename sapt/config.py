@@ -319,8 +319,13 @@ class RunConfig:
                                     help="weight of the reflection KL")
     replay_every: int = option(1, bounds=AT_LEAST_1,
                                section="reflection", help="optimiser steps between replay batches")
-    pseudo_ratio: float = option(0.02, bounds=Bounds(0, 1, low_open=True), section="reflection",
-                                 help="replay inputs per task as a fraction of its training size, at least 1")
+    # None: by schedule (`schedule_defaults`). In learn-then-route the replay inputs serve only the router fit,
+    # where a few short pseudo inputs held an old task's real inputs badly (BENCHMARKS.md, "More replay inputs
+    # for the router fit"); the joint schedule keeps the paper's 2%.
+    pseudo_ratio: float | None = option(None, bounds=Bounds(0, 1, low_open=True), section="reflection",
+                                        default_help="0.2 with the learn-then-route schedule, 0.02 (the paper's) "
+                                                     "with joint",
+                                        help="replay inputs per task as a fraction of its training size, at least 1")
     pseudo_max: int = option(50, bounds=AT_LEAST_1,
                              section="reflection", help="at most this many replay inputs per task")
     # The generator's cost scales with the task's by default (issue 28): a quarter of the task's own training
@@ -652,6 +657,7 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
         if str(values.get("model", RunConfig.model)).startswith("tiny-"):
             del preset["backbone_dtype"]
         values = {**preset, **values}
+    values = schedule_defaults(values)
     if "pet" not in values:  # a method made for one kind of block (seq-prompt, progprompt) brings its kind
         from sapt.methods import METHODS
 
@@ -668,6 +674,25 @@ def resolve(overrides: dict[str, Any], config_file: str | None = None) -> RunCon
     return cfg
 
 
+# Defaults that depend on the router schedule, for keys left unset (None): {key: {schedule: value}}.
+SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {"pseudo_ratio": {"learn-then-route": 0.2, "joint": 0.02}}
+
+
+def schedule_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with each key of SCHEDULE_DEFAULTS that is unset or None given its schedule's default.
+
+    Filled when a config is resolved, so that config.yaml saves the value in force and a resumed or re-read
+    run keeps it whatever a later default becomes. The value is the schedule's, not a preset's guess: with
+    learn-then-route the replay inputs serve only the router fit, which reads their pooled embeddings (no
+    backbone pass), so more of them cost only their generation, at most `pseudo_max` a task."""
+    schedule = values.get("router_schedule") or RunConfig.router_schedule
+    out = dict(values)
+    for key, by_schedule in SCHEDULE_DEFAULTS.items():
+        if out.get(key) is None and schedule in by_schedule:
+            out[key] = by_schedule[schedule]
+    return out
+
+
 # Keys whose default changed after runs were saved without them: such a run was trained with the value here,
 # not with today's default, so reading (and resuming) it keeps that value. router_schedule came in
 # learn-then-route's release with "joint" as its default, and became learn-then-route later; a config.yaml
@@ -679,7 +704,7 @@ def from_saved(path: str | Path) -> RunConfig:
     """The config a run was made with, from the config.yaml file at `path` (which sapt.rundir finds in a
     run directory), checked as a --config file is, with the defaults of keys saved before they existed."""
     saved = load_yaml(path)
-    cfg = RunConfig(**coerce_all({**SAVED_BEFORE_THE_KEY, **saved}, source=str(path)))
+    cfg = RunConfig(**schedule_defaults(coerce_all({**SAVED_BEFORE_THE_KEY, **saved}, source=str(path))))
     try:
         cfg.validate()
     except ConfigError as e:

@@ -159,3 +159,27 @@ def test_learn_then_route_is_the_default_and_a_run_saved_before_the_key_stays_jo
     old["router_schedule"] = "learn-then-route"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     assert load_run_config(tmp_path).router_schedule == "learn-then-route"
+
+
+def test_replay_inputs_per_task_default_by_schedule_and_are_saved_as_used(tmp_path):
+    """pseudo_ratio left unset is the schedule's: 0.2 with learn-then-route (the router fit is the replay
+    inputs' only use; BENCHMARKS.md, "More replay inputs for the router fit"), the paper's 0.02 with joint.
+    A value given, the built-in suite's preset, and the value saved in a run's config.yaml all win."""
+    import yaml
+
+    from sapt.config import resolve, to_dict
+    from sapt.rundir import load_run_config
+
+    data = {"model": "tiny-llama", "data_dir": str(tmp_path), "benchmark": "Long_Sequence", "tasks": ["a"]}
+    assert resolve(data).pseudo_ratio == 0.2
+    assert resolve({**data, "router_schedule": "joint"}).pseudo_ratio == 0.02
+    assert resolve({**data, "pseudo_ratio": 0.05}).pseudo_ratio == 0.05
+    assert resolve({**data, "router_schedule": "joint", "pseudo_ratio": 0.3}).pseudo_ratio == 0.3
+    assert resolve({"model": "tiny-llama"}).pseudo_ratio == 0.1  # the built-in suite's preset
+    (tmp_path / "c.yaml").write_text("pseudo_ratio: null\nrouter_schedule: joint\n")
+    assert resolve(data, str(tmp_path / "c.yaml")).pseudo_ratio == 0.02
+    saved = to_dict(resolve({**data, "output": str(tmp_path)}))
+    assert saved["pseudo_ratio"] == 0.2  # config.yaml records the value in force
+    saved["pseudo_ratio"] = 0.02  # a run saved when the default was the paper's keeps it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_run_config(tmp_path).pseudo_ratio == 0.02
