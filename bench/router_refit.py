@@ -53,18 +53,18 @@ def refit(model, cfg, tasks, stages, replay_inputs, steps: int, kl_weight: float
     for t, task in enumerate(tasks):
         router.keys = nn.ParameterList(all_keys[: t + 1])
         if t > 0:
-            torch.manual_seed(stage_seed(cfg, t))  # a fresh uniform key (not the run's draw: the block's came first)
+            torch.manual_seed(stage_seed(cfg.seed, t))  # a fresh uniform key (not the run's draw: the block's came first)
             with torch.no_grad():
                 router.keys[t].uniform_(-1.0, 1.0)
             if cfg.router_centre:
-                update_centre(model, task, t, cfg)  # as SAPT.prepare_stage does before the stage trains
+                update_centre(model, task, t, cfg.decoding)  # as SAPT.prepare_stage does before the stage trains
             train = encode_task_split(model, task, "train", *lengths)
             model.requires_grad_(False)
             router.keys[t].requires_grad_(True)
             router.query_mlp.requires_grad_(fit == "mlp+key")
             fit_router(model, t, train, encode_task_split(model, task, "val", *lengths), replay,
                        kl_weight * cfg.router_fit_kl, steps=steps, lr=cfg.router_lr or cfg.lr,
-                       batch_size=cfg.batch_size, seed=stage_seed(cfg, t), eval_batch_size=cfg.eval_batch_size)
+                       batch_size=cfg.batch_size, seed=stage_seed(cfg.seed, t), eval_batch_size=cfg.eval_batch_size)
         target = routing_target(model, encode_task_split(model, task, "val", *lengths), cfg.eval_batch_size)
         replay.append(ReplaySet(task.name, target, encode_replay(model, task.definition, replay_inputs[t],
                                                                  cfg.max_source_length)))

@@ -443,4 +443,4 @@ def method_of(cfg: RunConfig) -> Method:
     """The sapt.methods.Method of a run config, with its options (O-LoRA's lambdas)."""
     from sapt.methods import make_method
 
-    return make_method(cfg.method, cfg)
+    return make_method(cfg.method, cfg.method_options)

@@ -272,7 +272,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg.max_eval_per_task = args.max_eval_per_task
     tasks = load_run_tasks(cfg)
     oracle = args.routing == "oracle"
-    if oracle and not make_method(cfg.method, cfg).routed:
+    if oracle and not make_method(cfg.method, cfg.method_options).routed:
         raise ConfigError(f"--routing oracle: {cfg.method} has no router to compare with (a routed method: sapt, sapt-hard)")
     cfg, model, names = load_trained(args.run, cfg)
     method = make_method("per-task") if oracle else method_of(cfg)  # per-task: weight 1 on the task's own block
@@ -282,7 +282,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bare = args.no_definitions  # every prompt without its definition: written apart, under names of its own
     suffix = "_no_definitions" if bare else ""
     # no autocast: `sapt eval` has always scored in the model's own precision (the stage loop uses the run's)
-    decoding = dataclasses.replace(decoding_of(cfg), precision="no")
+    decoding = dataclasses.replace(decoding_of(cfg.decoding, cfg.mixed_precision), precision="no")
     for result in evaluate_tasks(model, tasks, method, decoding, definitions=not bare):
         name, score, accuracy = result.task.name, result.score, result.routing_accuracy
         if main:

@@ -5,7 +5,15 @@ The resolved config is saved as `config.yaml` in the run directory; resuming che
 Every field is declared with `option(...)`: its default, its help, its section, its command-line flag and
 whether it may change when a run is resumed. That one declaration is the source of the `sapt run` parser
 (sapt.cli), of the resume check (`RESUMABLE_KEYS`, `CHANGEABLE_KEYS`, `differences`) and of the
-documentation (`SECTIONS`, `FIELDS`, `section_fields`, `default_text`).
+documentation (`SECTIONS`, `FIELDS`, `section_fields`, `default_text`). `option` itself is declared below
+both the config and the methods (sapt.options), since a method declares its own keys in its own file
+(`Method.Options`) and they are added here as flat keys (`_with_method_options`).
+
+The components below the recipe take the sections they read, not the whole config: `cfg.optim`,
+`cfg.router`, `cfg.decoding`, ... are frozen views of the one flat dataclass (`SECTION_TYPES`), and a
+method gets its own options (`cfg.method_options`). The flat fields stay: config.yaml, --config files and
+the flags are flat. Only the recipe (sapt.train), api, cli and bench read the whole config
+(tests/test_config_owner.py holds it, and lists the modules still to convert).
 """
 from __future__ import annotations
 
@@ -19,12 +27,13 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
 from sapt.errors import ConfigError
-from sapt.methods import method_names
+from sapt.methods import METHODS, method_names
+from sapt.options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, RESUME_POLICIES, SECTIONS, Bounds, option  # noqa: F401
 from sapt.modules.blocks.registry import block_type_names
 
 
@@ -47,22 +56,6 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 # --tracker-project: characters W&B refuses in a project name, and path separators (it is a folder too)
 TRACKER_PROJECT_REFUSED = "/\\#?%:"
 
-# The sections of the config, in the order of the source, of `sapt run --help` and of the docs.
-SECTIONS: dict[str, str] = {
-    "run": "run and output",
-    "method": "method",
-    "data": "data",
-    "block": "LoRA blocks",
-    "router": "router",
-    "optimisation": "optimisation",
-    "decoding": "lengths and decoding",
-    "reflection": "attentive reflection",
-}
-# May a key differ between a run and its resumption? "free": yes, it does not change what is computed;
-# "changeable": only with --allow-config-change (recorded in manifest.json); "fixed": never.
-RESUME_POLICIES = ("free", "changeable", "fixed")
-
-
 # ---- command-line value types (sapt run), also used for the fields' declarations -------------------------
 def _csv(value: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
@@ -76,68 +69,40 @@ def _num(value: str) -> float:
     return int(x) if math.isfinite(x) and x >= 1 and x == int(x) else x  # the config refuses inf and nan
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """The values a numeric field takes, declared on the field (`option(..., bounds=...)`) so that `validate`
-    checks every field's range in one loop and keeps only the rules that relate fields to each other. A
-    field whose default is None takes None as well (its default's meaning), whatever its bounds.
+def _with_method_options(cls: type) -> type:
+    """`cls` (RunConfig, before it is made a dataclass) with the fields each method declares in its own file
+    (`sapt.methods.base.Method.Options`: o-lora's `olora_lambda1`, replay's `replay_memory`, ...) inserted
+    after its own "method" section's fields, in the order of the methods' registry.
 
-    `note` is added to the message ("0 = off"); `text` replaces the written range where its numbers would
-    not say it (a seed's 2**32)."""
-
-    low: float
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    note: str = ""
-    text: str = ""
-
-    def holds(self, value: float) -> bool:
-        """Whether `value` is within the bounds; NaN never is."""
-        if not (value > self.low if self.low_open else value >= self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.text:
-            return self.text
-        if self.high is None:
-            written = f"{'>' if self.low_open else '>='} {self.low:g}"
-        else:
-            written = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        return f"{written} ({self.note})" if self.note else written
-
-
-AT_LEAST_1 = Bounds(1)  # counts and sizes
-POSITIVE = Bounds(0, low_open=True)  # rates and scales
-NON_NEGATIVE = Bounds(0)  # loss weights, where 0 turns the term off
-
-
-def option(default: Any, *, help: str, section: str, flag: str | bool | None = None, resume: str = "fixed",
-           choices: Sequence[str] | None = None, type: Callable[[str], Any] | None = None,
-           default_help: str | None = None, bounds: Bounds | None = None) -> Any:
-    """A config field with its documentation.
-
-    `help`: the help of its command-line flag (for a boolean that defaults to true: of its --no-X flag).
-    `section`: a key of SECTIONS. `flag`: None for the usual one (--name-with-dashes, or --no-name for a
-    boolean that defaults to true), a string for another, False for none (a key of YAML files only).
-    `resume`: see RESUME_POLICIES. `choices`: the values the flag accepts. `type`: what turns the flag's
-    text into a value when the field's annotation does not say (int, float, a comma-separated list).
-    `default_help`: what a default of None means, for the help (e.g. "--lr"). `bounds`: the values a
-    number takes (`RunConfig.validate` checks them)."""
-    if section not in SECTIONS:
-        raise ValueError(f"unknown config section {section!r}")
-    if resume not in RESUME_POLICIES:
-        raise ValueError(f"unknown resume policy {resume!r}")
-    meta = {"help": help, "section": section, "flag": flag, "resume": resume,
-            "choices": tuple(choices) if choices is not None else None, "type": type, "default_help": default_help,
-            "bounds": bounds}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    Why the method's file and not here: a method with options was two files (its class, and its keys here),
+    and every component read them from the whole config. Why flat fields of RunConfig still: the keys are
+    flat everywhere a user or a saved run meets them (`--olora-lambda1`, `olora_lambda1: 0.5` in a --config
+    file and in every config.yaml written so far), and as fields they get the parser, `sapt run --help`, the
+    range check, the resume policy, coercion and config.yaml's key order from the one declaration, as every
+    key does. A method reads them back as its options object only (`RunConfig.method_options`)."""
+    own = dict(cls.__annotations__)
+    declared: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for options in dict.fromkeys(m.Options for m in METHODS.values() if m.Options is not None):
+        hints = typing.get_type_hints(options)
+        for f in dataclasses.fields(options):
+            if f.name in own or f.name in declared:
+                raise RuntimeError(f"{options.__qualname__}.{f.name}: a method option must be a config key of its own")
+            if f.metadata.get("section") != "method":
+                raise RuntimeError(f"{options.__qualname__}.{f.name}: a method option is declared in section method")
+            kwargs = {"default": f.default} if f.default is not dataclasses.MISSING else \
+                {"default_factory": f.default_factory}
+            declared[f.name] = (hints[f.name], field(metadata=f.metadata, **kwargs))
+    names = list(own)
+    last = max(i for i, name in enumerate(names) if vars(cls)[name].metadata["section"] == "method")
+    order = names[: last + 1] + list(declared) + names[last + 1:]
+    cls.__annotations__ = {name: own[name] if name in own else declared[name][0] for name in order}
+    for name, (_, f) in declared.items():
+        setattr(cls, name, f)
+    return cls
 
 
 @dataclass
+@_with_method_options
 class RunConfig:
     # ---- run and output -------------------------------------------------------------------------------
     output: str = option("runs/demo", section="run", resume="free", help="run directory")
@@ -185,11 +150,7 @@ class RunConfig:
     # a per-task run of the same tasks: its diagonal gives FWT's s_j
     reference: str | None = option(None, section="method", resume="free",
                                    help="run directory of a per-task run of the same tasks: fills in FWT")
-    olora_lambda1: float = option(0.5, bounds=NON_NEGATIVE,
-                                  section="method", help="o-lora: weight of the orthogonality loss")
-    olora_lambda2: float = option(0.0, bounds=NON_NEGATIVE, section="method", help="o-lora: weight of the L2 term")
-    replay_memory: int = option(10, bounds=AT_LEAST_1,
-                                section="method", help="replay: real examples stored per old task")
+    # here `_with_method_options` adds each method's own options (`Method.Options`, in its file in sapt/methods/)
 
     # ---- data: with no data_dir, the built-in generated suite (sapt.data.builtin) is used --------------
     data_dir: str | None = option(None, section="data", resume="free",
@@ -391,6 +352,58 @@ class RunConfig:
                                                             "--max-source-length)",
                                                help="length limit of a pseudo sample")
 
+    # ---- the sections, as the components below the recipe take them ---------------------------------------
+    def section(self, name: str) -> Any:
+        """Section `name` of SECTIONS as a frozen view (`SECTION_TYPES[name]`): its fields' values, copied, so
+        that a component given a section reads its own keys and can change none of the run's."""
+        view = SECTION_TYPES[name]
+        return view(**{f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(view)})
+
+    @property
+    def run(self) -> RunSection:
+        """The run and output keys: model, backbone dtype, quantisation, mixed precision, trackers, ..."""
+        return self.section("run")
+
+    @property
+    def data(self) -> DataSection:
+        """Which tasks, how they are split and cut, and the prompt template."""
+        return self.section("data")
+
+    @property
+    def block(self) -> BlockSection:
+        """The per-task blocks: the type (`pet`) and each type's settings, a new block's start."""
+        return self.section("block")
+
+    @property
+    def router(self) -> RouterSection:
+        """The router: its query, warm-up, centre, a new key, the schedule and the router fit."""
+        return self.section("router")
+
+    @property
+    def optim(self) -> OptimisationSection:
+        """Optimisation: rates, epochs, batches, accumulation, clipping, the schedule, the seed."""
+        return self.section("optimisation")
+
+    @property
+    def decoding(self) -> DecodingSection:
+        """Lengths (prompt, answer, generation), the evaluation batch and where an answer stops."""
+        return self.section("decoding")
+
+    @property
+    def arm(self) -> ReflectionSection:
+        """Attentive reflection (the paper's ARM): on or off, its inputs, KL weight, the pseudo-sample generator.
+        Named for the paper's module, since `reflection` is the key that turns it on."""
+        return self.section("reflection")
+
+    @property
+    def method_options(self) -> Any | None:
+        """The selected method's own options, an instance of its `Options` (`sapt.methods.base.Method`) from
+        the flat keys it declares; None when it declares none (or the method is unknown: `validate` says so)."""
+        method = METHODS.get(self.method)
+        if method is None or method.Options is None:
+            return None
+        return method.Options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(method.Options)})
+
     def validate(self) -> None:
         """Each field's declared range and choices, then the rules between fields."""
         for name, f in FIELDS.items():
@@ -422,7 +435,7 @@ class RunConfig:
         if self.method in method_names():  # a method whose math needs one kind of block refuses the others
             from sapt.methods import make_method
 
-            refused = make_method(self.method, self).refuses_pet(self.pet)
+            refused = make_method(self.method, self.method_options).refuses_pet(self.pet)
             if refused:
                 raise ConfigError(refused)
         unknown = sorted(set(self.log_with) - set(TRACKERS))
@@ -466,7 +479,7 @@ class RunConfig:
         if self.method in method_names():
             from sapt.methods import make_method
 
-            if not make_method(self.method, self).routed:
+            if not make_method(self.method, self.method_options).routed:
                 raise ConfigError(f"route_without_definition {share:g}: method {self.method} has no router to teach; "
                                   "leave it out (a routed method: sapt, sapt-hard)")
         if self.router_schedule != "learn-then-route":
@@ -535,6 +548,22 @@ FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 def section_fields(section: str) -> list[dataclasses.Field]:
     """The fields of one section of SECTIONS, in the order of the source."""
     return [f for f in FIELDS.values() if f.metadata["section"] == section]
+
+
+def _section_type(section: str) -> type:
+    """The frozen dataclass of one section's keys, made from RunConfig's fields (the one declaration of each
+    key: a view cannot drift from the config). Its name says the section: "optimisation" -> OptimisationSection."""
+    hints = typing.get_type_hints(RunConfig)
+    view = dataclasses.make_dataclass(f"{section.title()}Section",
+                                      [(f.name, hints[f.name]) for f in section_fields(section)], frozen=True)
+    view.__module__ = __name__  # (make_dataclass's module= is Python 3.12's)
+    return view
+
+
+# Each section's view (`RunConfig.section`, and its properties: run, data, block, router, optim, decoding, arm).
+SECTION_TYPES: dict[str, type] = {s: _section_type(s) for s in SECTIONS}
+RunSection, DataSection, BlockSection, RouterSection, OptimisationSection, DecodingSection, ReflectionSection = (
+    SECTION_TYPES[s] for s in ("run", "data", "block", "router", "optimisation", "decoding", "reflection"))
 
 
 def _resume(policy: str) -> tuple[str, ...]:

@@ -32,18 +32,17 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
     from sapt.pseudo import PseudoConfig, generator_steps
     from sapt.reflection import replay_count
     from sapt.stage_trainer import lr_warmup_steps, optimiser_steps_per_epoch
-    from sapt.run_tasks import load_run_tasks
-    from sapt.unseen import load_unseen_tasks
+    from sapt.run_tasks import load_run_tasks, load_unseen_tasks
 
     tasks = load_run_tasks(cfg)
     load_unseen_tasks(cfg, tasks)  # refused here as the run would refuse it
-    method = make_method(cfg.method, cfg)
-    reflects = method.reflects(cfg)
+    method = make_method(cfg.method, cfg.method_options)
+    reflects = method.reflects(cfg.arm)
     generates = reflects and cfg.reflection_source == "generated"
-    pseudo = PseudoConfig.from_run(cfg, seed=cfg.seed)
+    pseudo = PseudoConfig.from_run(cfg.arm, cfg.optim, seed=cfg.seed)
     rows = []
     for t, stage in enumerate(method.stages(tasks)):
-        n_train = method.training_size(t, stage, tasks, cfg)
+        n_train = method.training_size(t, stage, tasks)
         per_epoch = optimiser_steps_per_epoch(n_train, cfg.batch_size, cfg.grad_accum)
         joint = not any(stage is task for task in tasks)  # mtl's one stage over every task
         rows.append({
@@ -51,7 +50,8 @@ def stage_plan(cfg: RunConfig) -> list[dict]:
             "val": sum(len(o.val) for o in tasks) if joint else len(stage.val),
             "eval": sum(len(o.eval) for o in tasks) if joint else len(stage.eval),
             "steps_per_epoch": per_epoch, "steps": per_epoch * cfg.epochs,
-            "router_frozen": min(method.warmup_steps(cfg, t, per_epoch), per_epoch * cfg.epochs) if method.routed else None,
+            "router_frozen": min(method.warmup_steps(cfg.router, cfg.epochs, t, per_epoch), per_epoch * cfg.epochs)
+            if method.routed else None,
             "replay_inputs": replay_count(len(stage.train), cfg.pseudo_ratio, cfg.pseudo_max) if reflects else None,
             "lr_warmup": lr_warmup_steps(cfg.warmup_ratio, per_epoch * cfg.epochs),
             "generator_steps": generator_steps(len(stage.train), pseudo) if generates else None,

@@ -62,7 +62,7 @@ from sapt.rundir.manifest import sha256_file
 from sapt.models import RESERVED
 from sapt.model_card import model_card, run_metrics
 from sapt.modules.blocks.peft_export import load as _load
-from sapt.modules.blocks.peft_export import peft_base_model
+from sapt.modules.blocks.peft_export import BaseModelRef, peft_base_model
 from sapt.modules.blocks.registry import BLOCK_TYPES, block_type_of
 from sapt.rundir import EXPORT_MARKER, is_export, load_run_config, run_stage_tensors, task_definitions, trained_stages
 from sapt.rundir.source import EXPORT_COPIES, write_export_copies
@@ -172,10 +172,10 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
 
 def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
     """Write the export into the (new, empty) folder `out`; returns router.json's content."""
-    kind = block_type_of(cfg)
+    kind = block_type_of(cfg.pet)
     tensors = [read_stage_tensors(sdir) for _, sdir in stages]
     blocks = [(task, sdir, block) for (task, sdir), (block, _) in zip(stages, tensors)]
-    exported = kind.export_adapters(cfg, blocks, out)
+    exported = kind.export_adapters(cfg.block, BaseModelRef(cfg.model, cfg.seed), blocks, out)
     keys = [router["key"].float() for _, router in tensors]
     adapters = {task: task for task, _ in stages}
 
@@ -267,7 +267,8 @@ def read_export(path: str | Path) -> list[tuple[str, dict[str, torch.Tensor], di
     keys = router.pop("keys", None)
     if keys is None or keys.shape[0] != len(tasks):
         raise ConfigError(f"{path / 'router.safetensors'}: expected keys for the {len(tasks)} tasks of router.json")
-    blocks = block_type_of(cfg).read_adapters(cfg, info, [path / folders[task] for task in tasks])
+    blocks = block_type_of(cfg.pet).read_adapters(cfg.block, BaseModelRef(cfg.model, cfg.seed), info,
+                                                  [path / folders[task] for task in tasks])
     return [(task, block, {"key": keys[t], **router}) for t, (task, block) in enumerate(zip(tasks, blocks))]
 
 

@@ -35,10 +35,11 @@ def _traits(cfg: Any) -> SimpleNamespace:
     from sapt.methods import make_method
     from sapt.modules.blocks.registry import block_type_of
 
-    method = make_method(cfg.method, cfg)
-    summary = method.summary.replace("{block}", block_type_of(cfg).block_noun)
+    method = make_method(cfg.method, cfg.method_options)
+    summary = method.summary.replace("{block}", block_type_of(cfg.pet).block_noun)
     return SimpleNamespace(name=method.name, summary=summary, routed=method.routed,
-                           shared_block=method.block_index(1) == 0, settings=method.settings(cfg))
+                           shared_block=method.block_index(1) == 0,
+                           settings=method.settings(cfg.router, cfg.optim, cfg.arm))
 
 
 def run_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
@@ -147,8 +148,8 @@ def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, st
     come from their type (`BlockType.card_settings`)."""
     from sapt.modules.blocks.registry import block_type_of
 
-    kind = block_type_of(cfg)
-    rows = kind.card_settings(cfg, info)
+    kind = block_type_of(cfg.pet)
+    rows = kind.card_settings(cfg.block, info)
     if not method.shared_block:
         rows.append(("a new task's block starts as", kind.new_block if cfg.block_init == "zero" else
                      "a copy of the previous task's block"))
@@ -393,7 +394,7 @@ def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = 
     lic = base_license(cfg.model)
     if lic:
         front["license"] = lic
-    kind = block_type_of(cfg)  # the block type (config `pet`)
+    kind = block_type_of(cfg.pet)  # the block type (config `pet`)
     front["tags"] = [*CARD_TAGS, kind.card_tag]
     index = model_index(cfg, info, metrics, Path(info["source_run"]).name)
     if index:

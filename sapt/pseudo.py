@@ -41,7 +41,7 @@ from sapt.distributed import get_dist
 from sapt.progress import progress_bar
 
 if TYPE_CHECKING:
-    from sapt.config import RunConfig
+    from sapt.config import OptimisationSection, ReflectionSection
     from sapt.data import Task
     from sapt.modules.sapt_model import SAPTModel
 
@@ -90,9 +90,13 @@ class PseudoConfig:
     }
 
     @classmethod
-    def from_run(cls, cfg: RunConfig, seed: int) -> PseudoConfig:
-        """The generator's settings of a run (sapt.config.RunConfig), sampling under `seed`."""
-        return cls(**{name: getattr(cfg, key) for name, key in cls.RUN_KEYS.items()}, seed=seed)
+    def from_run(cls, arm: ReflectionSection, optim: OptimisationSection, seed: int) -> PseudoConfig:
+        """The generator's settings of a run, sampling under `seed`: the reflection section's pseudo_* keys,
+        and the optimisation section's epochs and batch size."""
+        def value(key: str) -> Any:
+            return getattr(arm, key) if hasattr(arm, key) else getattr(optim, key)
+
+        return cls(**{name: value(key) for name, key in cls.RUN_KEYS.items()}, seed=seed)
 
 
 def wanted_count(n_train: int, cfg: PseudoConfig) -> int:

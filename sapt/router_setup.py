@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from sapt.config import RunConfig
+from sapt.config import DecodingSection
 from sapt.data import Task
 from sapt.evaluation.generation import encode_task_split
 from sapt.modules.sapt_model import SAPTModel
@@ -18,7 +18,7 @@ __all__ = ["init_key_from_task", "update_centre"]
 
 
 @torch.no_grad()
-def update_centre(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> None:
+def update_centre(model: SAPTModel, task: Task, t: int, decoding: DecodingSection) -> None:
     """Stage t's router centre: the mean, over tasks 0..t (equal weight), of each task's mean pooled
     prompt embedding on its training prompts; the router subtracts it before the query MLP.
 
@@ -28,14 +28,14 @@ def update_centre(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> None:
     built-in suite) and one block takes every input. Centred, the query is made of what tells tasks
     apart. The centre moves at each new stage (the old tasks' queries with it); the reflection KL, which
     replays every old task at every step, is what re-fits their routing, as it does for any router change."""
-    items = encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length)
-    mean = mean_over_prompts(model, items, cfg.eval_batch_size, model.pooled_prompt).to(model.router.centre)
+    items = encode_task_split(model, task, "train", decoding.max_source_length, decoding.max_target_length)
+    mean = mean_over_prompts(model, items, decoding.eval_batch_size, model.pooled_prompt).to(model.router.centre)
     model.router.centre.copy_((t * model.router.centre + mean) / (t + 1))
 
 
 @torch.no_grad()
-def init_key_from_task(model: SAPTModel, task: Task, t: int, cfg: RunConfig, old_prompts: Sequence[list] = (),
-                       share: float = 0.9) -> None:
+def init_key_from_task(model: SAPTModel, task: Task, t: int, decoding: DecodingSection,
+                       old_prompts: Sequence[list] = (), share: float = 0.9) -> None:
     """Key t, for stage t > 0: the smallest key that routes task t's mean prompt to block t and every old
     task's mean replay prompt away from it.
 
@@ -56,12 +56,12 @@ def init_key_from_task(model: SAPTModel, task: Task, t: int, cfg: RunConfig, old
     scale = math.sqrt(router.d_model)
 
     def mean_query(items: list) -> torch.Tensor:
-        return mean_over_prompts(model, items, cfg.eval_batch_size,
+        return mean_over_prompts(model, items, decoding.eval_batch_size,
                                  lambda ids, mask: router.query(model.pooled_prompt(ids, mask))).to(router.keys[t])
 
     old_keys = torch.stack([router.keys[j] for j in range(t)])
     margin = math.log(share / (1 - share)) + math.log(t)
-    q = mean_query(encode_task_split(model, task, "train", cfg.max_source_length, cfg.max_target_length))
+    q = mean_query(encode_task_split(model, task, "train", decoding.max_source_length, decoding.max_target_length))
     rows, targets = [q], [float((old_keys @ q).max()) / scale + margin]
     for items in old_prompts:
         if items:

@@ -2,7 +2,8 @@
 `extra_tasks`, each checked first and split by the run's settings.
 
 Its own module, below both the recipe (sapt.train) and unseen scoring (sapt.unseen), which both read tasks
-this way: in train.py it made train -> unseen -> train a cycle of imports (issue 25).
+this way: in train.py it made train -> unseen -> train a cycle of imports (issue 25). The tasks of --unseen
+are read here too (`load_unseen_tasks`), so that unseen scoring takes the tasks, not the run config.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sapt.config import ConfigError, RunConfig
 from sapt.data import Task, builtin_suite, load_benchmark, load_task, resolve_task_names
 from sapt.data.validate import validate_or_raise
 
-__all__ = ["builtin_tasks", "configured_tasks", "load_run_tasks", "split_settings"]
+__all__ = ["builtin_tasks", "configured_tasks", "load_run_tasks", "load_unseen_tasks", "split_settings"]
 
 
 def load_run_tasks(cfg: RunConfig) -> list[Task]:
@@ -26,6 +27,24 @@ def load_run_tasks(cfg: RunConfig) -> list[Task]:
         validate_or_raise(folder.parent.parent, folder.parent.name, [folder.name], **split)
         tasks.append(load_task(folder.parent.parent, folder.parent.name, folder.name, **split))
     return tasks
+
+
+def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
+    """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
+    the run trains on one of them. Only their evaluation split is scored; their training answers decide, as
+    for any task, whether an answer ends at its first line break (`sapt.evaluation.generation.one_line_answers`)."""
+    if not cfg.unseen:
+        return []
+    trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
+    if trained:
+        raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
+    from sapt.data import DataError
+
+    what = "unseen (--unseen): "
+    try:  # eval_only: an unseen task is never trained or validated on, so it needs only what its evaluation uses
+        return configured_tasks(cfg, list(cfg.unseen), what=what, eval_only=True)
+    except DataError as e:  # own data: "tasks not found" alone did not say that --unseen named them
+        raise DataError(f"{what}{e}") from None
 
 
 def configured_tasks(cfg: RunConfig, names: list[str] | None, order: int | None = None, what: str = "",

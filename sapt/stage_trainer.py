@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,7 +25,7 @@ import torch
 from sapt.progress import progress_bar
 
 from sapt.batching import collate_prompts, collate_train, length_sorted_batches
-from sapt.config import RunConfig
+from sapt.config import DecodingSection, OptimisationSection, ReflectionSection, RouterSection
 from sapt.data import Task
 from sapt.distributed import Dist, get_dist
 from sapt.evaluation.generation import encode_task_split, evaluation_loss
@@ -36,7 +37,7 @@ from sapt.reflection import Reflection, routing_target
 from sapt.rundir.layout import log
 from sapt.tracking import Trackers
 
-__all__ = ["StageTrainer", "TrainingError", "distributed_loss", "lr_warmup_steps", "make_scheduler",
+__all__ = ["StageSections", "StageTrainer", "TrainingError", "distributed_loss", "lr_warmup_steps", "make_scheduler",
            "optimiser_steps_per_epoch", "stage_seed", "train_stage", "val_sha256", "validation_items"]
 
 
@@ -44,8 +45,24 @@ class TrainingError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class StageSections:
+    """The parts of the run config one stage's training reads, and nothing else: the optimisation (rates,
+    epochs, batches, clipping, schedule, seed), the router's (its supervision and its fit), the lengths and
+    evaluation batch, the reflection's replay interval and the autocast precision. The recipe hands them over
+    (`sapt.train`); which task, block and method a stage trains are its other arguments, and the data, block
+    type and method options sections are never read here."""
+
+    optim: OptimisationSection
+    router: RouterSection
+    decoding: DecodingSection
+    arm: ReflectionSection
+    mixed_precision: str
+
+
 def train_stage(
-    model: SAPTModel, task: Task, t: int, cfg: RunConfig, log_path: Path, reflection: Reflection | None = None, *,
+    model: SAPTModel, task: Task, t: int, sections: StageSections, log_path: Path, reflection: Reflection | None = None,
+    *,
     checkpoint: Path | None = None, method: Method | None = None, items: list | None = None,
     val_items: list | None = None, trackers: Trackers | None = None, step_offset: int = 0,
 ) -> dict[str, Any]:
@@ -58,7 +75,7 @@ def train_stage(
     With `checkpoint` (a path), the whole training state (trainable parameters, the best epoch's
     parameters, optimiser, the torch / shuffling / reflection RNG states, history) is saved there after
     every epoch, and if the file exists training continues after its epoch, exactly as if never
-    stopped. The learning rates always come from `cfg` (they may have been lowered to resume).
+    stopped. The learning rates always come from `sections.optim` (they may have been lowered to resume).
 
     Learning-rate schedule (`lr_scheduler`, `warmup_ratio`; `make_scheduler`): transformers' schedule over
     this stage's optimiser steps, `epochs` x `optimiser_steps_per_epoch`. Each task's stage is its own
@@ -83,16 +100,16 @@ def train_stage(
     encoded training examples (replay mixes in stored ones; mtl trains on every task at once), and
     `val_items` its validation examples. `trackers` get the losses, at `step_offset` + this stage's step.
     """
-    trainer = StageTrainer(model, task, t, cfg, method or make_method("sapt"), items, val_items, reflection)
+    trainer = StageTrainer(model, task, t, sections, method or make_method("sapt"), items, val_items, reflection)
     return trainer.run(log_path, checkpoint, trackers, step_offset)
 
 
-def validation_items(model: SAPTModel, task: Task, cfg: RunConfig, val_items: list | None = None) -> list:
+def validation_items(model: SAPTModel, task: Task, decoding: DecodingSection, val_items: list | None = None) -> list:
     """The encoded items a stage validates on (and hashes, `val_sha256`): the method's own (`val_items`, from
     `Method.training_items`), or else the task's validation split."""
     if val_items is not None:
         return val_items
-    return encode_task_split(model, task, "val", cfg.max_source_length, cfg.max_target_length)
+    return encode_task_split(model, task, "val", decoding.max_source_length, decoding.max_target_length)
 
 
 def val_sha256(val_items: list) -> str:
@@ -101,34 +118,38 @@ def val_sha256(val_items: list) -> str:
     return hashlib.sha256(json.dumps([[e.prompt, e.target] for e in val_items]).encode()).hexdigest()
 
 
-def stage_seed(cfg: RunConfig, t: int) -> int:
-    """Each stage reseeds, so a resumed run draws the same numbers as an uninterrupted one."""
-    return cfg.seed * 1000 + t
+def stage_seed(seed: int, t: int) -> int:
+    """Stage t's seed, from the run's `seed`: each stage reseeds, so a resumed run draws the same numbers as an
+    uninterrupted one."""
+    return seed * 1000 + t
 
 
 class StageTrainer:
     """The state of one stage's training: what it trains in the constructor, where it reports in `run`
     (see the module docstring for the order of its parts)."""
 
-    def __init__(self, model: SAPTModel, task: Task, t: int, cfg: RunConfig, method: Method,
+    def __init__(self, model: SAPTModel, task: Task, t: int, sections: StageSections, method: Method,
                  items: list | None = None, val_items: list | None = None, reflection: Reflection | None = None):
-        self.model, self.task, self.t, self.cfg, self.method = model, task, t, cfg, method
+        self.model, self.task, self.t, self.method = model, task, t, method
+        # the config's sections this stage reads (`self.router` is the router's trainable parameters)
+        self.optim, self.routing, self.decoding = sections.optim, sections.router, sections.decoding
+        self.arm, self.precision = sections.arm, sections.mixed_precision
         self.reflection = reflection
-        lengths = (cfg.max_source_length, cfg.max_target_length)
+        lengths = (self.decoding.max_source_length, self.decoding.max_target_length)
         self.items = items if items is not None else encode_task_split(model, task, "train", *lengths)
-        self.val = validation_items(model, task, cfg, val_items)
+        self.val = validation_items(model, task, self.decoding, val_items)
         self.dist = get_dist()
         self.router, self.lrs, self.optimizer = self._optimiser()
-        self.scaler = self.dist.grad_scaler(cfg.mixed_precision)
-        self.gen = torch.Generator().manual_seed(stage_seed(cfg, t))  # the order of the examples, per epoch
-        self.n_batches = math.ceil(len(self.items) / cfg.batch_size)
-        steps_per_epoch = optimiser_steps_per_epoch(len(self.items), cfg.batch_size, cfg.grad_accum)
-        self.warmup = method.warmup_steps(cfg, t, steps_per_epoch)
+        self.scaler = self.dist.grad_scaler(self.precision)
+        self.gen = torch.Generator().manual_seed(stage_seed(self.optim.seed, t))  # the order of the examples, per epoch
+        self.n_batches = math.ceil(len(self.items) / self.optim.batch_size)
+        steps_per_epoch = optimiser_steps_per_epoch(len(self.items), self.optim.batch_size, self.optim.grad_accum)
+        self.warmup = method.warmup_steps(self.routing, self.optim.epochs, t, steps_per_epoch)
         # the learning rate's schedule spans this stage's optimiser steps (None: constant, no warm-up)
-        self.scheduler = make_scheduler(self.optimizer, cfg, cfg.epochs * steps_per_epoch)
+        self.scheduler = make_scheduler(self.optimizer, self.optim, self.optim.epochs * steps_per_epoch)
         # learn, then route: the whole stage is the block alone (validated alone too), then the router fit
-        self.fits_router = method.fits_router(cfg) and t > 0
-        self.alone = self.fits_router or self.warmup >= cfg.epochs * steps_per_epoch > 0
+        self.fits_router = method.fits_router(self.routing) and t > 0
+        self.alone = self.fits_router or self.warmup >= self.optim.epochs * steps_per_epoch > 0
         self.router_fit: dict[str, Any] | None = None
         self.best: dict[str, Any] = {"val_loss": math.inf}
         self.history: list[dict[str, Any]] = []
@@ -137,7 +158,7 @@ class StageTrainer:
         self.seconds = 0.0  # spent before a resume
         self.t0 = time.time()
         self.params = model.trainable_parameters()
-        if cfg.max_grad_norm > 0:
+        if self.optim.max_grad_norm > 0:
             check_clippable(self.params)
         self.dist.broadcast_parameters(self.params)  # the new block and key start identical on every process
         # where the router stands for the new task before any step (before a resume restores later
@@ -149,14 +170,14 @@ class StageTrainer:
 
         reflection = self.reflection
         return routing_probe(self.model, self.t, self.items, reflection.sets if reflection else [],
-                             reflection.kl_ratio if reflection else 0.0, self.cfg.eval_batch_size)
+                             reflection.kl_ratio if reflection else 0.0, self.decoding.eval_batch_size)
 
     def _optimiser(self) -> tuple[list, tuple[float, float], torch.optim.Optimizer]:
         """AdamW over two groups, the blocks at `lr` and the router at `router_lr` (default: `lr`)."""
         router = [p for p in self.model.router.parameters() if p.requires_grad]
         router_ids = {id(p) for p in router}
         blocks = [p for p in self.model.trainable_parameters() if id(p) not in router_ids]
-        lrs = (self.cfg.lr, self.cfg.router_lr or self.cfg.lr)
+        lrs = (self.optim.lr, self.optim.router_lr or self.optim.lr)
         optimizer = torch.optim.AdamW(
             [{"params": blocks, "lr": lrs[0]}, {"params": router, "lr": lrs[1]}], weight_decay=0.0
         )
@@ -177,7 +198,7 @@ class StageTrainer:
         self.model.train()
         # Only the main process writes the log; the others write to nowhere.
         with (open(self.log_path, "a", encoding="utf-8") if self.dist.is_main else open(os.devnull, "w")) as logf:
-            for epoch in range(self.start, self.cfg.epochs):
+            for epoch in range(self.start, self.optim.epochs):
                 losses, kls = self.epoch(epoch, logf)
                 self.end_epoch(epoch, losses, kls, logf)
         with torch.no_grad():
@@ -188,7 +209,7 @@ class StageTrainer:
         return self.summary()
 
     def set_rates(self) -> None:
-        """The groups' learning rates from `cfg` (lr, router_lr: they may have been changed to resume), at the
+        """The groups' learning rates from `optim` (lr, router_lr: they may have been changed to resume), at the
         schedule's current step when there is one: base rate x the schedule's factor at that step, exactly what
         LambdaLR computes, so that a resumed stage steps with the rates an uninterrupted one would."""
         groups = self.optimizer.param_groups
@@ -213,23 +234,25 @@ class StageTrainer:
         the router unfitted); its step count is not the stage's, so the stage's warm-up share has no meaning there."""
         from sapt.router_fit import fit_router, without_definition
 
-        cfg, reflection, task, model = self.cfg, self.reflection, self.task, self.model
+        reflection, task, model = self.reflection, self.task, self.model
         # route_without_definition: a seeded share of the task's training inputs also without the definition,
         # and every validation input without it to measure the fit (none at 0: the fit of before)
-        share = cfg.route_without_definition
+        share = self.routing.route_without_definition
         bare_train = without_definition(model, task.definition, [ex.input for ex in task.train], share,
-                                        f"{cfg.seed}:{task.name}:train-without-definition", cfg.max_source_length)
+                                        f"{self.optim.seed}:{task.name}:train-without-definition",
+                                        self.decoding.max_source_length)
         bare_val = without_definition(model, task.definition, [ex.input for ex in task.val], 1.0 if share else 0.0,
-                                      "", cfg.max_source_length)
+                                      "", self.decoding.max_source_length)
         self.router_fit = fit_router(
             model, self.t, self.items, self.val, reflection.sets if reflection else [],
-            cfg.router_fit_kl if reflection else 0.0, steps=cfg.router_fit_steps, lr=self.lrs[1],
-            batch_size=cfg.batch_size, seed=stage_seed(cfg, self.t), eval_batch_size=cfg.eval_batch_size,
+            self.routing.router_fit_kl if reflection else 0.0, steps=self.routing.router_fit_steps, lr=self.lrs[1],
+            batch_size=self.optim.batch_size, seed=stage_seed(self.optim.seed, self.t),
+            eval_batch_size=self.decoding.eval_batch_size,
             bare_train_items=bare_train, bare_val_items=bare_val)
         self.dist.broadcast_parameters(self.router)
         w, kl = self.router_fit["new_task_weight"], self.router_fit["old_tasks_kl"]
         bare = self.router_fit.get("new_task_weight_without_definition")
-        log(f"  [{self.t + 1}] {task.name} router fit ({cfg.router_fit_steps} steps): its validation inputs' "
+        log(f"  [{self.t + 1}] {task.name} router fit ({self.routing.router_fit_steps} steps): its validation inputs' "
             f"weight on its block {w[0]:.3f} -> {w[1]:.3f}"
             + (f" ({bare[0]:.3f} -> {bare[1]:.3f} without the definition)" if bare else "")
             + f", old tasks' reflection KL {kl[0]:.4f} -> {kl[1]:.4f}")
@@ -255,7 +278,7 @@ class StageTrainer:
             for p, saved in zip(self.params, state["params"]):
                 p.copy_(saved)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:  # where the schedule stands; `set_rates` then re-bases it on cfg's rates
+        if self.scheduler is not None:  # where the schedule stands; `set_rates` then re-bases it on optim's rates
             self.scheduler.load_state_dict(state["scheduler"])
         self.best = state["best"]
         self.history, self.steps, self.start, self.seconds = state["history"], state["steps"], state["epoch"], state["seconds"]
@@ -263,7 +286,8 @@ class StageTrainer:
         self.gen.set_state(state["rng"]["perm"])
         if self.reflection is not None and state["rng"]["reflection"] is not None:
             self.reflection.rng.setstate(as_random_state(state["rng"]["reflection"]))
-        log(f"sapt: stage {t + 1} ({task.name}) resumes after epoch {self.start}/{self.cfg.epochs} from its checkpoint")
+        log(f"sapt: stage {t + 1} ({task.name}) resumes after epoch {self.start}/{self.optim.epochs} "
+            "from its checkpoint")
 
     def summary(self) -> dict[str, Any]:
         dist, val = self.dist, self.val
@@ -272,7 +296,7 @@ class StageTrainer:
                 # which examples the epoch was chosen on: their encoded prompts and answers, hashed
                 "val_sha256": val_sha256(val),
                 # one process computes it, so that every process replays towards exactly the same target
-                "routing_target": dist.broadcast(routing_target(self.model, val, self.cfg.eval_batch_size)
+                "routing_target": dist.broadcast(routing_target(self.model, val, self.decoding.eval_batch_size)
                                                  if dist.is_main else None) if self.method.routed else None,
                 **({"router_start": self.router_start} if self.router_start is not None else {}),
                 **({"router_fit": self.router_fit} if self.router_fit is not None else {}),
@@ -282,13 +306,14 @@ class StageTrainer:
     def epoch(self, epoch: int, logf: IO[str]) -> tuple[list[float], list[float]]:
         """The micro-batches of one epoch, one log line each. Returns their losses and reflection KLs."""
         perm = torch.randperm(len(self.items), generator=self.gen).tolist()
-        bar = progress_bar(range(self.n_batches), desc=f"[{self.t + 1}] {self.task.name} epoch {epoch + 1}/{self.cfg.epochs}",
-                   leave=False, disable=not self.dist.is_main)
+        bar = progress_bar(range(self.n_batches),
+                           desc=f"[{self.t + 1}] {self.task.name} epoch {epoch + 1}/{self.optim.epochs}",
+                           leave=False, disable=not self.dist.is_main)
         losses: list[float] = []
         kls: list[float] = []
         for b in bar:
             # Every process draws the same global micro-batch and takes its slice (see sapt.distributed).
-            global_items = [self.items[i] for i in perm[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]]
+            global_items = [self.items[i] for i in perm[b * self.optim.batch_size:(b + 1) * self.optim.batch_size]]
             record = self.micro_batch(epoch, b, global_items, kls)
             losses.append(record["loss"])
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -300,24 +325,24 @@ class StageTrainer:
     def micro_batch(self, epoch: int, b: int, global_items: list, kls: list[float]) -> dict[str, Any]:
         """Forward, the method's extra loss and the reflection KL, backward; an optimiser step at the end of
         an accumulation. Returns the log record."""
-        cfg = self.cfg
         loss, loss_value = self.forward(global_items)
-        total = loss / cfg.grad_accum
+        total = loss / self.optim.grad_accum
         record = {"stage": self.t, "task": self.task.name, "epoch": epoch, "step": b, "loss": loss_value}
         if self.router_start is not None:  # the batch's mean weight on the new block (`sapt diagnose`)
             record["routing_weight"] = self.batch_routing_weight(global_items)
         extra = self.method.extra_loss(self.model, self.t)
         if extra is not None:
-            total = total + extra / cfg.grad_accum
+            total = total + extra / self.optim.grad_accum
             record["extra"] = extra.item()
-        if cfg.router_ce > 0 and self.router_start is not None and self.steps >= self.warmup and not self.fits_router:
+        if self.routing.router_ce > 0 and self.router_start is not None and self.steps >= self.warmup \
+                and not self.fits_router:
             ce = self.router_ce(global_items)
             if ce is not None:
-                total = total + cfg.router_ce * ce / cfg.grad_accum
+                total = total + self.routing.router_ce * ce / self.optim.grad_accum
                 record["router_ce"] = ce.item()
-        if self.reflection and self.steps >= self.warmup and b % cfg.grad_accum == 0 and \
-                (self.steps % cfg.replay_every == 0):
-            with self.dist.autocast(cfg.mixed_precision):
+        if self.reflection and self.steps >= self.warmup and b % self.optim.grad_accum == 0 and \
+                (self.steps % self.arm.replay_every == 0):
+            with self.dist.autocast(self.precision):
                 kl = self.reflection.loss(self.model).float()
             total = total + kl
             record["kl"] = kl.item()
@@ -325,23 +350,23 @@ class StageTrainer:
         self.check_finite(total, epoch, b)
         if total.requires_grad:  # not for a process left without examples and with no extra term
             (self.scaler.scale(total) if self.scaler is not None else total).backward()
-        if (b + 1) % cfg.grad_accum == 0 or b + 1 == self.n_batches:
+        if (b + 1) % self.optim.grad_accum == 0 or b + 1 == self.n_batches:
             self.optimiser_step(record)
         return record
 
     def forward(self, global_items: list) -> tuple[torch.Tensor, float]:
         """This process's loss on its slice of the global micro-batch, scaled so that the processes' losses
         sum to the one-process loss, and the global loss's value."""
-        dist, model, cfg = self.dist, self.model, self.cfg
+        dist, model = self.dist, self.model
         pad = model.tokenizer.pad_token_id
         local_items = dist.shard(global_items)
         if local_items:
             batch = collate_train(local_items, model.family, pad)
-            with dist.autocast(cfg.mixed_precision):
+            with dist.autocast(self.precision):
                 loss = model(batch, self.train_weights(batch)).float()
         elif model.sharded:  # nothing left for this process, but FSDP needs its forward and backward
             stand_in = collate_train(global_items[:1], model.family, pad)
-            with dist.autocast(cfg.mixed_precision):
+            with dist.autocast(self.precision):
                 loss = model(stand_in, self.train_weights(stand_in)).float() * 0.0
             batch = None
         else:  # a last, short global batch leaves this process nothing
@@ -394,7 +419,7 @@ class StageTrainer:
         if self.steps < self.warmup:
             for p in self.router:
                 p.grad = None  # AdamW skips a parameter without gradient: no update, no state
-        if self.cfg.max_grad_norm > 0:
+        if self.optim.max_grad_norm > 0:
             record["grad_norm"] = self.clip_gradients()
         if self.scheduler is not None:  # the blocks' rate this step uses (the router's follows the same factor)
             record["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -431,7 +456,7 @@ class StageTrainer:
         grads = [p for p in self.params if p.grad is not None]
         if not grads:
             return 0.0
-        return float(torch.nn.utils.clip_grad_norm_(grads, self.cfg.max_grad_norm))
+        return float(torch.nn.utils.clip_grad_norm_(grads, self.optim.max_grad_norm))
 
     # ---- after an epoch ------------------------------------------------------------------------------------
     def end_epoch(self, epoch: int, losses: list[float], kls: list[float], logf: IO[str]) -> None:
@@ -443,7 +468,7 @@ class StageTrainer:
             weights_fn = lambda batch: one_hot_weights(self.model, batch, self.method.block_index(self.t))  # noqa: E731
         else:
             weights_fn = lambda batch: self.method.weights(self.model, batch, self.t, training=True)  # noqa: E731
-        val_loss = distributed_loss(self.dist, self.model, self.val, self.cfg, weights_fn)
+        val_loss = distributed_loss(self.dist, self.model, self.val, self.decoding, self.precision, weights_fn)
         if not math.isfinite(val_loss):
             raise TrainingError(non_finite_message(f"validation loss ({val_loss})", self.task, self.t,
                                                    f"after epoch {epoch + 1}", epoch, self.checkpoint))
@@ -487,16 +512,16 @@ def check_clippable(params: list[torch.nn.Parameter]) -> None:
                             "is not the total norm; set max_grad_norm: 0 or keep the blocks and router unsharded")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, total_steps: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, optim: OptimisationSection, total_steps: int):
     """transformers' `lr_scheduler` over one stage's `total_steps` optimiser steps, with
     `lr_warmup_steps(warmup_ratio, total_steps)` of warm-up: a LambdaLR, stepped after every optimiser step.
     None for "constant" with no warm-up (the default): no scheduler, the rates stay as set, as before."""
-    if cfg.lr_scheduler == "constant" and cfg.warmup_ratio == 0:
+    if optim.lr_scheduler == "constant" and optim.warmup_ratio == 0:
         return None
     from transformers import get_scheduler
 
-    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=lr_warmup_steps(cfg.warmup_ratio, total_steps),
-                         num_training_steps=total_steps)
+    return get_scheduler(optim.lr_scheduler, optimizer,
+                         num_warmup_steps=lr_warmup_steps(optim.warmup_ratio, total_steps), num_training_steps=total_steps)
 
 
 def lr_warmup_steps(warmup_ratio: float, total_steps: int) -> int:
@@ -516,15 +541,17 @@ def target_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
     return int((labels != -100).sum())
 
 
-def distributed_loss(dist: Dist, model: SAPTModel, items: list, cfg: RunConfig, weights_fn) -> float:
-    """evaluation_loss over `items`, each process scoring its slice; the same value on every process."""
+def distributed_loss(dist: Dist, model: SAPTModel, items: list, decoding: DecodingSection, mixed_precision: str,
+                     weights_fn) -> float:
+    """evaluation_loss over `items` in batches of `decoding.eval_batch_size`, each process scoring its slice, under
+    autocast at `mixed_precision`; the same value on every process."""
     if dist.fsdp:  # whole batches per process, as many on each (see Dist.lockstep_batches)
-        batches = dist.lockstep_batches(length_sorted_batches(items, cfg.eval_batch_size))
-        with dist.autocast(cfg.mixed_precision):
-            return dist.sum(evaluation_loss(model, items, cfg.eval_batch_size, weights_fn, batches)) / len(items)
+        batches = dist.lockstep_batches(length_sorted_batches(items, decoding.eval_batch_size))
+        with dist.autocast(mixed_precision):
+            return dist.sum(evaluation_loss(model, items, decoding.eval_batch_size, weights_fn, batches)) / len(items)
     mine = dist.shard(items)
-    with dist.autocast(cfg.mixed_precision):
-        local = evaluation_loss(model, mine, cfg.eval_batch_size, weights_fn) if mine else 0.0
+    with dist.autocast(mixed_precision):
+        local = evaluation_loss(model, mine, decoding.eval_batch_size, weights_fn) if mine else 0.0
     return local if dist.world == 1 else dist.sum(local * len(mine)) / len(items)
 
 

@@ -75,18 +75,19 @@ from sapt.rundir.stage_files import (
 from sapt.rundir.layout import log, open_run_log
 from sapt.rundir.plan import drop_if_bare
 from sapt.stage_trainer import (
-    TrainingError, optimiser_steps_per_epoch, stage_seed, train_stage, val_sha256, validation_items,
+    StageSections, TrainingError, optimiser_steps_per_epoch, stage_seed, train_stage, val_sha256, validation_items,
 )
 from sapt.tracking import Trackers, check_trackers
 # callers import these from here too, as before they moved to sapt.run_tasks
-from sapt.run_tasks import builtin_tasks, configured_tasks, load_run_tasks, split_settings  # noqa: F401
-from sapt.unseen import UnseenScoring, load_unseen_tasks
+from sapt.run_tasks import builtin_tasks, configured_tasks, load_run_tasks, load_unseen_tasks, split_settings  # noqa: F401
+from sapt.unseen import UnseenScoring
 
 __all__ = [  # with the names of sapt.evaluation.report, sapt.stage_trainer and sapt.router_setup that callers import from here
     "REFERENCE_KEYS", "Report", "StageLoop", "TrainingError", "build_model", "check_reference",
     "init_key_from_task", "learn", "load_run_config", "load_run_tasks", "load_trained", "load_unseen_tasks",
     "make_replay_inputs",
-    "place", "reference_scores", "render", "run", "stage_seed", "timing_note", "train_stage", "update_centre",
+    "place", "reference_scores", "render", "run", "stage_sections", "stage_seed", "timing_note", "train_stage",
+    "update_centre",
     "write_metrics",
 ]
 
@@ -156,9 +157,9 @@ def _run_stages(cfg: RunConfig, tasks: list[Task], run_dir: Path, model: SAPTMod
     dist = get_dist()
     main = dist.is_main  # only the main process writes; every process computes (see sapt.distributed)
     manifest = Manifest(run_dir)
-    method = make_method(cfg.method, cfg)
+    method = make_method(cfg.method, cfg.method_options)
     stages = method.stages(tasks)
-    done = dist.broadcast(verify_stages(run_dir, stages, manifest, method.reflects(cfg)) if main else None)
+    done = dist.broadcast(verify_stages(run_dir, stages, manifest, method.reflects(cfg.arm)) if main else None)
     # before anything is written: a refusal leaves the run directory as it was
     problem = dist.broadcast(changed_task_data(cfg, tasks, stages, run_dir, model, method, done) if main else None)
     if problem is not None:
@@ -232,7 +233,8 @@ def changed_task_data(cfg: RunConfig, tasks: list[Task], stages: list[Task], run
             usable = state.get("task") == stage.name and state.get("stage") == t
             recorded, record = (state.get("val_sha256") if usable else None), checkpoint_path(sdir)
         if recorded is not None:
-            val_items = validation_items(model, stage, cfg, method.training_items(model, stage, tasks, cfg)[1])
+            val_items = validation_items(model, stage, cfg.decoding,
+                                         method.training_items(model, stage, tasks, cfg.decoding)[1])
             if val_sha256(val_items) != recorded:
                 which = [stage.name] if stage.name in names else [task.name for task in tasks]  # mtl: every task
                 how = "trained on it" if trained else "was training on it when it stopped"
@@ -279,14 +281,15 @@ class StageLoop(UnseenScoring):
         self.dist = get_dist()
         self.main = self.dist.is_main
         self.stages = method.stages(tasks)
-        self.reflect = method.reflects(cfg)
+        self.reflect = method.reflects(cfg.arm)
         self.t0 = time.time()
         self.stage_seconds: list[float] = []  # the time of each stage trained (not loaded) in this process
         self.step_offset = 0  # optimiser steps of the earlier stages: the trackers' step
         self.log_path = train_log_path(run_dir)
         self.kl_ratio = cfg.kl_ratio if cfg.kl_ratio is not None else default_kl_ratio(model.family, cfg.benchmark)
         self.eval_items: dict[str, list] = {}  # encoded once per task
-        self.decoding = decoding_of(cfg)  # how every evaluation (own tasks, unseen ones) builds and answers prompts
+        # how every evaluation (own tasks, unseen ones) builds and answers prompts
+        self.decoding = decoding_of(cfg.decoding, cfg.mixed_precision)
         self.replay_sets: list[ReplaySet] = []  # the reflection inputs of the stages so far
 
     def run(self, done: set[tuple[int, str]]) -> Report:
@@ -298,11 +301,11 @@ class StageLoop(UnseenScoring):
         for t, task in enumerate(self.stages):
             started = time.time()
             sdir = stage_dir(self.run_dir, t, task.name)
-            torch.manual_seed(stage_seed(cfg, t))
+            torch.manual_seed(stage_seed(cfg.seed, t))
             method.add_stage(self.model, t, task.name)
             summary = self.load(t, task, sdir) if (t, "trained") in done else self.train(t, task, sdir)
             self.step_offset += cfg.epochs * optimiser_steps_per_epoch(summary["n_train"], cfg.batch_size, cfg.grad_accum)
-            method.after_stage(self.model, task, sdir, cfg)
+            method.after_stage(self.model, task, sdir, cfg.decoding)
             if self.reflect:
                 self.reflection_inputs(t, task, sdir, summary, (t, "replay") in done)
             evaluated = (t, "evaluated") in done  # a row on disk stays, whatever K is now
@@ -335,20 +338,22 @@ class StageLoop(UnseenScoring):
         """Train stage t (resuming its checkpoint), then save its block, router, the method's files and
         stage.json, and record them in the manifest."""
         cfg, method, model = self.cfg, self.method, self.model
-        reflection = Reflection(self.replay_sets, self.kl_ratio, cfg.batch_size, stage_seed(cfg, t)) if self.reflect else None
-        items, val_items = method.training_items(model, task, self.tasks, cfg)
-        method.prepare_stage(model, task, t, cfg, [rs.items for rs in self.replay_sets])
+        reflection = Reflection(self.replay_sets, self.kl_ratio, cfg.batch_size, stage_seed(cfg.seed, t)) \
+            if self.reflect else None
+        items, val_items = method.training_items(model, task, self.tasks, cfg.decoding)
+        method.prepare_stage(model, task, t, cfg.block, cfg.router, cfg.decoding,
+                             [rs.items for rs in self.replay_sets])
         if self.main:  # the training log is appended to in place: not into a directory made anew meanwhile
             io.check_held(self.run_dir)
-        summary = train_stage(model, task, t, cfg, self.log_path, reflection, checkpoint=checkpoint_path(sdir),
-                              method=method, items=items, val_items=val_items, trackers=self.trackers,
-                              step_offset=self.step_offset)
+        summary = train_stage(model, task, t, stage_sections(cfg), self.log_path, reflection,
+                              checkpoint=checkpoint_path(sdir), method=method, items=items, val_items=val_items,
+                              trackers=self.trackers, step_offset=self.step_offset)
         summary["kl_ratio"] = self.kl_ratio if self.reflect else None
         summary["method"] = method.name
         if self.main:
             b = method.block_index(t)
             save_trained_stage(sdir, t, task.name, model.block_state(b), model.router_state(b), summary, self.manifest,
-                               lambda: method.stage_files(sdir, task, cfg))
+                               lambda: method.stage_files(sdir, task, cfg.seed))
         self.dist.barrier()  # the others read the method's files (replay's memory.jsonl) next
         return summary
 
@@ -466,7 +471,7 @@ def learn(run_dir: str | Path, task_folder: str | Path) -> Report:
     if unfinished:
         raise ConfigError(f"{run_dir} is still learning {unfinished[0]} (interrupted): finish it first with "
                           f"`sapt learn --run {run_dir} --task {unfinished[0]}`")
-    refused = make_method(cfg.method, cfg).cannot_extend()
+    refused = make_method(cfg.method, cfg.method_options).cannot_extend()
     if refused:
         raise ConfigError(refused)
     cfg.extra_tasks = [*cfg.extra_tasks, str(folder)]
@@ -492,7 +497,7 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
     cfg = cfg or load_run_config(run_dir)
     stages = stage_tensors(run_dir)
     model = build_model(cfg)
-    method = make_method(cfg.method, cfg)
+    method = make_method(cfg.method, cfg.method_options)
     names = []
     for t, (name, block, router) in enumerate(stages):
         method.add_stage(model, t, name)
@@ -505,13 +510,20 @@ def load_trained(run_dir: str | Path, cfg: RunConfig | None = None) -> tuple[Run
 
 
 # ---- pieces ------------------------------------------------------------------------------------------
+def stage_sections(cfg: RunConfig) -> StageSections:
+    """The sections of `cfg` one stage's training reads (`sapt.stage_trainer.train_stage`)."""
+    return StageSections(optim=cfg.optim, router=cfg.router, decoding=cfg.decoding, arm=cfg.arm,
+                         mixed_precision=cfg.mixed_precision)
+
+
 def build_model(cfg: RunConfig) -> SAPTModel:
     loaded = load_model(cfg.model, seed=cfg.seed, dtype=getattr(torch, cfg.backbone_dtype), quantize=cfg.quantize)
     if cfg.backbone_dtype != "float32" and get_dist().device.type == "cpu":
         eager_attention_on_cpu(loaded.model, cfg.max_source_length + cfg.max_target_length)
     torch.manual_seed(cfg.seed)  # the query MLP's initialisation
     router = SharedAttentionRouter(loaded.model.get_input_embeddings().embedding_dim, cfg.query_hidden)
-    return SAPTModel(loaded, block_type=build_block_type(cfg), router=router, template=run_template(cfg, loaded.family))
+    return SAPTModel(loaded, block_type=build_block_type(cfg.block, cfg.seed), router=router,
+                     template=run_template(cfg, loaded.family))
 
 
 def run_template(cfg: RunConfig, family: str) -> str | None:
@@ -540,6 +552,6 @@ def make_replay_inputs(model: SAPTModel, task: Task, t: int, cfg: RunConfig) -> 
         return inputs, {"source": "real", "wanted": n, "count": len(inputs)}
     from sapt.pseudo import PseudoConfig, generate_pseudo_inputs
 
-    pcfg = PseudoConfig.from_run(cfg, seed=stage_seed(cfg, t))
+    pcfg = PseudoConfig.from_run(cfg.arm, cfg.optim, seed=stage_seed(cfg.seed, t))
     inputs, stats = generate_pseudo_inputs(model, task, pcfg, cfg.max_source_length, cfg.max_target_length)
     return inputs, {"source": "generated", **stats}

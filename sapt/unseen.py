@@ -14,33 +14,12 @@ import shutil
 import time
 from pathlib import Path
 
-from sapt.config import ConfigError, RunConfig
-from sapt.data import Task
 from sapt.evaluation.tasks import evaluate_tasks
 from sapt.methods import Method
 from sapt.rundir.results import evaluation_names, prediction_file, unseen_base_dir, write_predictions, write_scores
 from sapt.rundir.layout import log
-from sapt.run_tasks import configured_tasks
 
-__all__ = ["UnseenScoring", "load_unseen_tasks"]
-
-
-def load_unseen_tasks(cfg: RunConfig, tasks: list[Task]) -> list[Task]:
-    """The tasks of `--unseen`: of the same benchmark (or the built-in suite), never trained on; refused if
-    the run trains on one of them. Only their evaluation split is scored; their training answers decide, as
-    for any task, whether an answer ends at its first line break (`sapt.evaluation.generation.one_line_answers`)."""
-    if not cfg.unseen:
-        return []
-    trained = sorted(set(cfg.unseen) & {t.name for t in tasks})
-    if trained:
-        raise ConfigError(f"unseen: task(s) {', '.join(trained)} are trained on by this run; an unseen task never is")
-    from sapt.data import DataError
-
-    what = "unseen (--unseen): "
-    try:  # eval_only: an unseen task is never trained or validated on, so it needs only what its evaluation uses
-        return configured_tasks(cfg, list(cfg.unseen), what=what, eval_only=True)
-    except DataError as e:  # own data: "tasks not found" alone did not say that --unseen named them
-        raise DataError(f"{what}{e}") from None
+__all__ = ["UnseenScoring"]
 
 
 class UnseenScoring:

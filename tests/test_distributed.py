@@ -20,7 +20,7 @@ from sapt.distributed import get_dist
 from sapt.models import load_model
 from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
-from sapt.train import train_stage
+from sapt.train import stage_sections, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 # batch 3 over 2 processes: shards of 2 and 1 examples, so the token-count normalisation matters
@@ -219,7 +219,7 @@ def test_bf16_autocasts_the_forward_and_keeps_the_lora_weights_in_float32(tmp_pa
         proj = model.base.model.layers[0].self_attn.q_proj
         handle = proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         log = tmp_path / f"{precision}.jsonl"
-        train_stage(model, tasks[0], 0, cfg, log)
+        train_stage(model, tasks[0], 0, stage_sections(cfg), log)
         handle.remove()
         assert seen[0] == (torch.bfloat16 if precision == "bf16" else torch.float32)
         assert all(p.dtype == torch.float32 for p in model.trainable_parameters())

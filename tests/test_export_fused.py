@@ -14,6 +14,7 @@ from sapt import io
 from sapt.cli import main
 from sapt.config import FIELDS
 from sapt.modules.blocks.lora.export import adapter_config, fused_modules, peft_state
+from sapt.modules.blocks.peft_export import BaseModelRef
 from sapt.models import load_model
 from sapt.modules.blocks import RoutingState
 from sapt.modules.blocks.lora import inject_mixture_lora
@@ -122,8 +123,8 @@ def test_peft_state_of_fused_blocks_equals_the_mixture_one_hot(case, tmp_path):
     tensors, modules = peft_state(block, layouts)
     targets = sorted({m.rpartition(".")[2] for m in modules})
     fused_targets = sorted({m.rpartition(".")[2] for m in fused})
-    conf = adapter_config(SimpleNamespace(model="x", lora_r=r, lora_alpha=alpha, lora_dropout=0.0), "causal",
-                          targets, fused_targets)
+    conf = adapter_config(SimpleNamespace(lora_r=r, lora_alpha=alpha, lora_dropout=0.0), BaseModelRef("x", 0),
+                          "causal", targets, fused_targets)
     mixed = targets != fused_targets
     assert mixed == (case.startswith(("phi3", "neox")))
     assert (conf["r"], conf["lora_alpha"]) == ((r, alpha) if mixed else (2 * r, 2 * alpha))

@@ -70,14 +70,14 @@ def test_the_norm_is_taken_over_blocks_and_router_after_the_warm_up_drops_the_ro
 
     from sapt.methods import make_method
     from sapt.stage_trainer import StageTrainer
-    from sapt.train import build_model, load_run_tasks
+    from sapt.train import build_model, load_run_tasks, stage_sections
 
     cfg = cfg_of(tmp_path / "unused", max_grad_norm=1.0)
     tasks = load_run_tasks(cfg)
-    model, method = build_model(cfg), make_method("sapt", cfg)
+    model, method = build_model(cfg), make_method("sapt", cfg.method_options)
     for t, task in enumerate(tasks):
         method.add_stage(model, t, task.name)
-    trainer = StageTrainer(model, tasks[1], 1, cfg, method)
+    trainer = StageTrainer(model, tasks[1], 1, stage_sections(cfg), method)
     trainer.trackers = None  # what `run` sets before the first step
     router_ids = {id(p) for p in trainer.router}
     n_router = sum(p.numel() for p in trainer.router)

@@ -86,7 +86,7 @@ def constant(tmp_path_factory):
 def test_the_default_builds_no_scheduler_and_logs_no_rate(constant, monkeypatch, tmp_path):
     cfg = cfg_of(tmp_path / "x")
     assert (cfg.lr_scheduler, cfg.warmup_ratio) == ("constant", 0.0)
-    assert make_scheduler(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]), cfg, 10) is None
+    assert make_scheduler(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]), cfg.optim, 10) is None
     assert not any("lr" in r for r in log_rows(constant))  # train_log.jsonl as before
     history = io.read_json(constant / "stages" / "01_sentiment" / "stage.json")["history"]
     assert [h["lr"] for h in history] == [1e-2, 1e-2]
@@ -153,7 +153,7 @@ def test_a_rate_changed_on_resume_is_rebased_at_the_schedules_step():
         t = object.__new__(StageTrainer)
         t.lrs = lrs
         t.optimizer = torch.optim.AdamW([{"params": [p], "lr": lrs[0]}, {"params": [], "lr": lrs[1]}])
-        t.scheduler = make_scheduler(t.optimizer, cfg, 10)
+        t.scheduler = make_scheduler(t.optimizer, cfg.optim, 10)
         return t
 
     first = trainer((1e-2, 1e-2))

@@ -13,7 +13,7 @@ from sapt.data import builtin_suite
 from sapt.models import load_model
 from sapt.modules.blocks.lora import LoRABlocks, LoRAConfig
 from sapt.modules.sapt_model import SAPTModel
-from sapt.train import load_run_tasks, load_trained, run, train_stage
+from sapt.train import load_run_tasks, load_trained, run, stage_sections, train_stage
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -26,10 +26,10 @@ def test_later_stage_trains_only_its_block_its_key_and_the_query_mlp(tmp_path):
     torch.manual_seed(0)
     model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
     model.add_task(tasks[0].name)
-    train_stage(model, tasks[0], 0, cfg, tmp_path / "log.jsonl")
+    train_stage(model, tasks[0], 0, stage_sections(cfg), tmp_path / "log.jsonl")
     before = snapshot(model)
     model.add_task(tasks[1].name)
-    train_stage(model, tasks[1], 1, cfg, tmp_path / "log.jsonl")
+    train_stage(model, tasks[1], 1, stage_sections(cfg), tmp_path / "log.jsonl")
     after = snapshot(model)
 
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -136,11 +136,11 @@ def test_router_warmup_freezes_the_router_while_the_new_block_starts(tmp_path):
         torch.manual_seed(0)
         model = SAPTModel(load_model("tiny-llama"), LoRABlocks(LoRAConfig(r=2)))
         model.add_task(tasks[0].name)
-        train_stage(model, tasks[0], 0, cfg, tmp_path / "log.jsonl")
+        train_stage(model, tasks[0], 0, stage_sections(cfg), tmp_path / "log.jsonl")
         model.add_task(tasks[1].name)
         before = snapshot(model.router)
         block_before = model.blocks.layers["model.layers.0.self_attn.q_proj"].lora_B[1].detach().clone()
-        train_stage(model, tasks[1], 1, cfg, tmp_path / "log.jsonl")
+        train_stage(model, tasks[1], 1, stage_sections(cfg), tmp_path / "log.jsonl")
         after = snapshot(model.router)
         routers[warmup] = all(torch.equal(before[k], after[k]) for k in before)
         assert not torch.equal(block_before, model.blocks.layers["model.layers.0.self_attn.q_proj"].lora_B[1])
@@ -163,7 +163,7 @@ def test_during_the_warmup_the_new_block_learns_alone(tmp_path):
                 layer.lora_B[0].normal_(std=scale)  # an old block that changes every output, or none
         model.add_task(tasks[1].name)
         model.set_trainable(1)
-        train_stage(model, tasks[1], 1, cfg, tmp_path / "log.jsonl")
+        train_stage(model, tasks[1], 1, stage_sections(cfg), tmp_path / "log.jsonl")
         trained.append(model.block_state(1))
     assert any(v.abs().sum() > 0 for k, v in trained[0].items() if "lora_B" in k)
     for k in trained[0]:
@@ -250,7 +250,7 @@ def test_a_task_initialised_key_routes_the_new_task_to_its_block_and_old_tasks_a
     new = mean_query(encode_task_split(model, tasks[t], "train", cfg.max_source_length, cfg.max_target_length))
     old = [mean_query(items) for items in replay]
     old_keys = [model.router.keys[j].detach().clone() for j in range(t)]
-    init_key_from_task(model, tasks[t], t, cfg, replay, share=share)
+    init_key_from_task(model, tasks[t], t, cfg.decoding, replay, share=share)
     keys = torch.stack(list(model.router.keys))
     logits = lambda q: keys @ q / model.router.d_model ** 0.5  # noqa: E731
     margin = math.log(share / (1 - share) * t)

@@ -37,7 +37,7 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done:
     """metrics.json and timing.json from the stage files of the first `stages_done` stages (None: every
     stage on disk). The matrix ends at the last evaluated stage, so AP always reads a scored row."""
     names = [t.name for t in tasks]
-    method = make_method(cfg.method, cfg)
+    method = make_method(cfg.method, cfg.method_options)
     stages = method.stages(tasks)
     matrix, routing = collect_matrices(run_dir, tasks, stages, stages_done)
     m = method.run_metrics(matrix, lambda: reference_scores(cfg.reference, tasks)

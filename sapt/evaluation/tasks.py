@@ -25,7 +25,7 @@ from sapt.methods import Method
 from sapt.modules.sapt_model import SAPTModel
 
 if TYPE_CHECKING:
-    from sapt.config import RunConfig
+    from sapt.config import DecodingSection
 
 __all__ = ["Decoding", "TaskResult", "decoding_of", "evaluate_tasks"]
 
@@ -41,10 +41,10 @@ class Decoding:
     precision: str = "no"  # mixed_precision: "no", "bf16" or "fp16" (the autocast of the generation)
 
 
-def decoding_of(cfg: RunConfig) -> Decoding:
-    """The run config's decoding settings, for the recipe and the commands that hold the whole config."""
-    return Decoding(cfg.eval_batch_size, cfg.max_new_tokens, cfg.max_source_length, cfg.max_target_length,
-                    cfg.stop_at_newline, cfg.mixed_precision)
+def decoding_of(decoding: DecodingSection, mixed_precision: str) -> Decoding:
+    """The run config's decoding section (and its autocast precision) as evaluation takes it."""
+    return Decoding(decoding.eval_batch_size, decoding.max_new_tokens, decoding.max_source_length,
+                    decoding.max_target_length, decoding.stop_at_newline, mixed_precision)
 
 
 @dataclass

@@ -15,13 +15,13 @@ class MTL(SeqLoRA):
         """A single stage named "all", over every task's items, each with its own definition."""
         return [Task(name="all", definition="", metric="em", train=[], val=[], eval=[], eval_split=tasks[0].eval_split)]
 
-    def training_items(self, model, task, tasks, cfg):
+    def training_items(self, model, task, tasks, decoding):
         from sapt.evaluation.generation import encode_task_split
 
         return tuple([e for other in tasks for e in encode_task_split(
-            model, other, split, cfg.max_source_length, cfg.max_target_length)] for split in ("train", "val"))
+            model, other, split, decoding.max_source_length, decoding.max_target_length)] for split in ("train", "val"))
 
-    def training_size(self, t, task, tasks, cfg):
+    def training_size(self, t, task, tasks):
         return sum(len(other.train) for other in tasks)
 
     def eval_tasks(self, tasks, t):

@@ -1,10 +1,23 @@
 """O-LoRA (Wang et al., 2023): inc-lora whose new block's A is pushed orthogonal to every earlier block's A,
 `lambda_1 * sum_layers sum_{i<t} |A_i A_t^T|_1`, plus `lambda_2 * sum ||theta_t||_2` on the new block
-(`--olora-lambda1/2`). The block type computes both terms (`sapt.modules.blocks.lora.losses`)."""
+(`--olora-lambda1/2`, declared here: `OLoRAOptions`). The block type computes both terms
+(`sapt.modules.blocks.lora.losses`)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sapt.methods.base import register
 from sapt.methods.inc_lora import IncLoRA
+from sapt.options import NON_NEGATIVE, option
+
+
+@dataclass(frozen=True)
+class OLoRAOptions:
+    """o-lora's keys of the run config (section method)."""
+
+    olora_lambda1: float = option(0.5, bounds=NON_NEGATIVE,
+                                  section="method", help="o-lora: weight of the orthogonality loss")
+    olora_lambda2: float = option(0.0, bounds=NON_NEGATIVE, section="method", help="o-lora: weight of the L2 term")
 
 
 @register
@@ -12,17 +25,18 @@ class OLoRA(IncLoRA):
     name = "o-lora"
     summary = ("O-LoRA, one LoRA block per task with each new A kept orthogonal to the earlier ones; at test time "
                "every block with weight 1")
+    Options = OLoRAOptions
 
-    def settings(self, cfg):
-        return [("O-LoRA lambda1 / lambda2", f"{cfg.olora_lambda1:g} / {cfg.olora_lambda2:g}")]
+    def settings(self, router, optim, arm):
+        return [("O-LoRA lambda1 / lambda2", f"{self.lambda_1:g} / {self.lambda_2:g}")]
 
-    def __init__(self, lambda_1: float = 0.5, lambda_2: float = 0.0):
+    def __init__(self, lambda_1: float = OLoRAOptions.olora_lambda1, lambda_2: float = OLoRAOptions.olora_lambda2):
         self.lambda_1 = lambda_1
         self.lambda_2 = lambda_2
 
     @classmethod
-    def from_config(cls, cfg):
-        return cls(cfg.olora_lambda1, cfg.olora_lambda2)
+    def from_options(cls, options):
+        return cls(options.olora_lambda1, options.olora_lambda2)
 
     def refuses_pet(self, pet):
         if pet == "lora":

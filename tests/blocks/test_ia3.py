@@ -3,8 +3,6 @@ PEFT's IA3 adapter under one-hot routing (T5's feed-forward `wo` and LLaMA's `do
 scaled), the mixture is the router's weighted sum of the tasks' vectors, and zero weights are the bare backbone."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -37,11 +35,13 @@ def _inputs(model):
 def test_one_hot_equals_peft_ia3_on_both_families(tmp_path, name):
     import peft
 
+    from sapt.config import resolve
     from sapt.modules.blocks.ia3.export import export_adapters
+    from sapt.modules.blocks.peft_export import BaseModelRef
 
     model = _model(name)
-    cfg = SimpleNamespace(model=name, seed=42)
-    export_adapters(cfg, [("a", tmp_path, model.block_state(0)), ("b", tmp_path, model.block_state(1))], tmp_path)
+    export_adapters(resolve({"model": name, "pet": "ia3"}).block, BaseModelRef(name, 42),
+                    [("a", tmp_path, model.block_state(0)), ("b", tmp_path, model.block_state(1))], tmp_path)
     kw = _inputs(model)
     for t, task in enumerate("ab"):
         peft_model = peft.PeftModel.from_pretrained(load_model(name, seed=42).model, str(tmp_path / task)).eval()

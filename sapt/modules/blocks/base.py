@@ -11,7 +11,8 @@ through a `BlockType`, so that a new kind is a new file (or folder) beside `lora
 
 The life of a block type inside a SAPTModel:
 
-    from_config(cfg)                   the type with its settings from the run config (`sapt.train.build_model`)
+    from_config(block, seed)           the type with its settings from the run config's block section and the
+                                       run's seed (`sapt.train.build_model`)
     attach(backbone, family, state)    once: wrap the backbone's layers / set up the prefix
     add_block()                        once per task (a block that starts as a no-op)
     set_trainable(t)                   stage t: only block t trains (the model froze everything before)
@@ -27,10 +28,12 @@ The life of a block type inside a SAPTModel:
 and, from a run's config alone (class methods: no model is built), what `sapt export`, `sapt.load` of an
 export and the model card need, so that none of them asks which type it holds:
 
-    export_adapters(cfg, blocks, out)  one PEFT adapter per task in OUT/<task>/, and router.json's fields
-    read_adapters(cfg, info, folders)  the inverse: each exported task's block, as its stage file holds it
+    export_adapters(block, base, blocks, out)  one PEFT adapter per task in OUT/<task>/, and router.json's
+                                       fields (`block`: the config's block section; `base`: the base model's
+                                       name and seed, `peft_export.BaseModelRef`)
+    read_adapters(block, base, info, folders)  the inverse: each exported task's block, as its stage file holds it
     card_kind, card_tag, block_noun,   the card's words: "LoRA adapters", its Hub tag, a method's summary
-    new_block, card_settings(cfg, ..)  ("one LoRA block per task"), the settings table's rows
+    new_block, card_settings(block, ..)  ("one LoRA block per task"), the settings table's rows
 
 A type is found by its folder: `sapt/modules/blocks/<name>/` whose `__init__` names its class as
 `BLOCK_TYPE` is `--pet <name>` (`registry.BLOCK_TYPES`), and tests/blocks/test_conformance.py checks it.
@@ -64,12 +67,16 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from sapt.modules.blocks.routing import RoutingState
+
+if TYPE_CHECKING:
+    from sapt.config import BlockSection
+    from sapt.modules.blocks.peft_export import BaseModelRef
 
 
 @dataclass
@@ -114,8 +121,9 @@ class BlockType(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg: Any) -> BlockType:
-        """The type with its settings from a run config (sapt.config.RunConfig: its block keys and seed)."""
+    def from_config(cls, block: BlockSection, seed: int) -> BlockType:
+        """The type with its settings from the run config's block section (`RunConfig.block`: its own keys,
+        `config_keys`) and the run's `seed`; it is given nothing else of the config."""
 
     def describe(self) -> str:
         """The start-up line's words for what was attached (`sapt run`: "model ... loaded in 1.2s; <this>")."""
@@ -200,24 +208,27 @@ class BlockType(ABC):
 
     # ---- the export and the model card (from a run's config: no model is built) -------------------
     @classmethod
-    def export_adapters(cls, cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
+    def export_adapters(cls, block: BlockSection, base: BaseModelRef,
+                        blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
         """Write one PEFT adapter per task, OUT/<task>/adapter_model.safetensors and adapter_config.json (and
         any of `export_files`), from (task, stage folder, block_state) in training order; a sapt.config
         ConfigError for a block that is not this type's. Here: `export_adapters` of the type's folder's
         export.py (imported only when exporting)."""
-        return cls._export_module().export_adapters(cfg, blocks, out)
+        return cls._export_module().export_adapters(block, base, blocks, out)
 
     @classmethod
-    def read_adapters(cls, cfg: Any, info: dict[str, Any], folders: list[Path]) -> list[dict[str, torch.Tensor]]:
+    def read_adapters(cls, block: BlockSection, base: BaseModelRef, info: dict[str, Any],
+                      folders: list[Path]) -> list[dict[str, torch.Tensor]]:
         """The inverse of `export_adapters`: each task folder's block, as `block_state` gave it. `info` is
         router.json's content. Here: `read_adapters` of the folder's export.py."""
-        return cls._export_module().read_adapters(cfg, info, folders)
+        return cls._export_module().read_adapters(block, base, info, folders)
 
     @classmethod
     def _export_module(cls) -> Any:
         return importlib.import_module(f"{cls.__module__.rpartition('.')[0]}.export")
 
     @classmethod
-    def card_settings(cls, cfg: Any, info: dict[str, Any]) -> list[tuple[str, str]]:
-        """(setting, value) rows of the model card that describe the blocks, from config.yaml and router.json."""
+    def card_settings(cls, block: BlockSection, info: dict[str, Any]) -> list[tuple[str, str]]:
+        """(setting, value) rows of the model card that describe the blocks, from the run config's block section
+        (config.yaml) and router.json (`info`)."""
         return []

@@ -3,6 +3,7 @@ the adapter config's common head, PEFT's key prefix, the base model's name and f
 router.json's `routing` text, and reading a stage or adapter file."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,16 @@ ROUTER_DESCRIPTION = (
 )
 
 
+@dataclass(frozen=True)
+class BaseModelRef:
+    """The run's base model as an export names and finds it: `name`, the run config's `model` (a hub id, a
+    local path or a reserved name), and the run's `seed`, under which a random tiny-* model is built again.
+    What an export takes of the run config beside the block section, instead of the whole config."""
+
+    name: str
+    seed: int
+
+
 def load(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a stage or adapter file; an unreadable one is a damaged run, not a crash (the run
     directory's reader, `sapt.rundir.stage_files.load_tensor_file`, says so)."""
@@ -43,25 +54,25 @@ def peft_base_model(model: str) -> str:
     return base_model_id(model) if model == "smollm2" else model
 
 
-def adapter_header(peft_type: str, cfg: Any, family: str) -> dict[str, Any]:
+def adapter_header(peft_type: str, base: BaseModelRef, family: str) -> dict[str, Any]:
     """The fields every PEFT adapter_config.json starts with; a type adds its own after them."""
     return {
         "peft_type": peft_type,
         "task_type": TASK_TYPE.get(family),
-        "base_model_name_or_path": peft_base_model(cfg.model),
+        "base_model_name_or_path": peft_base_model(base.name),
         "revision": None,
         "inference_mode": True,
     }
 
 
-def model_family(cfg: Any) -> str:
+def model_family(base: BaseModelRef) -> str:
     """"seq2seq" or "causal" for the run's base model, from its config only (no weights)."""
-    if cfg.model in RESERVED:
-        return "seq2seq" if cfg.model == "tiny-t5" else "causal"
+    if base.name in RESERVED:
+        return "seq2seq" if base.name == "tiny-t5" else "causal"
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(cfg.model)
+        config = AutoConfig.from_pretrained(base.name)
     except Exception as e:  # hub/network/path errors come in many types; one line is what users need
-        raise ConfigError(f"cannot read the config of model {cfg.model!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot read the config of model {base.name!r}: {str(e).splitlines()[0]}") from None
     return "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"

@@ -12,9 +12,10 @@ import importlib
 import pkgutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sapt.config import BlockSection
     from sapt.modules.blocks.base import BlockType
 
 DEFAULT = "lora"
@@ -48,11 +49,13 @@ class _Registry(Mapping):
 BLOCK_TYPES: Mapping[str, type[BlockType]] = _Registry()
 
 
-def block_type_of(cfg: Any) -> type[BlockType]:
-    """The block type class of a run config (`pet`; runs written before the key existed used LoRA)."""
-    return BLOCK_TYPES[getattr(cfg, "pet", DEFAULT) or DEFAULT]
+def block_type_of(pet: str | None) -> type[BlockType]:
+    """The block type class named `pet` (the run config's key; None, as runs written before the key existed
+    have it: LoRA)."""
+    return BLOCK_TYPES[pet or DEFAULT]
 
 
-def build_block_type(cfg: Any) -> BlockType:
-    """The run's block type with its settings from the config (`BlockType.from_config`)."""
-    return block_type_of(cfg).from_config(cfg)
+def build_block_type(block: BlockSection, seed: int) -> BlockType:
+    """The run's block type with its settings from the config's block section and the run's seed
+    (`BlockType.from_config`)."""
+    return block_type_of(block.pet).from_config(block, seed)

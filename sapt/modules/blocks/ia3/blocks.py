@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from sapt.modules.blocks.ia3.config import IA3Config
 from sapt.modules.blocks.ia3.layer import MixtureIA3Linear, merged_ia3
 from sapt.modules.blocks.routing import RoutingState
 from sapt.modules.blocks.targets import find_targets, model_type
+
+if TYPE_CHECKING:
+    from sapt.config import BlockSection
 
 KEY = "ia3_l"
 
@@ -32,7 +35,7 @@ class IA3Blocks(BlockType):
         self.layers: dict[str, MixtureIA3Linear] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any) -> IA3Blocks:
+    def from_config(cls, block: BlockSection, seed: int) -> IA3Blocks:
         """The family's modules, as PEFT's IA3 defaults: no setting of its own."""
         return cls(IA3Config())
 
@@ -82,7 +85,7 @@ class IA3Blocks(BlockType):
     # ---- the export and the model card -----------------------------------------------------------
 
     @classmethod
-    def card_settings(cls, cfg: Any, info: dict[str, Any]) -> list[tuple[str, str]]:
+    def card_settings(cls, block: BlockSection, info: dict[str, Any]) -> list[tuple[str, str]]:
         from sapt.model_card import card_value
 
         return [("blocks", "IA3 scaling vectors, one per task, mixed per input: the outputs of k and v, the input "

@@ -15,11 +15,13 @@ from typing import Any
 import torch
 
 from sapt import io
-from sapt.config import ConfigError
+from sapt.config import BlockSection, ConfigError
 from sapt.modules.blocks.base import Exported
 from sapt.modules.blocks.ia3.blocks import KEY
 from sapt.modules.blocks.ia3.config import FEEDFORWARD
-from sapt.modules.blocks.peft_export import PEFT_PREFIX, ROUTER_DESCRIPTION, adapter_header, load, model_family
+from sapt.modules.blocks.peft_export import (
+    PEFT_PREFIX, ROUTER_DESCRIPTION, BaseModelRef, adapter_header, load, model_family,
+)
 
 IA3_ROUTING_DESCRIPTION = ROUTER_DESCRIPTION + (
     " Every adapted module then scales by l = sum_t weights[t] * ia3_l_t + (1 - sum_t weights[t]), ia3_l_t the "
@@ -29,9 +31,10 @@ IA3_ROUTING_DESCRIPTION = ROUTER_DESCRIPTION + (
 )
 
 
-def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
+def export_adapters(block_config: BlockSection, base: BaseModelRef,
+                    blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
     """One PEFT IA3 adapter per task; every stage must adapt stage 0's modules."""
-    family, all_modules = model_family(cfg), None
+    family, all_modules = model_family(base), None
     for task, sdir, block in blocks:
         if not block or any(not k.endswith(f".{KEY}") for k in block):
             raise ConfigError(f"{sdir}/adapter.safetensors holds no IA3 block (tensors: {', '.join(sorted(block)[:3])})")
@@ -44,7 +47,7 @@ def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tens
                         {PEFT_PREFIX + k: v.contiguous() for k, v in block.items()}, {"format": "pt"})
     targets = sorted({m.rsplit(".", 1)[-1] for m in all_modules})
     feedforward = [t for t in targets if re.search(FEEDFORWARD, t)]
-    config = {**adapter_header("IA3", cfg, family), "target_modules": targets, "feedforward_modules": feedforward,
+    config = {**adapter_header("IA3", base, family), "target_modules": targets, "feedforward_modules": feedforward,
               "fan_in_fan_out": False, "modules_to_save": None, "init_ia3_weights": True}
     for task, _, _ in blocks:
         io.write_json(out / task / "adapter_config.json", config)
@@ -53,7 +56,8 @@ def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tens
                     extra={"pet": "ia3"})
 
 
-def read_adapters(cfg: Any, info: dict[str, Any], folders: list[Path]) -> list[dict[str, torch.Tensor]]:
+def read_adapters(block_config: BlockSection, base: BaseModelRef, info: dict[str, Any],
+                  folders: list[Path]) -> list[dict[str, torch.Tensor]]:
     """Each exported task's IA3 block under SAPT's names (`<module>.ia3_l`)."""
     blocks = []
     for folder in folders:

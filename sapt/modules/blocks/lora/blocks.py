@@ -10,7 +10,7 @@ adapted on its q and v parts, named `<module>.q.lora_A.weight` etc. (`fused`).
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from sapt.modules.blocks.lora.losses import l2_loss, orthogonality_loss
 from sapt.modules.blocks.lora.merge import merged_lora
 from sapt.modules.blocks.routing import RoutingState
 from sapt.modules.blocks.targets import check_user_targets
+
+if TYPE_CHECKING:
+    from sapt.config import BlockSection
 
 
 class LoRABlocks(BlockType):
@@ -42,9 +45,9 @@ class LoRABlocks(BlockType):
         self.layers: dict[str, MixtureLoRALinear] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any) -> LoRABlocks:
+    def from_config(cls, block: BlockSection, seed: int) -> LoRABlocks:
         """r, alpha, dropout (`lora_r`, `lora_alpha`, `lora_dropout`) and --target-modules (None: q and v)."""
-        return cls(LoRAConfig(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, target_modules=cfg.target_modules))
+        return cls(LoRAConfig(block.lora_r, block.lora_alpha, block.lora_dropout, target_modules=block.target_modules))
 
     def describe(self) -> str:
         return f"{len(self.layers)} projections adapted"
@@ -102,9 +105,9 @@ class LoRABlocks(BlockType):
     # ---- the export and the model card -----------------------------------------------------------
 
     @classmethod
-    def card_settings(cls, cfg: Any, info: dict[str, Any]) -> list[tuple[str, str]]:
+    def card_settings(cls, block: BlockSection, info: dict[str, Any]) -> list[tuple[str, str]]:
         from sapt.model_card import card_value
 
-        alpha, dropout = card_value(float(cfg.lora_alpha)), card_value(float(cfg.lora_dropout))
-        return [("LoRA rank r / alpha / dropout", f"{cfg.lora_r} / {alpha} / {dropout}"),
+        alpha, dropout = card_value(float(block.lora_alpha)), card_value(float(block.lora_dropout))
+        return [("LoRA rank r / alpha / dropout", f"{block.lora_r} / {alpha} / {dropout}"),
                 ("adapted projections", card_value(info["target_modules"]))]

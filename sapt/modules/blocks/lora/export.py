@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from sapt import io
-from sapt.config import ConfigError
+from sapt.config import BlockSection, ConfigError
 from sapt.models import RESERVED
 from sapt.modules.blocks.base import Exported
 from sapt.modules.blocks.lora.fused import FUSED_QKV, SliceLayout, qkv_layouts
-from sapt.modules.blocks.peft_export import PEFT_PREFIX, ROUTER_DESCRIPTION, adapter_header, load
+from sapt.modules.blocks.peft_export import PEFT_PREFIX, ROUTER_DESCRIPTION, BaseModelRef, adapter_header, load
 
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 
@@ -107,48 +107,49 @@ def peft_state(block: dict[str, torch.Tensor], layouts: dict[str, dict[str, Slic
     return state, sorted(modules)
 
 
-def model_layouts(cfg: Any, fused: list[str]) -> dict[str, dict[str, SliceLayout]]:
+def model_layouts(base: BaseModelRef, fused: list[str]) -> dict[str, dict[str, SliceLayout]]:
     """The q/v layouts of the run's base model's fused projections `fused` (module paths), found as
     `inject_mixture_lora` finds them: from the model's config and each Linear's output size. A tiny-*
     model is rebuilt (small); another model is built from its config on the meta device (no weights)."""
     from sapt.models import ModelLoadError, load_model
 
-    if cfg.model in RESERVED:
-        model = load_model(cfg.model, seed=cfg.seed).model
+    if base.name in RESERVED:
+        model = load_model(base.name, seed=base.seed).model
     else:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         try:
-            config = AutoConfig.from_pretrained(cfg.model)
+            config = AutoConfig.from_pretrained(base.name)
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config)
         except Exception as e:  # hub/network/path errors come in many types; one line is what users need
-            raise ModelLoadError(f"cannot build model {cfg.model!r} to find the layout of its fused q/k/v "
+            raise ModelLoadError(f"cannot build model {base.name!r} to find the layout of its fused q/k/v "
                                  f"projections: {str(e).splitlines()[0]}") from None
     layouts = {}
     for name in fused:
         try:
             linear = model.get_submodule(name)
         except AttributeError:
-            raise ConfigError(f"the run adapts {name} but model {cfg.model!r} has no such module") from None
+            raise ConfigError(f"the run adapts {name} but model {base.name!r} has no such module") from None
         layouts[name] = qkv_layouts(getattr(model, "config", None), name.rpartition(".")[2], linear.out_features)
     return layouts
 
 
 
-def adapter_config(cfg: Any, family: str, targets: list[str], fused_targets: list[str] = ()) -> dict[str, Any]:
+def adapter_config(block: BlockSection, base: BaseModelRef, family: str, targets: list[str],
+                   fused_targets: list[str] = ()) -> dict[str, Any]:
     """A PEFT LoraConfig as a JSON dict. Fields PEFT does not find take its defaults when loading.
 
     `fused_targets`: the targets that are fused q/k/v projections, of rank 2r and lora_alpha 2 alpha
     (`fused_lora`): for the whole adapter when all targets are, else by PEFT's rank and alpha patterns."""
-    r, alpha = int(cfg.lora_r), float(cfg.lora_alpha)
+    r, alpha = int(block.lora_r), float(block.lora_alpha)
     all_fused = bool(fused_targets) and set(fused_targets) == set(targets)
     patterns = {} if all_fused else {re.escape(t): 2 for t in sorted(fused_targets)}
     return {
-        **adapter_header("LORA", cfg, family),
+        **adapter_header("LORA", base, family),
         "r": 2 * r if all_fused else r,
         "lora_alpha": 2 * alpha if all_fused else alpha,
-        "lora_dropout": float(cfg.lora_dropout),
+        "lora_dropout": float(block.lora_dropout),
         "target_modules": targets,
         "bias": "none",
         "fan_in_fan_out": False,
@@ -192,13 +193,14 @@ def sapt_block(state: dict[str, torch.Tensor], layouts: dict[str, dict[str, Slic
     return block
 
 
-def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
+def export_adapters(block_config: BlockSection, base: BaseModelRef,
+                    blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
     """One PEFT LoRA adapter per task (`BlockType.export_adapters`); every stage must adapt stage 0's modules."""
     all_modules, layouts = None, None
     for task, sdir, block in blocks:
         fused = fused_modules(block)
         if layouts is None:
-            layouts = model_layouts(cfg, fused) if fused else {}
+            layouts = model_layouts(base, fused) if fused else {}
         state, modules = peft_state(block, layouts)
         if all_modules is None:
             all_modules = modules
@@ -208,11 +210,12 @@ def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tens
         targets = sorted({m.rsplit(".", 1)[-1] for m in modules})
         fused_targets = sorted({m.rsplit(".", 1)[-1] for m in fused})
         io.save_tensors(out / task / "adapter_model.safetensors", state, {"format": "pt"})
-        io.write_json(out / task / "adapter_config.json", adapter_config(cfg, family, targets, fused_targets))
+        io.write_json(out / task / "adapter_config.json",
+                      adapter_config(block_config, base, family, targets, fused_targets))
     fields = {
-        "lora_r": int(cfg.lora_r),
-        "lora_alpha": float(cfg.lora_alpha),
-        "lora_scaling": float(cfg.lora_alpha) / int(cfg.lora_r),
+        "lora_r": int(block_config.lora_r),
+        "lora_alpha": float(block_config.lora_alpha),
+        "lora_scaling": float(block_config.lora_alpha) / int(block_config.lora_r),
         "target_modules": targets,
         "adapted_modules": all_modules,
         # exported with PEFT rank 2r and lora_alpha 2 * alpha: the same alpha / r (module docstring)
@@ -221,8 +224,9 @@ def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tens
     return Exported(family=family, routing=ROUTING_DESCRIPTION, fields=fields)
 
 
-def read_adapters(cfg: Any, info: dict[str, Any], folders: list[Path]) -> list[dict[str, torch.Tensor]]:
+def read_adapters(block_config: BlockSection, base: BaseModelRef, info: dict[str, Any],
+                  folders: list[Path]) -> list[dict[str, torch.Tensor]]:
     """Each exported task's LoRA block under SAPT's names (`sapt_block`), a fused projection split back."""
     fused = list(info.get("fused_qkv_modules") or [])
-    layouts = model_layouts(cfg, fused) if fused else {}
+    layouts = model_layouts(base, fused) if fused else {}
     return [sapt_block(load(folder / "adapter_model.safetensors"), layouts) for folder in folders]

@@ -2,7 +2,7 @@
 Progressive Prompts) and put before the input embeddings. The math: the package docstring."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from sapt.modules.blocks.prompt.config import PromptConfig
 from sapt.modules.blocks.prompt.layer import KEY, PROMPT_ENCODER_KEYS, PromptBank
 from sapt.modules.blocks.routing import RoutingState
 from sapt.modules.blocks.targets import TARGET_PATTERNS, find_targets
+
+if TYPE_CHECKING:
+    from sapt.config import BlockSection
 
 SAPT_PROMPT = "sapt_prompt.safetensors"  # OUT/<task>/ of a reparameterised prompt: its SAPT block (export.py)
 
@@ -38,9 +41,9 @@ class PromptBlocks(BlockType):
         self.concat = False
 
     @classmethod
-    def from_config(cls, cfg: Any) -> PromptBlocks:
+    def from_config(cls, block: BlockSection, seed: int) -> PromptBlocks:
         """`prompt_len` virtual tokens, seeded by the run's seed, reparameterised when `prompt_mlp_hidden` > 0."""
-        return cls(PromptConfig(n_virtual=cfg.prompt_len, seed=cfg.seed, mlp_hidden=cfg.prompt_mlp_hidden))
+        return cls(PromptConfig(n_virtual=block.prompt_len, seed=seed, mlp_hidden=block.prompt_mlp_hidden))
 
     def set_prefix_mode(self, mode: str) -> None:
         super().set_prefix_mode(mode)
@@ -124,9 +127,10 @@ class PromptBlocks(BlockType):
     # ---- the export and the model card -----------------------------------------------------------
 
     @classmethod
-    def card_settings(cls, cfg: Any, info: dict[str, Any]) -> list[tuple[str, str]]:
-        rows = [("blocks", f"soft prompts of {cfg.prompt_len} virtual tokens (prompt tuning), mixed per input")]
-        if getattr(cfg, "prompt_mlp_hidden", 0):
-            rows.append(("prompt reparameterisation", f"trained as P + MLP(P), MLP hidden width {cfg.prompt_mlp_hidden} "
+    def card_settings(cls, block: BlockSection, info: dict[str, Any]) -> list[tuple[str, str]]:
+        rows = [("blocks", f"soft prompts of {block.prompt_len} virtual tokens (prompt tuning), mixed per input")]
+        if getattr(block, "prompt_mlp_hidden", 0):
+            rows.append(("prompt reparameterisation", "trained as P + MLP(P), MLP hidden width "
+                                                      f"{block.prompt_mlp_hidden} "
                                                       "(ReLU); exported as the resulting prompt"))
         return rows

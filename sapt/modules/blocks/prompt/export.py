@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from sapt import io
-from sapt.config import ConfigError
+from sapt.config import BlockSection, ConfigError
 from sapt.modules.blocks.base import Exported
-from sapt.modules.blocks.peft_export import ROUTER_DESCRIPTION, adapter_header, load, model_family
+from sapt.modules.blocks.peft_export import ROUTER_DESCRIPTION, BaseModelRef, adapter_header, load, model_family
 from sapt.modules.blocks.prompt.blocks import SAPT_PROMPT
 from sapt.modules.blocks.prompt.layer import KEY, PROMPT_ENCODER_KEYS, effective_prompt
 
@@ -28,10 +28,10 @@ PROMPT_ROUTING_DESCRIPTION = ROUTER_DESCRIPTION + (
 )
 
 
-def prompt_adapter_config(cfg: Any, family: str, prompt: torch.Tensor) -> dict[str, Any]:
+def prompt_adapter_config(base: BaseModelRef, family: str, prompt: torch.Tensor) -> dict[str, Any]:
     """A PEFT PromptTuningConfig as a JSON dict: one soft prompt before the input (T5: the encoder's)."""
     return {
-        **adapter_header("PROMPT_TUNING", cfg, family),
+        **adapter_header("PROMPT_TUNING", base, family),
         "num_virtual_tokens": int(prompt.shape[0]),
         "token_dim": int(prompt.shape[1]),
         "num_transformer_submodules": 1,
@@ -41,20 +41,21 @@ def prompt_adapter_config(cfg: Any, family: str, prompt: torch.Tensor) -> dict[s
     }
 
 
-def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
+def export_adapters(block_config: BlockSection, base: BaseModelRef,
+                    blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
     """One PEFT prompt-tuning adapter per task: its `prompt_embeddings`, the prompt the backbone sees. A
     reparameterised prompt (`prompt_mlp_hidden`) is saved as P and its residual MLP; PEFT's prompt tuning has
     no MLP, so the adapter holds P + MLP(P), which is all the MLP is for once trained; the block itself (P and
     its MLP) is kept beside it as SAPT_PROMPT, from which `sapt.load` of the export computes the prompt
     exactly as the run does (P + MLP(P) computed again can differ in the last bit)."""
-    family = model_family(cfg)
+    family = model_family(base)
     prompt = None
     for task, sdir, block in blocks:
         if set(block) not in ({KEY}, {KEY, *PROMPT_ENCODER_KEYS}):
             raise ConfigError(f"{sdir}/adapter.safetensors holds no soft prompt (tensors: {', '.join(sorted(block))})")
         prompt = effective_prompt(block).contiguous()
         io.save_tensors(out / task / "adapter_model.safetensors", {"prompt_embeddings": prompt}, {"format": "pt"})
-        io.write_json(out / task / "adapter_config.json", prompt_adapter_config(cfg, family, prompt))
+        io.write_json(out / task / "adapter_config.json", prompt_adapter_config(base, family, prompt))
         if set(block) != {KEY}:
             io.save_tensors(out / task / SAPT_PROMPT, block, {"format": "pt"})
     # soft prompts, not LoRA: what the adapters are and how they mix
@@ -63,7 +64,8 @@ def export_adapters(cfg: Any, blocks: list[tuple[str, Path, dict[str, torch.Tens
                     extra={"pet": "prompt", "num_virtual_tokens": int(prompt.shape[0])})
 
 
-def read_adapters(cfg: Any, info: dict[str, Any], folders: list[Path]) -> list[dict[str, torch.Tensor]]:
+def read_adapters(block_config: BlockSection, base: BaseModelRef, info: dict[str, Any],
+                  folders: list[Path]) -> list[dict[str, torch.Tensor]]:
     """Each task's SAPT prompt block from its export folder: P and its residual MLP when the run
     reparameterised its prompts (SAPT_PROMPT), else the PEFT adapter's prompt_embeddings, which is P."""
     blocks = []
