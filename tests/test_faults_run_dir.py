@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import signal
 import sys
 from pathlib import Path
 
@@ -36,7 +37,15 @@ def sapt_subprocess(*argv: str, env_extra: dict[str, str] | None = None, code: s
     env.pop(KILL_SIGNAL_ENV, None)
     env.update(env_extra or {})
     cmd = [sys.executable, "-c", code, *argv] if code else [sys.executable, "-m", "sapt.cli", *argv]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          preexec_fn=_ctrl_c_as_at_a_terminal)
+
+
+def _ctrl_c_as_at_a_terminal() -> None:
+    """The child starts with SIGINT's default action, whatever pytest inherited. A suite started in the
+    background by a shell script (`make test &`) has SIGINT ignored, the child inherits that, Python then
+    installs no KeyboardInterrupt handler, and the Ctrl-C kill point went unnoticed: the run finished, rc 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def write_task(root: Path, name: str = "capitals") -> Path:
