@@ -6,14 +6,19 @@ Every field is declared with `option(...)`: its default, its help, its section, 
 whether it may change when a run is resumed. That one declaration is the source of the `sapt run` parser
 (sapt.cli), of the resume check (`RESUMABLE_KEYS`, `CHANGEABLE_KEYS`, `differences`) and of the
 documentation (`SECTIONS`, `FIELDS`, `section_fields`, `default_text`). `option` itself is declared below
-both the config and the methods (sapt.options), since a method declares its own keys in its own file
-(`Method.Options`) and they are added here as flat keys (`_with_method_options`).
+the config, the methods and the block types (sapt.options), since a method declares its own keys in its own
+file (`Method.Options`) and a block type in its folder (`sapt/modules/blocks/<name>/config.py`: LoRA's
+lora_r, lora_alpha, lora_dropout, target_modules; the prompt's prompt_len, prompt_mlp_hidden), and they are
+added here as flat keys (`_with_method_options`, `_with_block_options`). Only `pet` and `block_init`, which
+every type has, are declared here in the block section. This module imports no torch: the block types'
+options are read from their config.py alone (`registry.block_options_type`).
 
 The components below the recipe take the sections they read, not the whole config: `cfg.optim`,
-`cfg.router`, `cfg.decoding`, ... are frozen views of the one flat dataclass (`SECTION_TYPES`), and a
-method gets its own options (`cfg.method_options`). The flat fields stay: config.yaml, --config files and
-the flags are flat. Only the recipe (sapt.train), api, cli and bench read the whole config
-(tests/test_config_owner.py holds it, and lists the modules still to convert).
+`cfg.router`, `cfg.decoding`, ... are frozen views of the one flat dataclass (`SECTION_TYPES`), a method
+gets its own options (`cfg.method_options`), and a block type its section with its own options
+(`cfg.block.options`). The flat fields stay: config.yaml, --config files and the flags are flat. Only the
+recipe (sapt.train), api, cli and bench read the whole config (tests/test_config_owner.py holds it, and lists
+the modules still to convert).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ import yaml
 from sapt.errors import ConfigError
 from sapt.methods import METHODS, method_names
 from sapt.options import AT_LEAST_1, NON_NEGATIVE, POSITIVE, RESUME_POLICIES, SECTIONS, Bounds, option  # noqa: F401
-from sapt.modules.blocks.registry import block_type_names
+from sapt.modules.blocks.registry import block_options_type, block_type_names
 
 
 PRECISIONS = ("no", "bf16", "fp16")  # --mixed-precision (sapt.distributed)
@@ -45,8 +51,10 @@ ROUTER_KEY_INITS = ("random", "task")  # --router-key-init (sapt.router_setup.in
 ROUTER_SCHEDULES = ("joint", "learn-then-route")  # --router-schedule (sapt.router_fit)
 TRACKERS = ("jsonl", "tensorboard", "wandb")  # --log-with (sapt.tracking)
 REFLECTION_SOURCES = ("generated", "real")  # --reflection-source (sapt.train.make_replay_inputs)
-# --pet: the block types, one folder each under sapt/modules/blocks/ (read without importing them: no torch)
+# --pet: the block types, one folder each under sapt/modules/blocks/ (read without importing them: no torch),
+# and the options class each declares in its folder's config.py (None: none; imported without torch)
 PETS = block_type_names()
+BLOCK_OPTIONS: dict[str, type | None] = {name: block_options_type(name) for name in PETS}
 TEMPLATES = ("family", "release")  # --template: the prompt template (sapt.data.prompts.template_key)
 # --lr-scheduler: transformers' schedules that need nothing but the step counts (sapt.stage_trainer.make_scheduler).
 # Left out: reduce_lr_on_plateau and greedy (driven by a metric, not the step), cosine_with_min_lr,
@@ -69,31 +77,34 @@ def _num(value: str) -> float:
     return int(x) if math.isfinite(x) and x >= 1 and x == int(x) else x  # the config refuses inf and nan
 
 
-def _with_method_options(cls: type) -> type:
-    """`cls` (RunConfig, before it is made a dataclass) with the fields each method declares in its own file
-    (`sapt.methods.base.Method.Options`: o-lora's `olora_lambda1`, replay's `replay_memory`, ...) inserted
-    after its own "method" section's fields, in the order of the methods' registry.
+def _with_declared_options(cls: type, section: str, declared_by: Iterable[type], owner: str) -> type:
+    """`cls` (RunConfig, before it is made a dataclass) with the fields of each options class of `declared_by`
+    (frozen dataclasses of `option(...)` fields in `section`, declared by a method or a block type in its own
+    file) inserted after `cls`'s fields of that section, in the order given. A key declared twice (by two
+    owners, or by an owner and the config) or in another section is a RuntimeError naming it: keys are flat,
+    so one name is one key, with one default, help and resume policy.
 
-    Why the method's file and not here: a method with options was two files (its class, and its keys here),
-    and every component read them from the whole config. Why flat fields of RunConfig still: the keys are
-    flat everywhere a user or a saved run meets them (`--olora-lambda1`, `olora_lambda1: 0.5` in a --config
-    file and in every config.yaml written so far), and as fields they get the parser, `sapt run --help`, the
-    range check, the resume policy, coercion and config.yaml's key order from the one declaration, as every
-    key does. A method reads them back as its options object only (`RunConfig.method_options`)."""
+    Why the owner's file and not here: a method or a block type with options was two files (its class, and
+    its keys here), and every component read them from the whole config. Why flat fields of RunConfig still:
+    the keys are flat everywhere a user or a saved run meets them (`--olora-lambda1`, `--lora-r`,
+    `lora_r: 8` in a --config file and in every config.yaml written so far), and as fields they get the
+    parser, `sapt run --help`, the range check, the resume policy, coercion and config.yaml's key order from
+    the one declaration, as every key does. The owner reads them back as its options object only
+    (`RunConfig.method_options`, `RunConfig.block_options`)."""
     own = dict(cls.__annotations__)
     declared: dict[str, tuple[Any, dataclasses.Field]] = {}
-    for options in dict.fromkeys(m.Options for m in METHODS.values() if m.Options is not None):
+    for options in dict.fromkeys(declared_by):
         hints = typing.get_type_hints(options)
         for f in dataclasses.fields(options):
             if f.name in own or f.name in declared:
-                raise RuntimeError(f"{options.__qualname__}.{f.name}: a method option must be a config key of its own")
-            if f.metadata.get("section") != "method":
-                raise RuntimeError(f"{options.__qualname__}.{f.name}: a method option is declared in section method")
+                raise RuntimeError(f"{options.__qualname__}.{f.name}: a {owner} option must be a config key of its own")
+            if f.metadata.get("section") != section:
+                raise RuntimeError(f"{options.__qualname__}.{f.name}: a {owner} option is declared in section {section}")
             kwargs = {"default": f.default} if f.default is not dataclasses.MISSING else \
                 {"default_factory": f.default_factory}
             declared[f.name] = (hints[f.name], field(metadata=f.metadata, **kwargs))
     names = list(own)
-    last = max(i for i, name in enumerate(names) if vars(cls)[name].metadata["section"] == "method")
+    last = max(i for i, name in enumerate(names) if vars(cls)[name].metadata["section"] == section)
     order = names[: last + 1] + list(declared) + names[last + 1:]
     cls.__annotations__ = {name: own[name] if name in own else declared[name][0] for name in order}
     for name, (_, f) in declared.items():
@@ -101,7 +112,24 @@ def _with_method_options(cls: type) -> type:
     return cls
 
 
+def _with_method_options(cls: type) -> type:
+    """`cls` with the fields each method declares in its own file (`sapt.methods.base.Method.Options`: o-lora's
+    `olora_lambda1`, replay's `replay_memory`, ...) after the "method" section's, in the methods' registry
+    order (`_with_declared_options`)."""
+    return _with_declared_options(cls, "method", (m.Options for m in METHODS.values() if m.Options is not None),
+                                  "method")
+
+
+def _with_block_options(cls: type) -> type:
+    """`cls` with the fields each block type declares in its folder (`OPTIONS` of
+    sapt/modules/blocks/<name>/config.py: LoRA's `lora_r`, ..., the prompt's `prompt_len`, ...) after the
+    generic "block" keys (`pet`, `block_init`), in the registry's order, LoRA first
+    (`_with_declared_options`)."""
+    return _with_declared_options(cls, "block", (o for o in BLOCK_OPTIONS.values() if o is not None), "block type")
+
+
 @dataclass
+@_with_block_options
 @_with_method_options
 class RunConfig:
     # ---- run and output -------------------------------------------------------------------------------
@@ -183,38 +211,21 @@ class RunConfig:
                            help="prompt template: family (one per model family) or release (the public release's "
                                 "template of the benchmark: SuperNI or Long_Sequence)")
 
-    # ---- LoRA blocks (SALS) ---------------------------------------------------------------------------
-    lora_r: int = option(4, bounds=AT_LEAST_1, section="block", help="LoRA rank")
-    lora_alpha: float = option(32.0, bounds=POSITIVE, section="block", help="LoRA alpha")
-    lora_dropout: float = option(0.0, bounds=Bounds(0, 1, high_open=True), section="block", help="LoRA dropout")
-    # A new task's block: "zero" (the paper: LoRA's B = 0, so the block starts as no change) or "previous"
-    # (a copy of the block before it, so that a task starts from what the last one learned, as a single
-    # sequentially trained LoRA does; the old blocks stay frozen). Methods with one shared block ignore it.
+    # ---- per-task blocks (SALS) -----------------------------------------------------------------------
     # The kind of per-task block (sapt.modules.blocks.registry): LoRA on q/v (the paper), a soft prompt of
     # prompt_len virtual tokens prepended to the input (sapt.modules.blocks.prompt), or any other folder there
     # (ia3); methods whose math is LoRA's refuse the others.
     pet: str = option("lora", section="block", choices=PETS,
                       help="the per-task block type, a folder of sapt/modules/blocks: lora (LoRA on q/v, the paper), "
                            "prompt (a soft prompt per task), ...")
-    prompt_len: int = option(20, bounds=AT_LEAST_1,
-                             section="block", help="virtual tokens of each task's soft prompt (--pet prompt)")
-    # The release's SAPT-Prompt trains each prompt through a residual MLP, P + MLP(P), MLP = Linear(d, hidden)
-    # -> ReLU -> Linear(hidden, d), hidden 800 (sapt.modules.blocks.prompt). 0: the prompt is trained directly.
-    prompt_mlp_hidden: int = option(0, bounds=Bounds(0, note="0 = off"), section="block",
-                                    help="--pet prompt: train each task's prompt reparameterised as P + MLP(P), an MLP "
-                                         "of this hidden width (the release: 800); 0 = off")
+    # A new task's block: "zero" (the paper: LoRA's B = 0, so the block starts as no change) or "previous"
+    # (a copy of the block before it, so that a task starts from what the last one learned, as a single
+    # sequentially trained LoRA does; the old blocks stay frozen). Methods with one shared block ignore it.
     block_init: str = option("zero", section="block", choices=BLOCK_INITS,
                              help="a new task's block: zero (the paper) or previous: a copy of the previous "
                                   "task's block")
-    # The Linears that get LoRA blocks, as PEFT's target_modules (sapt.modules.blocks.lora.config.target_pattern):
-    # names (a module whose name is one of them or ends in ".<name>") or one regular expression matched against
-    # the whole module name. None: q and v of every attention (TARGET_PATTERNS, per model family). Kept as the
-    # text the user gave: a regex may hold commas ({1,2}). A YAML list of names is joined with commas (`coerce`).
-    target_modules: str | None = option(None, section="block", default_help="q and v of every attention",
-                                        help="--pet lora: the Linear modules that get LoRA blocks, as PEFT's "
-                                             "target_modules: comma-separated names (q_proj,v_proj: a module named so "
-                                             "or ending in .q_proj) or a regular expression matched against the whole "
-                                             "module name; a fused q/k/v projection still gets blocks on q and v only")
+    # here `_with_block_options` adds each block type's own keys (`OPTIONS` of its folder's config.py: LoRA's
+    # lora_r, lora_alpha, lora_dropout, target_modules; the prompt's prompt_len, prompt_mlp_hidden)
 
     # ---- router ---------------------------------------------------------------------------------------
     query_hidden: int = option(100, bounds=AT_LEAST_1, section="router", help="hidden width of the router's query MLP")
@@ -355,9 +366,13 @@ class RunConfig:
     # ---- the sections, as the components below the recipe take them ---------------------------------------
     def section(self, name: str) -> Any:
         """Section `name` of SECTIONS as a frozen view (`SECTION_TYPES[name]`): its fields' values, copied, so
-        that a component given a section reads its own keys and can change none of the run's."""
+        that a component given a section reads its own keys and can change none of the run's. The block
+        section's `options` is the selected type's own (`block_options`)."""
         view = SECTION_TYPES[name]
-        return view(**{f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(view)})
+        values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(view) if f.name in FIELDS}
+        if name == "block":
+            values["options"] = self.block_options
+        return view(**values)
 
     @property
     def run(self) -> RunSection:
@@ -371,7 +386,13 @@ class RunConfig:
 
     @property
     def block(self) -> BlockSection:
-        """The per-task blocks: the type (`pet`) and each type's settings, a new block's start."""
+        """The per-task blocks: the type (`pet`), a new block's start (`block_init`) and the type's own options
+        (`options`: `block_options`, e.g. a `LoRAOptions`; None for a type with none, IA3).
+
+        The selected type's options only, not every type's keys: a block type is built, exported and described
+        from its own keys (`BlockType.from_config(block, seed)` reads `block.options`), so that a LoRA run's
+        prompt_len, which it never uses, reaches no LoRA code, and a new type's keys reach its code with no
+        edit to this view."""
         return self.section("block")
 
     @property
@@ -400,9 +421,19 @@ class RunConfig:
         """The selected method's own options, an instance of its `Options` (`sapt.methods.base.Method`) from
         the flat keys it declares; None when it declares none (or the method is unknown: `validate` says so)."""
         method = METHODS.get(self.method)
-        if method is None or method.Options is None:
+        return self._options(method.Options if method is not None else None)
+
+    @property
+    def block_options(self) -> Any | None:
+        """The selected block type's own options (`pet`'s), an instance of the `OPTIONS` its folder's config.py
+        declares (`LoRAOptions`, `PromptOptions`) from the flat keys; None when it declares none (IA3)."""
+        return self._options(BLOCK_OPTIONS.get(self.pet))
+
+    def _options(self, options: type | None) -> Any | None:
+        """An instance of options class `options` (None: None) from this config's flat keys, copied."""
+        if options is None:
             return None
-        return method.Options(**{f.name: getattr(self, f.name) for f in dataclasses.fields(method.Options)})
+        return options(**{f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(options)})
 
     def validate(self) -> None:
         """Each field's declared range and choices, then the rules between fields."""
@@ -550,12 +581,21 @@ def section_fields(section: str) -> list[dataclasses.Field]:
     return [f for f in FIELDS.values() if f.metadata["section"] == section]
 
 
+# The keys a block type declares in its folder (`_with_block_options`): {key: type name}
+BLOCK_OPTION_KEYS = {f.name: name for name, options in BLOCK_OPTIONS.items() if options is not None
+                     for f in dataclasses.fields(options)}
+
+
 def _section_type(section: str) -> type:
     """The frozen dataclass of one section's keys, made from RunConfig's fields (the one declaration of each
-    key: a view cannot drift from the config). Its name says the section: "optimisation" -> OptimisationSection."""
+    key: a view cannot drift from the config). Its name says the section: "optimisation" -> OptimisationSection.
+    The block section holds its generic keys (pet, block_init) and `options`, the selected type's own
+    (`RunConfig.block`), instead of every type's keys."""
     hints = typing.get_type_hints(RunConfig)
-    view = dataclasses.make_dataclass(f"{section.title()}Section",
-                                      [(f.name, hints[f.name]) for f in section_fields(section)], frozen=True)
+    keys = [(f.name, hints[f.name]) for f in section_fields(section) if f.name not in BLOCK_OPTION_KEYS]
+    if section == "block":
+        keys.append(("options", Any))
+    view = dataclasses.make_dataclass(f"{section.title()}Section", keys, frozen=True)
     view.__module__ = __name__  # (make_dataclass's module= is Python 3.12's)
     return view
 

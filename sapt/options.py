@@ -1,10 +1,11 @@
 """How a run config key is declared: `option(...)` with its default, help, section, flag, resume policy and
-`Bounds`, for `sapt.config.RunConfig` and for the options a method declares in its own file
-(`sapt.methods.base.Method.Options`).
+`Bounds`, for `sapt.config.RunConfig`, for the options a method declares in its own file
+(`sapt.methods.base.Method.Options`) and for those a block type declares in its folder
+(`sapt/modules/blocks/<name>/config.py`, `BlockType.Options`).
 
-A module of its own, below both: the config reads the methods (their names, their options) and a method
-declares its options with `option`, so the declaration cannot live in sapt.config without an import cycle.
-It imports nothing of the package.
+A module of its own, below all three: the config reads the methods and the block types (their names, their
+options) and each declares its options with `option`, so the declaration cannot live in sapt.config without
+an import cycle. It imports nothing of the package.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ SECTIONS: dict[str, str] = {
     "run": "run and output",
     "method": "method",
     "data": "data",
-    "block": "LoRA blocks",
+    "block": "per-task blocks",
     "router": "router",
     "optimisation": "optimisation",
     "decoding": "lengths and decoding",

@@ -7,19 +7,15 @@ The names below are imported on first use, so that `sapt.modules.blocks.registry
 loads no torch."""
 from __future__ import annotations
 
-import importlib
+from sapt.modules.blocks.registry import lazy_exports
 
 _LAZY = {
     "BlockType": "base", "Exported": "base", "RoutingState": "routing",
     "BLOCK_TYPES": "registry", "block_type_names": "registry", "build_block_type": "registry",
     "LoRABlocks": "lora", "LoRAConfig": "lora", "PromptBlocks": "prompt", "PromptConfig": "prompt",
     "IA3Blocks": "ia3", "IA3Config": "ia3",
+    "LoRAOptions": "lora", "PromptOptions": "prompt",
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+__getattr__ = lazy_exports(__name__, _LAZY)

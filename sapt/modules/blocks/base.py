@@ -37,6 +37,21 @@ export and the model card need, so that none of them asks which type it holds:
 
 A type is found by its folder: `sapt/modules/blocks/<name>/` whose `__init__` names its class as
 `BLOCK_TYPE` is `--pet <name>` (`registry.BLOCK_TYPES`), and tests/blocks/test_conformance.py checks it.
+Its own run-config keys are declared in the folder too, as PEFT has a config per tuner: `<name>/config.py`
+sets `OPTIONS` to a frozen dataclass of `sapt.options.option(..., section="block")` fields (LoRA's
+`LoRAOptions`: lora_r, lora_alpha, lora_dropout, target_modules), and the class names it as `Options`.
+sapt.config adds them as flat keys (`--lora-r`, `lora_r:` in YAML and config.yaml, `sapt run --help`, the
+range and resume checks); a key is one type's only. The config imports that module without torch, so the
+folder's `__init__` names its exports through `registry.lazy_exports` and config.py imports no torch:
+
+    # sapt/modules/blocks/<name>/config.py
+    @dataclass(frozen=True)
+    class ScaleOptions:
+        scale_init: float = option(1.0, bounds=POSITIVE, section="block", help="--pet <name>: a new block's scale")
+
+    OPTIONS = ScaleOptions
+
+and `from_config(block, seed)` reads `block.options.scale_init`.
 
 Two attach points, so that every PET kind fits:
 
@@ -65,7 +80,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -112,7 +127,15 @@ class BlockType(ABC):
     block_noun: ClassVar[str] = ""
     new_block: ClassVar[str] = ""
     export_files: ClassVar[tuple[str, ...]] = ()  # what OUT/<task>/ holds beside the PEFT adapter's two files
-    config_keys: ClassVar[tuple[str, ...]] = ()  # the run config keys `from_config` reads (FWT's reference check)
+    # The type's own run-config keys: the frozen dataclass of `option(..., section="block")` fields its folder's
+    # config.py declares as `OPTIONS` (registry.block_options_type reads it there, with no torch); None: none.
+    # `from_config`, the export and `card_settings` get an instance as the block section's `options`.
+    Options: ClassVar[type | None] = None
+    config_keys: ClassVar[tuple[str, ...]] = ()  # the keys of `Options` (set for each subclass; FWT's reference check)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.config_keys = tuple(f.name for f in fields(cls.Options)) if cls.Options is not None else ()
 
     def __init__(self) -> None:
         self.state: RoutingState | None = None
@@ -122,8 +145,9 @@ class BlockType(ABC):
     @classmethod
     @abstractmethod
     def from_config(cls, block: BlockSection, seed: int) -> BlockType:
-        """The type with its settings from the run config's block section (`RunConfig.block`: its own keys,
-        `config_keys`) and the run's `seed`; it is given nothing else of the config."""
+        """The type with its settings from the run config's block section (`RunConfig.block`: its own options
+        as `block.options`, an instance of `Options`) and the run's `seed`; it is given nothing else of the
+        config."""
 
     def describe(self) -> str:
         """The start-up line's words for what was attached (`sapt run`: "model ... loaded in 1.2s; <this>")."""
@@ -230,5 +254,5 @@ class BlockType(ABC):
     @classmethod
     def card_settings(cls, block: BlockSection, info: dict[str, Any]) -> list[tuple[str, str]]:
         """(setting, value) rows of the model card that describe the blocks, from the run config's block section
-        (config.yaml) and router.json (`info`)."""
+        (config.yaml; the type's own keys are `block.options`) and router.json (`info`)."""
         return []

@@ -11,12 +11,16 @@ exactly task t's vector, i.e. PEFT's IA3 adapter of that task. Every weight zero
 pseudo-sample generator's training, --unseen's base model) gives l = 1, the frozen backbone. Saved as
 `<module>.ia3_l`, PEFT's name and shape ((out, 1) for k and v, (1, in) for the feed-forward module), which
 `export.py` writes as a PEFT IA3 adapter. `merged` folds one input's l into W (rows, and the bias, for k and
-v; columns for the feed-forward module), as PEFT's IA3 merge does.
+v; columns for the feed-forward module), as PEFT's IA3 merge does. No run-config key of its own (no `OPTIONS`).
+
+The names below are imported on first use (`registry.lazy_exports`): importing the folder loads no torch.
 """
-from sapt.modules.blocks.ia3.blocks import IA3Blocks
-from sapt.modules.blocks.ia3.config import IA3Config
-from sapt.modules.blocks.ia3.layer import MixtureIA3Linear
+from sapt.modules.blocks.registry import lazy_exports
 
-BLOCK_TYPE = IA3Blocks  # the registry's entry (sapt.modules.blocks.registry)
+_LAZY = {
+    "BLOCK_TYPE": "blocks:IA3Blocks",  # the registry's entry (sapt.modules.blocks.registry)
+    "IA3Blocks": "blocks", "IA3Config": "config", "MixtureIA3Linear": "layer",
+}
 
-__all__ = ["BLOCK_TYPE", "IA3Blocks", "IA3Config", "MixtureIA3Linear"]
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,11 +1,15 @@
-"""LoRA blocks (`--pet lora`, the default): config, the mixture layer, the injector, merge, O-LoRA's losses,
-the block type and its PEFT export."""
-from sapt.modules.blocks.lora.blocks import LoRABlocks
-from sapt.modules.blocks.lora.config import LoRAConfig
-from sapt.modules.blocks.lora.fused import FusedQKVLoRA, MixtureLoRASlice
-from sapt.modules.blocks.lora.inject import inject_mixture_lora
-from sapt.modules.blocks.lora.layer import MixtureLoRALinear
+"""LoRA blocks (`--pet lora`, the default): config (and the run config's LoRA keys, `LoRAOptions`), the mixture
+layer, the injector, merge, O-LoRA's losses, the block type and its PEFT export.
 
-BLOCK_TYPE = LoRABlocks  # the registry's entry (sapt.modules.blocks.registry)
+The names below are imported on first use (`registry.lazy_exports`), so that the run config can read
+`config.LoRAOptions` with no torch."""
+from sapt.modules.blocks.registry import lazy_exports
 
-__all__ = ["BLOCK_TYPE", "FusedQKVLoRA", "LoRABlocks", "LoRAConfig", "MixtureLoRALinear", "MixtureLoRASlice", "inject_mixture_lora"]
+_LAZY = {
+    "BLOCK_TYPE": "blocks:LoRABlocks",  # the registry's entry (sapt.modules.blocks.registry)
+    "FusedQKVLoRA": "fused", "LoRABlocks": "blocks", "LoRAConfig": "config", "LoRAOptions": "config",
+    "MixtureLoRALinear": "layer", "MixtureLoRASlice": "fused", "inject_mixture_lora": "inject",
+}
+
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sapt.modules.blocks.base import BlockType
-from sapt.modules.blocks.lora.config import LoRAConfig
+from sapt.modules.blocks.lora.config import LoRAConfig, LoRAOptions
 from sapt.modules.blocks.lora.fused import MixtureLoRASlice
 from sapt.modules.blocks.lora.inject import inject_mixture_lora
 from sapt.modules.blocks.lora.layer import MixtureLoRALinear
@@ -37,7 +37,7 @@ class LoRABlocks(BlockType):
     extra_losses = ("orthogonality", "l2")
     mergeable = True
     card_kind, card_tag, block_noun, new_block = "LoRA", "lora", "LoRA block", "zeros (B = 0)"
-    config_keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
+    Options = LoRAOptions  # lora_r, lora_alpha, lora_dropout, target_modules (config.py)
 
     def __init__(self, config: LoRAConfig | None = None):
         super().__init__()
@@ -47,7 +47,8 @@ class LoRABlocks(BlockType):
     @classmethod
     def from_config(cls, block: BlockSection, seed: int) -> LoRABlocks:
         """r, alpha, dropout (`lora_r`, `lora_alpha`, `lora_dropout`) and --target-modules (None: q and v)."""
-        return cls(LoRAConfig(block.lora_r, block.lora_alpha, block.lora_dropout, target_modules=block.target_modules))
+        o: LoRAOptions = block.options
+        return cls(LoRAConfig(o.lora_r, o.lora_alpha, o.lora_dropout, target_modules=o.target_modules))
 
     def describe(self) -> str:
         return f"{len(self.layers)} projections adapted"
@@ -108,6 +109,7 @@ class LoRABlocks(BlockType):
     def card_settings(cls, block: BlockSection, info: dict[str, Any]) -> list[tuple[str, str]]:
         from sapt.model_card import card_value
 
-        alpha, dropout = card_value(float(block.lora_alpha)), card_value(float(block.lora_dropout))
-        return [("LoRA rank r / alpha / dropout", f"{block.lora_r} / {alpha} / {dropout}"),
+        o: LoRAOptions = block.options
+        alpha, dropout = card_value(float(o.lora_alpha)), card_value(float(o.lora_dropout))
+        return [("LoRA rank r / alpha / dropout", f"{o.lora_r} / {alpha} / {dropout}"),
                 ("adapted projections", card_value(info["target_modules"]))]

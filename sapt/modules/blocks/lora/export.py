@@ -29,6 +29,7 @@ from sapt import io
 from sapt.config import BlockSection, ConfigError
 from sapt.models import RESERVED
 from sapt.modules.blocks.base import Exported
+from sapt.modules.blocks.lora.config import LoRAOptions
 from sapt.modules.blocks.lora.fused import FUSED_QKV, SliceLayout, qkv_layouts
 from sapt.modules.blocks.peft_export import PEFT_PREFIX, ROUTER_DESCRIPTION, BaseModelRef, adapter_header, load
 
@@ -136,20 +137,21 @@ def model_layouts(base: BaseModelRef, fused: list[str]) -> dict[str, dict[str, S
 
 
 
-def adapter_config(block: BlockSection, base: BaseModelRef, family: str, targets: list[str],
+def adapter_config(options: LoRAOptions, base: BaseModelRef, family: str, targets: list[str],
                    fused_targets: list[str] = ()) -> dict[str, Any]:
-    """A PEFT LoraConfig as a JSON dict. Fields PEFT does not find take its defaults when loading.
+    """A PEFT LoraConfig as a JSON dict, from the run's LoRA keys (`options`, the block section's). Fields PEFT
+    does not find take its defaults when loading.
 
     `fused_targets`: the targets that are fused q/k/v projections, of rank 2r and lora_alpha 2 alpha
     (`fused_lora`): for the whole adapter when all targets are, else by PEFT's rank and alpha patterns."""
-    r, alpha = int(block.lora_r), float(block.lora_alpha)
+    r, alpha = int(options.lora_r), float(options.lora_alpha)
     all_fused = bool(fused_targets) and set(fused_targets) == set(targets)
     patterns = {} if all_fused else {re.escape(t): 2 for t in sorted(fused_targets)}
     return {
         **adapter_header("LORA", base, family),
         "r": 2 * r if all_fused else r,
         "lora_alpha": 2 * alpha if all_fused else alpha,
-        "lora_dropout": float(block.lora_dropout),
+        "lora_dropout": float(options.lora_dropout),
         "target_modules": targets,
         "bias": "none",
         "fan_in_fan_out": False,
@@ -196,6 +198,7 @@ def sapt_block(state: dict[str, torch.Tensor], layouts: dict[str, dict[str, Slic
 def export_adapters(block_config: BlockSection, base: BaseModelRef,
                     blocks: list[tuple[str, Path, dict[str, torch.Tensor]]], out: Path) -> Exported:
     """One PEFT LoRA adapter per task (`BlockType.export_adapters`); every stage must adapt stage 0's modules."""
+    options: LoRAOptions = block_config.options
     all_modules, layouts = None, None
     for task, sdir, block in blocks:
         fused = fused_modules(block)
@@ -211,11 +214,11 @@ def export_adapters(block_config: BlockSection, base: BaseModelRef,
         fused_targets = sorted({m.rsplit(".", 1)[-1] for m in fused})
         io.save_tensors(out / task / "adapter_model.safetensors", state, {"format": "pt"})
         io.write_json(out / task / "adapter_config.json",
-                      adapter_config(block_config, base, family, targets, fused_targets))
+                      adapter_config(options, base, family, targets, fused_targets))
     fields = {
-        "lora_r": int(block_config.lora_r),
-        "lora_alpha": float(block_config.lora_alpha),
-        "lora_scaling": float(block_config.lora_alpha) / int(block_config.lora_r),
+        "lora_r": int(options.lora_r),
+        "lora_alpha": float(options.lora_alpha),
+        "lora_scaling": float(options.lora_alpha) / int(options.lora_r),
         "target_modules": targets,
         "adapted_modules": all_modules,
         # exported with PEFT rank 2r and lora_alpha 2 * alpha: the same alpha / r (module docstring)

@@ -25,14 +25,18 @@ backbone sees is only the resulting (n_virtual, d) prompt, so that prompt is wha
 task. The activation is ReLU, that of Progressive Prompts' residual MLP and of PEFT's prompt-encoder MLP
 (P-tuning), the two published modules this one follows. Each MLP starts from its own seeded generator, so a run's numbers do not depend on the global
 RNG; with it, a new prompt is no longer exactly its vocabulary sample (P + MLP(P) from the first step).
+
+The run config's prompt keys are declared in `config.py` (`PromptOptions`). The names below are imported on
+first use (`registry.lazy_exports`), so that the run config reads them with no torch.
 """
+from sapt.modules.blocks.registry import lazy_exports
 
-from sapt.modules.blocks.prompt.blocks import SAPT_PROMPT, PromptBlocks
-from sapt.modules.blocks.prompt.config import PromptConfig
-from sapt.modules.blocks.prompt.layer import (ENCODER_SEED_STRIDE, KEY, PROMPT_ENCODER_KEYS, PromptBank,
-                                              ResidualPromptEncoder, effective_prompt, residual_prompt)
+_LAZY = {
+    "BLOCK_TYPE": "blocks:PromptBlocks",  # the registry's entry (sapt.modules.blocks.registry)
+    "SAPT_PROMPT": "blocks", "PromptBlocks": "blocks", "PromptConfig": "config", "PromptOptions": "config",
+    "ENCODER_SEED_STRIDE": "layer", "KEY": "layer", "PROMPT_ENCODER_KEYS": "layer", "PromptBank": "layer",
+    "ResidualPromptEncoder": "layer", "effective_prompt": "layer", "residual_prompt": "layer",
+}
 
-BLOCK_TYPE = PromptBlocks  # the registry's entry (sapt.modules.blocks.registry)
-
-__all__ = ["BLOCK_TYPE", "ENCODER_SEED_STRIDE", "KEY", "PROMPT_ENCODER_KEYS", "SAPT_PROMPT", "PromptBank", "PromptBlocks",
-           "PromptConfig", "ResidualPromptEncoder", "effective_prompt", "residual_prompt"]
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

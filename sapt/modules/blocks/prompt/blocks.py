@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sapt.modules.blocks.base import BlockType
-from sapt.modules.blocks.prompt.config import PromptConfig
+from sapt.modules.blocks.prompt.config import PromptConfig, PromptOptions
 from sapt.modules.blocks.prompt.layer import KEY, PROMPT_ENCODER_KEYS, PromptBank
 from sapt.modules.blocks.routing import RoutingState
 from sapt.modules.blocks.targets import TARGET_PATTERNS, find_targets
@@ -28,7 +28,7 @@ class PromptBlocks(BlockType):
     card_kind, card_tag, block_noun = "prompt-tuning", "prompt-tuning", "soft prompt"
     new_block = "embeddings of sampled vocabulary tokens"
     export_files = (SAPT_PROMPT,)
-    config_keys = ("prompt_len", "prompt_mlp_hidden")
+    Options = PromptOptions  # prompt_len, prompt_mlp_hidden (config.py)
 
     def __init__(self, config: PromptConfig | None = None):
         super().__init__()
@@ -43,7 +43,8 @@ class PromptBlocks(BlockType):
     @classmethod
     def from_config(cls, block: BlockSection, seed: int) -> PromptBlocks:
         """`prompt_len` virtual tokens, seeded by the run's seed, reparameterised when `prompt_mlp_hidden` > 0."""
-        return cls(PromptConfig(n_virtual=block.prompt_len, seed=seed, mlp_hidden=block.prompt_mlp_hidden))
+        o: PromptOptions = block.options
+        return cls(PromptConfig(n_virtual=o.prompt_len, seed=seed, mlp_hidden=o.prompt_mlp_hidden))
 
     def set_prefix_mode(self, mode: str) -> None:
         super().set_prefix_mode(mode)
@@ -128,9 +129,10 @@ class PromptBlocks(BlockType):
 
     @classmethod
     def card_settings(cls, block: BlockSection, info: dict[str, Any]) -> list[tuple[str, str]]:
-        rows = [("blocks", f"soft prompts of {block.prompt_len} virtual tokens (prompt tuning), mixed per input")]
-        if getattr(block, "prompt_mlp_hidden", 0):
+        o: PromptOptions = block.options
+        rows = [("blocks", f"soft prompts of {o.prompt_len} virtual tokens (prompt tuning), mixed per input")]
+        if o.prompt_mlp_hidden:
             rows.append(("prompt reparameterisation", "trained as P + MLP(P), MLP hidden width "
-                                                      f"{block.prompt_mlp_hidden} "
+                                                      f"{o.prompt_mlp_hidden} "
                                                       "(ReLU); exported as the resulting prompt"))
         return rows
