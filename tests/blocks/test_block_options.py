@@ -130,13 +130,13 @@ def test_a_key_declared_twice_or_in_another_section_is_refused(monkeypatch):
     made = dataclass(config._with_block_options(toy()))  # one class named by two types: its keys once
     assert [f.name for f in dataclasses.fields(made)] == ["pet", "block_init", "scale_init", "lora_r", "lr"]
 
-    class Clash:
-        __annotations__ = {"pet": "str", "lora_r": "int"}
-        pet = option("lora", section="block", help="h")
-        lora_r = option(4, section="block", help="h")
+    @dataclass(frozen=True)
+    class InitOptions:  # a key the config declares itself
+        block_init: str = option("zero", section="block", help="h")
 
-    with pytest.raises(RuntimeError, match="RankOptions.lora_r: a block type option must be a config key of its own"):
-        config._with_block_options(Clash)
+    monkeypatch.setattr(config, "BLOCK_OPTIONS", {"init": InitOptions})
+    with pytest.raises(RuntimeError, match="InitOptions.block_init: a block type option must be a config key of its own"):
+        config._with_block_options(toy())
 
     @dataclass(frozen=True)
     class ScaleAgain:  # another type's key of the same name: one flat key cannot be two types'
