@@ -129,7 +129,9 @@ class BlockType(ABC):
     export_files: ClassVar[tuple[str, ...]] = ()  # what OUT/<task>/ holds beside the PEFT adapter's two files
     # The type's own run-config keys: the frozen dataclass of `option(..., section="block")` fields its folder's
     # config.py declares as `OPTIONS` (registry.block_options_type reads it there, with no torch); None: none.
-    # `from_config`, the export and `card_settings` get an instance as the block section's `options`.
+    # `from_config`, the export and `card_settings` get an instance as the block section's `options`. Named in
+    # both places, as a method names its `Options`: the class says what its code reads, and config.py is what
+    # the config can import with no torch; tests/blocks/test_conformance.py checks they are one class.
     Options: ClassVar[type | None] = None
     config_keys: ClassVar[tuple[str, ...]] = ()  # the keys of `Options` (set for each subclass; FWT's reference check)
 
