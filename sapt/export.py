@@ -44,6 +44,10 @@ stages/NN_<task>/adapter.safetensors, the keys from each stage's router.safetens
 after stage t) and the query MLP and centre from the last stage's. Every stage is first checked against
 the run's manifest.json checksums (a damaged stage is refused, never exported), and the export is built
 in a temporary folder next to OUT and renamed into place only when it is complete.
+
+`export_run` is the recipe of `sapt export`: it reads the run's config.yaml and hands the writers what they
+read of it (`card_sections`: the model card's sections, whose block section, model, seed and method name
+the adapters, router.json and the marker take too), so no writer below it takes the whole config.
 """
 from __future__ import annotations
 

@@ -521,7 +521,7 @@ def stage_sections(cfg: RunConfig) -> StageSections:
 def recorded_settings(cfg: RunConfig) -> RecordedSettings:
     """The settings of `cfg` that metrics.json records or is computed from (`sapt.evaluation.report.write_metrics`)."""
     return RecordedSettings(model=cfg.model, reflection=cfg.reflection, eval_every=cfg.eval_every,
-                            reference=cfg.reference, unseen=cfg.unseen)
+                            reference=cfg.reference, unseen=tuple(cfg.unseen))
 
 
 def build_model(cfg: RunConfig) -> SAPTModel:

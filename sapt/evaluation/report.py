@@ -45,7 +45,7 @@ class RecordedSettings:
     reflection: bool
     eval_every: int
     reference: str | None
-    unseen: list[str] | None
+    unseen: tuple[str, ...]
 
 
 def write_metrics(run_dir: Path, method: Method, tasks: list[Task], settings: RecordedSettings,
