@@ -63,11 +63,14 @@ def method_traits(method: Method, pet: str, router: RouterSection, optim: Optimi
 
 @dataclass(frozen=True)
 class CardSections:
-    """What the model card reads of the run, and nothing else: the method's traits, and the sections whose keys
-    it prints. Not the whole config under another name: the router's and the reflection's sections appear only
-    as the method's settings rows (`method_traits`), and the trackers, output, reference and the method's raw
-    options are not here. The export's recipe makes it (`sapt.export.card_sections`), and the export's other
-    files read their few keys from it too (the block section, the model and seed, the method's name)."""
+    """What the model card reads of the run: the method's traits, and the five sections whose keys it prints.
+    Not the whole config under another name: the router's and the reflection's sections reach the card only as
+    the method's settings rows (`method_traits`), and the method's raw options and --reference not at all.
+    Whole sections rather than one field per printed key (some twenty): a section is the config's own unit, a
+    block type's card rows take its section (`BlockType.card_settings`), and a key the card starts to print
+    needs no new field; what each section gives the card is said beside it. The export's recipe makes it
+    (`sapt.export.card_sections`), and the export's other files read their few keys from it too (the block
+    section, the model and seed, the method's name)."""
     method: MethodTraits
     run: RunSection  # the base model, its dtype and quantisation, the mixed precision
     data: DataSection  # where the tasks came from, their order, the subsets, the prompt template
