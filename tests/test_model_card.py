@@ -10,6 +10,7 @@ import yaml
 import sapt.export
 from sapt.cli import main
 from sapt.config import resolve
+from sapt.export import card_sections
 from sapt.model_card import base_license, base_model_id, model_card
 
 TINY = {"model": "tiny-llama", "tasks": ["sentiment", "topic"], "epochs": 1, "max_train_per_task": 8,
@@ -103,7 +104,7 @@ def card_for(model, tmp_path, **settings):
     cfg = resolve({"model": model, "output": str(tmp_path / "r"), **settings})
     info = {"tasks": ["a", "b"], "model_family": "causal", "target_modules": ["q_proj", "v_proj"],
             "source_run": str(tmp_path / "r")}
-    return model_card(cfg, info, None, "no metrics")
+    return model_card(card_sections(cfg), info, None, "no metrics")
 
 
 def test_front_matter_names_the_base_and_its_license_when_known(tmp_path, monkeypatch):
@@ -185,7 +186,7 @@ def test_a_task_name_cannot_break_the_card(case, tmp_path):
             "target_modules": ["q_proj", "v_proj"]}
     metrics = {"tasks": tasks, "matrix": [[50.0, None], [40.0, 60.0]], "routing_accuracy": [[100.0, None], [90.0, 80.0]],
                "ap": 50.0, "fra": 10.0, "bwt": -10.0, "fwt": None, "stages_done": 2, "metric": {name: "rougeL"}}
-    card = model_card(cfg, info, metrics)
+    card = model_card(card_sections(cfg), info, metrics)
     title = next(line for line in card.splitlines() if line.startswith("# "))
     # the Markdown before the first section (the front matter is YAML data, its strings quoted by yaml)
     assert raw is None or raw not in card.split("\n---\n", 1)[1].split("\n## ", 1)[0]
@@ -242,12 +243,12 @@ def test_the_model_index_of_a_benchmark_run_names_its_benchmark(tmp_path):
     metrics = {"tasks": ["task1", "task2"], "matrix": [[40.0, None], [35.5, 61.25]], "ap": 48.375, "fra": 4.5,
                "bwt": -4.5, "fwt": None, "eval_split": "test", "metric": {"task1": "rougeL", "task2": "rougeL"},
                "stages_done": 2}
-    front = front_matter(model_card(cfg, info, metrics))
+    front = front_matter(model_card(card_sections(cfg), info, metrics))
     _, results = model_index_to_eval_results(front["model-index"])
     assert [(r.task_type, r.dataset_type, r.dataset_config, r.metric_type, r.metric_value) for r in results[:2]] == [
         ("text2text-generation", "CL_Benchmark", "SuperNI", "rouge", 35.5),
         ("text2text-generation", "CL_Benchmark", "SuperNI", "rouge", 61.25)]
-    assert "model-index" not in front_matter(model_card(cfg, info, None, "no metrics"))
+    assert "model-index" not in front_matter(model_card(card_sections(cfg), info, None, "no metrics"))
 
 
 def test_a_one_task_run_whose_task_is_named_all_is_not_described_as_mtl(tmp_path):
@@ -258,6 +259,6 @@ def test_a_one_task_run_whose_task_is_named_all_is_not_described_as_mtl(tmp_path
             "target_modules": ["q_proj", "v_proj"]}
     metrics = {"tasks": ["all"], "matrix": [[50.0]], "routing_accuracy": [[100.0]], "ap": 50.0, "fra": None,
                "bwt": None, "fwt": None, "stages_done": 1, "metric": {"all": "em"}}
-    card = model_card(cfg, info, metrics)
+    card = model_card(card_sections(cfg), info, metrics)
     assert "one stage over all tasks" not in card and "all tasks" not in section(card, "Results")
     assert table_rows(section(card, "Tasks, in training order"))[1][1] == "`all`"

@@ -207,17 +207,19 @@ def test_the_dry_run_says_what_the_run_would_refuse(monkeypatch):
 
 
 def test_the_card_names_a_quantised_base():
-    from sapt.model_card import _base_loading, _base_model_line, _settings, _traits
+    from sapt.export import card_sections
+    from sapt.model_card import _base_loading, _base_model_line, _settings
 
     def _settings_rows(c):
-        return _settings(c, {"target_modules": ["q_proj", "v_proj"]}, _traits(c))
+        return _settings(card_sections(c), {"target_modules": ["q_proj", "v_proj"]})
 
     cfg = resolve({"model": HUB_ID, "quantize": "4bit", "backbone_dtype": "bfloat16"})
-    assert "4-bit NF4" in _base_model_line(cfg, HUB_ID, "causal")
-    code = _base_loading(cfg, "causal")
+    assert "4-bit NF4" in _base_model_line(cfg.run, cfg.seed, HUB_ID, "causal")
+    code = _base_loading(cfg.run, cfg.seed, "causal")
     assert "load_in_4bit=True" in code and "torch.bfloat16" in code
     compile(code, "card", "exec")
     plain = dataclasses.replace(cfg, quantize="none")
-    assert "bits" not in _base_model_line(plain, HUB_ID, "causal") and "quantization_config" not in _base_loading(plain, "causal")
+    assert "bits" not in _base_model_line(plain.run, plain.seed, HUB_ID, "causal")
+    assert "quantization_config" not in _base_loading(plain.run, plain.seed, "causal")
     assert ("backbone loaded in", "4bit (bitsandbytes)") in _settings_rows(cfg)
     assert not any(k == "backbone loaded in" for k, _ in _settings_rows(plain))

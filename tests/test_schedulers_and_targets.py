@@ -275,10 +275,11 @@ def test_resume_and_reference_compatibility(tmp_path):
     (ref / "config.yaml").write_text(yaml.safe_dump(to_dict(resolve({"model": "tiny-llama", "method": "per-task",
                                                                       "tasks": ["topic"]}))))
     same = resolve({"model": "tiny-llama", "tasks": ["topic"], "reference": str(ref)})
-    check_reference(same, tasks)
+    check_reference(same.reference, to_dict(same), tasks)
+    other = resolve({"model": "tiny-llama", "tasks": ["topic"], "reference": str(ref), "lr_scheduler": "cosine",
+                     "target_modules": "q_proj"})
     with pytest.raises(ConfigError, match=r"lr_scheduler 'constant' there, 'cosine' here.*target_modules None there"):
-        check_reference(resolve({"model": "tiny-llama", "tasks": ["topic"], "reference": str(ref),
-                                 "lr_scheduler": "cosine", "target_modules": "q_proj"}), tasks)
+        check_reference(other.reference, to_dict(other), tasks)
 
 
 # ---- --tracker-project -------------------------------------------------------------------------------------------

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 
-from sapt.config import ConfigError, RunConfig, default_value, to_dict
+from sapt.config import ConfigError, default_value
 from sapt.data import Task
 from sapt.rundir.manifest import Manifest
-from sapt.methods import make_method
+from sapt.methods import Method
 from sapt.evaluation.metrics import evaluated_rows, format_metrics, format_table, transfer_tasks
 from sapt.rundir import collect_matrices, collect_unseen, replay_stats, run_timing, saved_config_values
 from sapt.rundir.results import read_metrics_as_written, read_oracle_routing, write_metrics_file, write_timing
 
-__all__ = ["REFERENCE_KEYS", "Report", "check_reference", "reference_scores", "render", "timing_note",
+__all__ = ["REFERENCE_KEYS", "RecordedSettings", "Report", "check_reference", "reference_scores", "render", "timing_note",
            "write_metrics"]
 
 
@@ -33,15 +33,33 @@ class Report:
     run_dir: Path | None = None  # the directory written (OUTPUT, or OUTPUT-2, ... under --force-new)
 
 
-def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done: int | None = None) -> Report:
+@dataclass(frozen=True)
+class RecordedSettings:
+    """The run's settings that metrics.json records or is computed from, beside the method and the tasks:
+    the base model and whether the reflection was on (recorded), --eval-every (which rows were scored, and
+    what BWT and F.Ra cover), --reference (FWT's single-task scores) and --unseen (the tasks scored but never
+    trained on). Five keys of four sections (run, method, reflection, data), so one small record rather than
+    the sections: the signature of `write_metrics` says what the file depends on. The recipe makes it
+    (`sapt.train.recorded_settings`), as does `sapt eval --routing oracle`, which rewrites the file."""
+    model: str
+    reflection: bool
+    eval_every: int
+    reference: str | None
+    unseen: tuple[str, ...]
+
+
+def write_metrics(run_dir: Path, method: Method, tasks: list[Task], settings: RecordedSettings,
+                  stages_done: int | None = None) -> Report:
     """metrics.json and timing.json from the stage files of the first `stages_done` stages (None: every
-    stage on disk). The matrix ends at the last evaluated stage, so AP always reads a scored row."""
+    stage on disk). The matrix ends at the last evaluated stage, so AP always reads a scored row.
+
+    `method`: the run's method (its stages, its metrics, whether it routes); `settings`: what else the file
+    records or depends on (`RecordedSettings`)."""
     names = [t.name for t in tasks]
-    method = make_method(cfg.method, cfg.method_options)
     stages = method.stages(tasks)
     matrix, routing = collect_matrices(run_dir, tasks, stages, stages_done)
-    m = method.run_metrics(matrix, lambda: reference_scores(cfg.reference, tasks)
-                           if cfg.reference and len(matrix) == len(tasks) else None)
+    m = method.run_metrics(matrix, lambda: reference_scores(settings.reference, tasks)
+                           if settings.reference and len(matrix) == len(tasks) else None)
     splits = sorted({t.eval_split for t in tasks})
     metrics = {
         "tasks": names,
@@ -51,22 +69,22 @@ def write_metrics(run_dir: Path, cfg: RunConfig, tasks: list[Task], stages_done:
         "eval_split": splits[0] if len(splits) == 1 else "mixed",
         "eval_splits": {t.name: t.eval_split for t in tasks},
         "metric": {t.name: t.metric for t in tasks},
-        "method": cfg.method,
-        "model": cfg.model,
-        "reflection": cfg.reflection,
+        "method": method.name,
+        "model": settings.model,
+        "reflection": settings.reflection,
         "replay": replay_stats(run_dir, tasks),
         "stages_done": len(matrix),
     }
     rows = evaluated_rows(matrix)
-    if cfg.eval_every != 1 or len(rows) < len(matrix):  # only then: a run evaluated after every stage keeps its bytes
-        metrics.update(eval_every_keys(names, matrix, cfg.eval_every, cfg.reference is not None))
-    if cfg.reference:
-        metrics["fwt_reference"] = cfg.reference
-    if cfg.unseen:  # only then: the metrics.json of a run without --unseen stays byte-identical
-        base, unseen_rows = collect_unseen(run_dir, stages, list(cfg.unseen), len(matrix))
-        metrics["unseen"] = {"tasks": list(cfg.unseen), "base": base, "matrix": unseen_rows}
+    if settings.eval_every != 1 or len(rows) < len(matrix):  # only then: a run evaluated after every stage keeps its bytes
+        metrics.update(eval_every_keys(names, matrix, settings.eval_every, settings.reference is not None))
+    if settings.reference:
+        metrics["fwt_reference"] = settings.reference
+    if settings.unseen:  # only then: the metrics.json of a run without --unseen stays byte-identical
+        base, unseen_rows = collect_unseen(run_dir, stages, list(settings.unseen), len(matrix))
+        metrics["unseen"] = {"tasks": list(settings.unseen), "base": base, "matrix": unseen_rows}
         if method.needs_task_id:
-            metrics["unseen"]["note"] = (f"{cfg.method} needs a task id, which an unseen task has none of: "
+            metrics["unseen"]["note"] = (f"{method.name} needs a task id, which an unseen task has none of: "
                                          "scored on the base model only (null after every stage)")
     oracle = oracle_routed(run_dir, metrics)
     if oracle is not None:  # only then: a run never scored with oracle routing keeps its metrics.json bytes
@@ -203,15 +221,21 @@ def block_kind_keys() -> dict[str, tuple[str, ...]]:
     return {name: kind.config_keys for name, kind in BLOCK_TYPES.items()}
 
 
-def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
+def check_reference(reference: str, settings: dict[str, Any], tasks: list[Task]) -> None:
     """Refuse a `--reference` that is not a finished per-task run of the same tasks under the same settings
-    (REFERENCE_KEYS), before anything is trained: FWT would otherwise compare unlike runs."""
-    ref = Path(cfg.reference)
-    reference_scores(cfg.reference, tasks)  # a finished per-task run of these tasks, in this order
+    (REFERENCE_KEYS), before anything is trained: FWT would otherwise compare unlike runs.
+
+    `settings`: this run's config as config.yaml holds it (`sapt.config.to_dict`), the form the reference's
+    own config.yaml is read in, so the two are compared key by key in one form. Kept here with FWT's other
+    rules (which keys matter, `reference_scores`) rather than beside the resume check (sapt.rundir.plan,
+    which also compares whole saved configs): what is compared, and why, is FWT's; the resume check's keys
+    and policy are another rule."""
+    ref = Path(reference)
+    reference_scores(reference, tasks)  # a finished per-task run of these tasks, in this order
     saved = saved_config_values(ref)
     if saved is None:
-        raise ConfigError(f"--reference {cfg.reference}: its config.yaml cannot be read")
-    now = to_dict(cfg)
+        raise ConfigError(f"--reference {reference}: its config.yaml cannot be read")
+    now = settings
     old = {k: saved[k] if k in saved else default_value(k) for k in REFERENCE_KEYS}
 
     def same(key: str) -> bool:
@@ -224,7 +248,7 @@ def check_reference(cfg: RunConfig, tasks: list[Task]) -> None:
     differ = [k for k in REFERENCE_KEYS if k not in other_kinds and not same(k)]
     if differ:
         shown = ", ".join(f"{k} {old[k]!r} there, {now[k]!r} here" for k in differ)
-        raise ConfigError(f"--reference {cfg.reference}: a per-task run with other settings ({shown}); "
+        raise ConfigError(f"--reference {reference}: a per-task run with other settings ({shown}); "
                           "FWT needs the same model, data, subsets, seed, blocks and optimisation")
 
 
