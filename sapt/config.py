@@ -17,8 +17,8 @@ The components below the recipe take the sections they read, not the whole confi
 `cfg.router`, `cfg.decoding`, ... are frozen views of the one flat dataclass (`SECTION_TYPES`), a method
 gets its own options (`cfg.method_options`), and a block type its section with its own options
 (`cfg.block.options`). The flat fields stay: config.yaml, --config files and the flags are flat. Only the
-recipe (sapt.train), api, cli and bench read the whole config (tests/test_config_owner.py holds it, and lists
-the modules still to convert).
+recipes (sapt.train, and sapt.export for `sapt export`), api, cli and bench read the whole config
+(tests/test_config_owner.py holds every other module of the package to that).
 """
 from __future__ import annotations
 
