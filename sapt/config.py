@@ -366,12 +366,12 @@ class RunConfig:
     # ---- the sections, as the components below the recipe take them ---------------------------------------
     def section(self, name: str) -> Any:
         """Section `name` of SECTIONS as a frozen view (`SECTION_TYPES[name]`): its fields' values, copied, so
-        that a component given a section reads its own keys and can change none of the run's. The block
-        section's `options` is the selected type's own (`block_options`)."""
+        that a component given a section reads its own keys and can change none of the run's. The block and
+        method sections' `options` is the selected type's or method's own (`block_options`, `method_options`)."""
         view = SECTION_TYPES[name]
         values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(view) if f.name in FIELDS}
-        if name == "block":
-            values["options"] = self.block_options
+        if name in OWNED_OPTIONS:
+            values["options"] = getattr(self, OWNED_OPTIONS[name][1])
         return view(**values)
 
     @property
@@ -584,16 +584,27 @@ def section_fields(section: str) -> list[dataclasses.Field]:
 # The keys a block type declares in its folder (`_with_block_options`): {key: type name}
 BLOCK_OPTION_KEYS = {f.name: name for name, options in BLOCK_OPTIONS.items() if options is not None
                      for f in dataclasses.fields(options)}
+# The keys a method declares in its file (`_with_method_options`): {key: method name}
+METHOD_OPTION_KEYS = {f.name: name for name, method in METHODS.items() if method.Options is not None
+                      for f in dataclasses.fields(method.Options)}
+# The sections whose keys are partly declared by their owners (a block type, a method): their view holds the
+# selected owner's options as `options` (the RunConfig property named here) instead of every owner's keys.
+OWNED_OPTIONS: dict[str, tuple[dict[str, str], str]] = {
+    "block": (BLOCK_OPTION_KEYS, "block_options"),
+    "method": (METHOD_OPTION_KEYS, "method_options"),
+}
 
 
 def _section_type(section: str) -> type:
     """The frozen dataclass of one section's keys, made from RunConfig's fields (the one declaration of each
     key: a view cannot drift from the config). Its name says the section: "optimisation" -> OptimisationSection.
     The block section holds its generic keys (pet, block_init) and `options`, the selected type's own
-    (`RunConfig.block`), instead of every type's keys."""
+    (`RunConfig.block`), instead of every type's keys; the method section likewise (method, reference and the
+    selected method's `options`), so that no view carries another owner's keys (`OWNED_OPTIONS`)."""
     hints = typing.get_type_hints(RunConfig)
-    keys = [(f.name, hints[f.name]) for f in section_fields(section) if f.name not in BLOCK_OPTION_KEYS]
-    if section == "block":
+    owned = OWNED_OPTIONS.get(section, ({}, ""))[0]
+    keys = [(f.name, hints[f.name]) for f in section_fields(section) if f.name not in owned]
+    if section in OWNED_OPTIONS:
         keys.append(("options", Any))
     view = dataclasses.make_dataclass(f"{section.title()}Section", keys, frozen=True)
     view.__module__ = __name__  # (make_dataclass's module= is Python 3.12's)

@@ -180,11 +180,19 @@ def test_the_sections_are_frozen_views_of_the_flat_config():
     views = {name: config.section_fields(name) for name in config.SECTIONS}
     for name, fields in views.items():
         names = [f.name for f in fields]
-        if name == "block":  # the generic keys, then the selected type's own options (tests/blocks/test_block_options.py)
-            names = [n for n in names if n not in config.BLOCK_OPTION_KEYS] + ["options"]
+        if name in config.OWNED_OPTIONS:  # the generic keys, then the selected type's or method's own options
+            names = [n for n in names if n not in config.OWNED_OPTIONS[name][0]] + ["options"]
         assert [f.name for f in dataclasses.fields(config.SECTION_TYPES[name])] == names
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.optim.lr = 1.0
     cfg.data.tasks.append("sentiment")  # a copy: the run's list is not changed through a view
     assert cfg.tasks == ["topic"]
     assert type(cfg.optim).__name__ == "OptimisationSection"
+
+
+def test_the_method_section_holds_the_selected_methods_options_only():
+    olora = resolve({"tasks": ["topic"], "method": "o-lora", "olora_lambda1": 0.25})
+    view = olora.section("method")
+    assert (view.method, view.options) == ("o-lora", olora.method_options)
+    assert view.options.olora_lambda1 == 0.25 and not hasattr(view, "replay_memory")
+    assert resolve({"tasks": ["topic"]}).section("method").options is None  # sapt declares none
