@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-from sapt.config import ConfigError, default_value
+from sapt.config import BLOCK_OPTION_KEYS, ConfigError, default_value
 from sapt.data import Task
 from sapt.rundir.manifest import Manifest
 from sapt.methods import Method
@@ -212,15 +212,6 @@ REFERENCE_KEYS = ("model", "data_dir", "benchmark", "val_size", "max_train_per_t
                   "template", "input_field", "output_field", "lr_scheduler", "warmup_ratio", "target_modules")
 
 
-def block_kind_keys() -> dict[str, tuple[str, ...]]:
-    """Keys that shape one kind of block only (`BlockType.config_keys`): compared when the run uses that kind
-    (`pet` itself always is), so that a LoRA run's prompt_len, say, cannot refuse a reference that computed
-    exactly the same."""
-    from sapt.modules.blocks.registry import BLOCK_TYPES
-
-    return {name: kind.config_keys for name, kind in BLOCK_TYPES.items()}
-
-
 def check_reference(reference: str, settings: dict[str, Any], tasks: list[Task]) -> None:
     """Refuse a `--reference` that is not a finished per-task run of the same tasks under the same settings
     (REFERENCE_KEYS), before anything is trained: FWT would otherwise compare unlike runs.
@@ -243,8 +234,9 @@ def check_reference(reference: str, settings: dict[str, Any], tasks: list[Task])
             return Path(old[key]).resolve() == Path(now[key]).resolve()
         return old[key] == now[key]
 
-    kinds = block_kind_keys()
-    other_kinds = {k for kind, keys in kinds.items() if kind != now["pet"] for k in keys} - set(kinds[now["pet"]])
+    # keys that shape another kind of block only (each type's own, `BLOCK_OPTION_KEYS`): compared only when the
+    # run uses that kind, so that a LoRA run's prompt_len, say, cannot refuse a reference that computed the same
+    other_kinds = {k for k, kind in BLOCK_OPTION_KEYS.items() if kind != now["pet"]}
     differ = [k for k in REFERENCE_KEYS if k not in other_kinds and not same(k)]
     if differ:
         shown = ", ".join(f"{k} {old[k]!r} there, {now[k]!r} here" for k in differ)

@@ -80,7 +80,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -133,11 +133,6 @@ class BlockType(ABC):
     # both places, as a method names its `Options`: the class says what its code reads, and config.py is what
     # the config can import with no torch; tests/blocks/test_conformance.py checks they are one class.
     Options: ClassVar[type | None] = None
-    config_keys: ClassVar[tuple[str, ...]] = ()  # the keys of `Options` (set for each subclass; FWT's reference check)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.config_keys = tuple(f.name for f in fields(cls.Options)) if cls.Options is not None else ()
 
     def __init__(self) -> None:
         self.state: RoutingState | None = None
